@@ -1,0 +1,269 @@
+//! The command line: `dirbridge [-c FILE] <command>`. Exit codes are in [`crate::exit`].
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::clock::SystemClock;
+use crate::config::{self, Config};
+use crate::exit;
+use crate::plan::output;
+use crate::run::{self, RunOptions};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "dirbridge",
+    version,
+    about = "Turn the HR export into directory accounts: plan, preview and apply the difference.",
+    long_about = "dirbridge reads the HR export (CSV, JSON, JSON Lines), mirrors it and the directory in SQLite, \
+maps records to entries through templates, and writes exactly the difference to OpenLDAP - after showing it.\n\n\
+Start with `dirbridge check-config`, then `dirbridge plan`, then `dirbridge sync`.",
+    after_help = "Exit codes: 0 done; 3 finished with quarantined records or entries; 4 refused by a safety gate \
+(nothing written); 66 the export could not be read; 69 the directory was unreachable (or TLS/bind failed); \
+75 another run holds the lock; 78 configuration error; 2 usage error.\n\nSee dirbridge(8) and dirbridge.toml(5)."
+)]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(short, long, global = true, value_name = "FILE", default_value = config::DEFAULT_PATH, env = "DIRBRIDGE_CONFIG")]
+    pub config: PathBuf,
+
+    /// More log output on stderr (-v info, -vv debug). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Format {
+    /// A per-entry diff to review.
+    Text,
+    /// {"summary": {...}, "changes": [...]} for scripts.
+    Json,
+    /// The LDIF that would be sent, replayable with ldapmodify.
+    Ldif,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Validate the configuration: every key, every template against the export's header, the
+    /// password file. Reports all problems at once as file:line:col. Exit 78 on error.
+    CheckConfig {
+        /// Also bind to the directory and check that its schema has every attribute and object class.
+        #[arg(long)]
+        online: bool,
+    },
+    /// Show what a sync would change, without changing anything. Exit 4 when a safety gate would
+    /// refuse, 3 when records are quarantined.
+    Plan {
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        /// Also write the plan as JSON to this file.
+        #[arg(long, value_name = "PLAN")]
+        out: Option<PathBuf>,
+        /// Evaluate dates as of this day (YYYY-MM-DD); only matters with [lifecycle].
+        #[arg(long, value_name = "DATE", value_parser = parse_date)]
+        as_of: Option<String>,
+        /// Act on one person only (a canary), by HR key.
+        #[arg(long, value_name = "KEY")]
+        only: Option<String>,
+    },
+    /// Apply the difference to the directory. Ends with a one-line summary.
+    Sync {
+        /// Compute and print the plan; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        /// Evaluate dates as of this day (YYYY-MM-DD); only matters with [lifecycle].
+        #[arg(long, value_name = "DATE", value_parser = parse_date)]
+        as_of: Option<String>,
+        /// Act on one person only (a canary), by HR key.
+        #[arg(long, value_name = "KEY")]
+        only: Option<String>,
+    },
+}
+
+fn parse_date(s: &str) -> Result<String, String> {
+    let b = s.as_bytes();
+    let ok = b.len() == 10
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && s.chars().enumerate().all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
+    let month: u32 = s.get(5..7).and_then(|m| m.parse().ok()).unwrap_or(0);
+    let day: u32 = s.get(8..10).and_then(|m| m.parse().ok()).unwrap_or(0);
+    if ok && (1..=12).contains(&month) && (1..=31).contains(&day) {
+        Ok(s.to_string())
+    } else {
+        Err(format!("{s:?} is not a date of the form YYYY-MM-DD"))
+    }
+}
+
+fn init_logging(verbose: u8, format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.with_target(false).try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+fn load(path: &std::path::Path) -> Result<Config, i32> {
+    match config::load(path) {
+        Ok((cfg, warnings)) => {
+            for w in warnings.warnings() {
+                eprintln!("{w}");
+            }
+            Ok(cfg)
+        }
+        Err(diags) => {
+            eprint!("{diags}");
+            let n = diags.errors().count();
+            eprintln!("{n} error{} in {}", if n == 1 { "" } else { "s" }, path.display());
+            Err(exit::CONFIG)
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, i32> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| {
+        eprintln!("dirbridge: cannot start the runtime: {e}");
+        exit::SOFTWARE
+    })
+}
+
+fn print(s: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(s.as_bytes());
+    let _ = out.flush();
+}
+
+/// The entry point of the `dirbridge` binary. Returns the process exit code.
+pub fn main() -> i32 {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
+            let _ = e.print();
+            return code;
+        }
+    };
+    init_logging(cli.verbose, cli.log_format);
+    match cli.command {
+        Command::CheckConfig { online } => {
+            let cfg = match load(&cli.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            if online {
+                let rt = match runtime() {
+                    Ok(r) => r,
+                    Err(c) => return c,
+                };
+                match rt.block_on(run::check_online(&cfg)) {
+                    Ok(url) => eprintln!("online: bound to {url}; the schema has every configured attribute and object class"),
+                    Err(e) => {
+                        eprintln!("dirbridge: {e}");
+                        return e.exit_code();
+                    }
+                }
+            }
+            let resolved = serde_json::to_string_pretty(&cfg).unwrap_or_default();
+            print(&format!("{resolved}\n"));
+            eprintln!("{}: configuration OK ({} columns in the export, {} attribute templates)", cli.config.display(), cfg.header.len(), cfg.users.attributes.len());
+            exit::OK
+        }
+        Command::Plan { format, out, as_of, only } => {
+            run_command(&cli.config, format, true, out, as_of, only, true)
+        }
+        Command::Sync { dry_run, format, as_of, only } => {
+            run_command(&cli.config, format, dry_run, None, as_of, only, false)
+        }
+    }
+}
+
+fn run_command(
+    path: &std::path::Path,
+    format: Format,
+    dry_run: bool,
+    out: Option<PathBuf>,
+    as_of: Option<String>,
+    only: Option<String>,
+    is_plan: bool,
+) -> i32 {
+    let cfg = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if let Some(d) = as_of {
+        eprintln!("note: --as-of {d} changes nothing here: the configuration has no [lifecycle] section");
+    }
+    let rt = match runtime() {
+        Ok(r) => r,
+        Err(c) => return c,
+    };
+    let opts = RunOptions { dry_run, only };
+    let outcome = match rt.block_on(run::run(&cfg, &opts, &SystemClock)) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("dirbridge: {e}");
+            eprintln!("nothing was written");
+            return e.exit_code();
+        }
+    };
+    if let Some(p) = out {
+        if let Err(e) = std::fs::write(&p, output::json(&outcome.plan)) {
+            eprintln!("dirbridge: cannot write the plan to {}: {e}", p.display());
+            return exit::SOFTWARE;
+        }
+    }
+    if dry_run {
+        match format {
+            Format::Text => print(&output::text(&outcome.plan)),
+            Format::Json => print(&output::json(&outcome.plan)),
+            Format::Ldif => print(&output::ldif(&outcome.plan)),
+        }
+        if !is_plan {
+            eprintln!("{}", outcome.summary_line());
+        }
+    } else {
+        for f in &outcome.failed {
+            eprintln!("failed: {} {} (record {}): {}; the entry is quarantined for this run", f.change.op.as_str(), f.change.dn, f.change.key, f.failure);
+        }
+        for q in &outcome.plan.quarantined {
+            let who = q.key.as_deref().map(|k| format!("record {k}")).unwrap_or_else(|| "a record".into());
+            eprintln!("quarantined: {who}: {}", q.reason);
+        }
+        for r in &outcome.plan.refusals {
+            eprintln!("REFUSED by safety.{}: {}", r.gate, r.message);
+        }
+        if outcome.plan.deletes_suppressed {
+            eprintln!("note: some records could not be read well enough to know their key: this run deleted nothing");
+        }
+        match format {
+            Format::Json => print(&format!("{}\n", serde_json::to_string_pretty(&outcome.summary_json()).unwrap_or_default())),
+            Format::Ldif => print(&output::ldif(&outcome.plan)),
+            Format::Text => print(&format!("{}\n", outcome.summary_line())),
+        }
+    }
+    outcome.exit_code()
+}

@@ -1,0 +1,723 @@
+//! Configuration: raw serde structs (kebab-case, unknown keys refused) resolved into a runtime
+//! [`Config`] (paths checked, templates compiled against the export's header, secrets read).
+//! Every problem is collected before anything is reported.
+
+pub mod diagnostic;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::dn::Dn;
+use crate::secret::Secret;
+pub use diagnostic::{Diagnostic, Diagnostics, Severity};
+
+pub const DEFAULT_PATH: &str = "/etc/dirbridge/dirbridge.toml";
+
+// ---------------------------------------------------------------- raw (as written)
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RawConfig {
+    source: Spanned<RawSource>,
+    directory: Spanned<RawDirectory>,
+    state: RawState,
+    users: Spanned<RawUsers>,
+    #[serde(default)]
+    safety: RawSafety,
+    // Sections of capabilities that are not built yet: refused by name, not as unknown keys.
+    groups: Option<Spanned<toml::Value>>,
+    lifecycle: Option<Spanned<toml::Value>>,
+    apps: Option<Spanned<toml::Value>>,
+    daemon: Option<Spanned<toml::Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RawSource {
+    kind: Spanned<String>,
+    path: Spanned<PathBuf>,
+    key: Spanned<String>,
+    delimiter: Option<Spanned<String>>,
+    encoding: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RawDirectory {
+    url: Spanned<OneOrMany>,
+    #[serde(default)]
+    flavor: Option<Spanned<String>>,
+    bind_dn: Option<Spanned<String>>,
+    password_file: Option<Spanned<PathBuf>>,
+    ca_file: Option<Spanned<PathBuf>>,
+    base_dn: Spanned<String>,
+    #[serde(default)]
+    starttls: bool,
+    #[serde(default)]
+    allow_insecure: bool,
+    connect_timeout: Option<Spanned<String>>,
+    operation_timeout: Option<Spanned<String>>,
+    page_size: Option<u32>,
+    max_in_flight: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RawState {
+    path: Spanned<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RawUsers {
+    base: Spanned<String>,
+    rdn: Spanned<String>,
+    object_classes: Spanned<Vec<String>>,
+    anchor: Spanned<String>,
+    attributes: Spanned<BTreeMap<String, Spanned<String>>>,
+    #[serde(default)]
+    unique: BTreeMap<String, Spanned<bool>>,
+    #[serde(default)]
+    policy: BTreeMap<String, Spanned<String>>,
+    correlate: Option<Spanned<toml::Value>>,
+    placement: Option<Spanned<toml::Value>>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy)]
+#[serde(untagged)]
+enum Number {
+    Int(i64),
+    Float(f64),
+}
+impl Number {
+    fn get(self) -> f64 {
+        match self {
+            Number::Int(i) => i as f64,
+            Number::Float(f) => f,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RawSafety {
+    max_deletes: Option<Spanned<i64>>,
+    max_delete_percent: Option<Spanned<Number>>,
+    max_disables: Option<Spanned<i64>>,
+    max_disable_percent: Option<Spanned<Number>>,
+    min_source_percent: Option<Spanned<Number>>,
+    max_attribute_removal_percent: Option<Spanned<Number>>,
+    #[serde(default)]
+    protected: Vec<Spanned<String>>,
+}
+
+// ---------------------------------------------------------------- resolved (runtime)
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    Csv,
+    Json,
+    Jsonl,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Encoding {
+    Utf8,
+    Windows1252,
+    Latin1,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct SourceConfig {
+    pub kind: SourceKind,
+    pub path: PathBuf,
+    pub key: String,
+    pub delimiter: char,
+    pub encoding: Encoding,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct DirectoryConfig {
+    pub urls: Vec<String>,
+    pub flavor: String,
+    pub bind_dn: Option<String>,
+    #[serde(skip)]
+    pub password: Option<Secret>,
+    pub password_source: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub base_dn: String,
+    pub starttls: bool,
+    pub allow_insecure: bool,
+    #[serde(with = "secs")]
+    pub connect_timeout: Duration,
+    #[serde(with = "secs")]
+    pub operation_timeout: Duration,
+    pub page_size: u32,
+    pub max_in_flight: usize,
+}
+
+mod secs {
+    pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    /// Set once at creation, never changed afterwards.
+    Initial,
+    /// dirbridge owns the value (the default).
+    Force,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct UsersConfig {
+    pub base: String,
+    pub rdn: String,
+    pub object_classes: Vec<String>,
+    pub anchor: String,
+    /// attribute name → template source, in name order.
+    pub attributes: BTreeMap<String, String>,
+    pub unique: BTreeSet<String>,
+    pub policy: BTreeMap<String, Policy>,
+}
+
+impl UsersConfig {
+    pub fn policy_of(&self, attr: &str) -> Policy {
+        self.policy.get(attr).copied().unwrap_or(Policy::Force)
+    }
+}
+
+#[derive(Clone, Debug, serde::Serialize, PartialEq)]
+#[serde(rename_all = "kebab-case")]
+pub struct SafetyConfig {
+    pub max_deletes: u64,
+    pub max_delete_percent: f64,
+    pub max_disables: u64,
+    pub max_disable_percent: f64,
+    pub min_source_percent: f64,
+    pub max_attribute_removal_percent: f64,
+    pub protected: Vec<String>,
+}
+
+impl Default for SafetyConfig {
+    fn default() -> Self {
+        SafetyConfig {
+            max_deletes: 50,
+            max_delete_percent: 5.0,
+            max_disables: 50,
+            max_disable_percent: 5.0,
+            min_source_percent: 90.0,
+            max_attribute_removal_percent: 10.0,
+            protected: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Config {
+    pub file: PathBuf,
+    pub source: SourceConfig,
+    pub directory: DirectoryConfig,
+    pub state: PathBuf,
+    pub users: UsersConfig,
+    pub safety: SafetyConfig,
+    /// The export's columns as read while checking the templates.
+    pub header: Vec<String>,
+}
+
+/// Known template variables besides the export's columns.
+pub const KNOWN_VARIABLES: &[&str] = &["n"];
+
+struct Ctx<'a> {
+    file: &'a Path,
+    src: &'a str,
+    diags: Diagnostics,
+}
+
+impl Ctx<'_> {
+    fn err(&mut self, span: Option<std::ops::Range<usize>>, msg: impl Into<String>) {
+        self.diags
+            .items
+            .push(Diagnostic::at(Severity::Error, self.file, self.src, span, msg.into()));
+    }
+    fn warn(&mut self, span: Option<std::ops::Range<usize>>, msg: impl Into<String>) {
+        self.diags
+            .items
+            .push(Diagnostic::at(Severity::Warning, self.file, self.src, span, msg.into()));
+    }
+}
+
+/// Load, validate and resolve a configuration file. `Err` holds every problem found; `Ok` may carry
+/// warnings.
+pub fn load(file: &Path) -> Result<(Config, Diagnostics), Diagnostics> {
+    let src = match std::fs::read_to_string(file) {
+        Ok(s) => s,
+        Err(e) => {
+            let mut d = Diagnostics::default();
+            d.items.push(Diagnostic::at(
+                Severity::Error,
+                file,
+                "",
+                None,
+                format!("cannot read the configuration file: {e} (use -c/--config to name another)"),
+            ));
+            return Err(d);
+        }
+    };
+    load_str(file, &src)
+}
+
+/// Like [`load`], from text already read.
+pub fn load_str(file: &Path, src: &str) -> Result<(Config, Diagnostics), Diagnostics> {
+    let mut cx = Ctx {
+        file,
+        src,
+        diags: Diagnostics::default(),
+    };
+    let raw: RawConfig = match toml::from_str(src) {
+        Ok(r) => r,
+        Err(e) => {
+            cx.err(e.span(), e.message().trim().to_string());
+            return Err(cx.diags);
+        }
+    };
+    let base_dir = file.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let rel = |p: &Path| -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base_dir.join(p)
+        }
+    };
+
+    for (name, sec) in [
+        ("[[groups]]", &raw.groups),
+        ("[lifecycle]", &raw.lifecycle),
+        ("[[apps]]", &raw.apps),
+        ("[daemon]", &raw.daemon),
+        ("users.correlate", &raw.users.get_ref().correlate),
+        ("[[users.placement]]", &raw.users.get_ref().placement),
+    ] {
+        if let Some(v) = sec {
+            cx.err(
+                Some(v.span()),
+                format!("{name} is not supported yet by this version of dirbridge; remove it (it lands with a later release)"),
+            );
+        }
+    }
+
+    // ---- [source]
+    let s = raw.source.get_ref();
+    let kind = match s.kind.get_ref().as_str() {
+        "csv" => SourceKind::Csv,
+        "json" => SourceKind::Json,
+        "jsonl" => SourceKind::Jsonl,
+        other => {
+            cx.err(
+                Some(s.kind.span()),
+                format!("source.kind = {other:?} is not one of \"csv\", \"json\", \"jsonl\""),
+            );
+            SourceKind::Csv
+        }
+    };
+    let delimiter = match &s.delimiter {
+        None => ',',
+        Some(d) => {
+            let v = d.get_ref();
+            let mut chars = v.chars();
+            match (chars.next(), chars.next()) {
+                (Some(c), None) if c.is_ascii() && c != '"' && c != '\n' => c,
+                _ if v == "\\t" => '\t',
+                _ => {
+                    cx.err(Some(d.span()), format!("source.delimiter must be one ASCII character, not {v:?}"));
+                    ','
+                }
+            }
+        }
+    };
+    if kind != SourceKind::Csv {
+        if let Some(d) = &s.delimiter {
+            cx.warn(Some(d.span()), "source.delimiter only applies to kind = \"csv\"");
+        }
+    }
+    let encoding = match &s.encoding {
+        None => Encoding::Utf8,
+        Some(e) => match e.get_ref().to_ascii_lowercase().as_str() {
+            "utf-8" | "utf8" => Encoding::Utf8,
+            "windows-1252" | "cp1252" => Encoding::Windows1252,
+            "iso-8859-1" | "latin1" | "latin-1" => Encoding::Latin1,
+            other => {
+                cx.err(
+                    Some(e.span()),
+                    format!("source.encoding = {other:?} is not one of \"utf-8\", \"windows-1252\", \"iso-8859-1\""),
+                );
+                Encoding::Utf8
+            }
+        },
+    };
+    let key = s.key.get_ref().trim().to_string();
+    if key.is_empty() {
+        cx.err(Some(s.key.span()), "source.key must name the column that holds the HR key");
+    }
+    let source = SourceConfig {
+        kind,
+        path: rel(s.path.get_ref()),
+        key: key.clone(),
+        delimiter,
+        encoding,
+    };
+    let header: Vec<String> = match crate::source::read_header(&source) {
+        Ok(h) => {
+            if !key.is_empty() && !h.iter().any(|c| c == &key) {
+                cx.err(
+                    Some(s.key.span()),
+                    format!(
+                        "source.key = {key:?} is not a column of {}; columns: {}",
+                        source.path.display(),
+                        h.join(", ")
+                    ),
+                );
+            }
+            h
+        }
+        Err(e) => {
+            cx.err(
+                Some(s.path.span()),
+                format!("cannot read the export's header, so templates cannot be checked: {e}"),
+            );
+            Vec::new()
+        }
+    };
+
+    // ---- [directory]
+    let d = raw.directory.get_ref();
+    let urls = match d.url.get_ref() {
+        OneOrMany::One(u) => vec![u.clone()],
+        OneOrMany::Many(v) => v.clone(),
+    };
+    if urls.is_empty() {
+        cx.err(Some(d.url.span()), "directory.url must name at least one server");
+    }
+    let flavor = d.flavor.as_ref().map(|f| f.get_ref().clone()).unwrap_or_else(|| "openldap".into());
+    if let Some(f) = &d.flavor {
+        match f.get_ref().as_str() {
+            "openldap" => {}
+            "active-directory" => cx.err(
+                Some(f.span()),
+                "flavor = \"active-directory\" is not supported yet by this version of dirbridge",
+            ),
+            other => cx.err(
+                Some(f.span()),
+                format!("directory.flavor = {other:?} is not one of \"openldap\", \"active-directory\""),
+            ),
+        }
+    }
+    let mut any_plain_simple = false;
+    let mut any_tls = false;
+    let mut all_ldapi = true;
+    for u in &urls {
+        let lower = u.to_ascii_lowercase();
+        if lower.starts_with("ldapi://") {
+            continue;
+        }
+        all_ldapi = false;
+        if lower.starts_with("ldaps://") {
+            any_tls = true;
+        } else if lower.starts_with("ldap://") {
+            if d.starttls {
+                any_tls = true;
+            } else {
+                any_plain_simple = true;
+            }
+        } else {
+            cx.err(
+                Some(d.url.span()),
+                format!("directory.url {u:?} must start with ldap://, ldaps:// or ldapi://"),
+            );
+        }
+    }
+    if any_plain_simple && !d.allow_insecure {
+        cx.err(
+            Some(d.url.span()),
+            "a simple bind over plain ldap:// would send the password in clear text: use ldaps://, set \
+             starttls = true, use ldapi://, or set allow-insecure = true to accept the risk",
+        );
+    }
+    let mut password = None;
+    let mut password_source = None;
+    let bind_dn = d.bind_dn.as_ref().map(|b| b.get_ref().clone());
+    if let Some(b) = &d.bind_dn {
+        if let Err(e) = Dn::parse(b.get_ref()) {
+            cx.err(Some(b.span()), format!("directory.bind-dn: {e}"));
+        }
+        let cred = std::env::var_os("CREDENTIALS_DIRECTORY").map(|c| PathBuf::from(c).join("bind-password"));
+        let (path, span) = match (&cred, &d.password_file) {
+            (Some(c), _) if c.exists() => (Some(c.clone()), None),
+            (_, Some(p)) => (Some(rel(p.get_ref())), Some(p.span())),
+            _ => (None, None),
+        };
+        match path {
+            None => cx.err(
+                Some(b.span()),
+                "directory.bind-dn is set but there is no password: set password-file (or provide the \
+                 systemd credential bind-password)",
+            ),
+            Some(p) => match std::fs::read_to_string(&p) {
+                Ok(s) => {
+                    let pw = s.trim_end_matches(['\n', '\r']).to_string();
+                    if pw.is_empty() {
+                        cx.err(span.clone(), format!("password file {} is empty", p.display()));
+                    }
+                    check_private(&mut cx, &p, span.clone());
+                    password = Some(Secret::new(pw));
+                    password_source = Some(p);
+                }
+                Err(e) => cx.err(span.clone(), format!("cannot read password file {}: {e}", p.display())),
+            },
+        }
+    } else if !all_ldapi {
+        cx.err(
+            Some(raw.directory.span()),
+            "directory.bind-dn is required unless every url is ldapi:// (SASL EXTERNAL)",
+        );
+    }
+    let ca_file = d.ca_file.as_ref().map(|c| (rel(c.get_ref()), c.span()));
+    if let Some((p, span)) = &ca_file {
+        if let Err(e) = std::fs::metadata(p) {
+            cx.err(Some(span.clone()), format!("cannot read ca-file {}: {e}", p.display()));
+        }
+        if !any_tls {
+            cx.warn(Some(span.clone()), "ca-file is set but no url uses TLS (ldaps:// or starttls = true)");
+        }
+    }
+    let mut dur = |v: &Option<Spanned<String>>, name: &str, default: u64| -> Duration {
+        match v {
+            None => Duration::from_secs(default),
+            Some(s) => match humantime::parse_duration(s.get_ref()) {
+                Ok(d) if !d.is_zero() => d,
+                _ => {
+                    cx.err(
+                        Some(s.span()),
+                        format!("directory.{name} = {:?} is not a duration such as \"10s\" or \"2m\"", s.get_ref()),
+                    );
+                    Duration::from_secs(default)
+                }
+            },
+        }
+    };
+    let connect_timeout = dur(&d.connect_timeout, "connect-timeout", 10);
+    let operation_timeout = dur(&d.operation_timeout, "operation-timeout", 30);
+    let base_dn = d.base_dn.get_ref().clone();
+    let base_parsed = match Dn::parse(&base_dn) {
+        Ok(b) if !b.rdns.is_empty() => Some(b),
+        Ok(_) => {
+            cx.err(Some(d.base_dn.span()), "directory.base-dn must not be empty");
+            None
+        }
+        Err(e) => {
+            cx.err(Some(d.base_dn.span()), format!("directory.base-dn: {e}"));
+            None
+        }
+    };
+    let directory = DirectoryConfig {
+        urls,
+        flavor,
+        bind_dn,
+        password,
+        password_source,
+        ca_file: ca_file.map(|(p, _)| p),
+        base_dn,
+        starttls: d.starttls,
+        allow_insecure: d.allow_insecure,
+        connect_timeout,
+        operation_timeout,
+        page_size: d.page_size.unwrap_or(500).max(1),
+        max_in_flight: d.max_in_flight.unwrap_or(32).clamp(1, 1024) as usize,
+    };
+
+    // ---- [state]
+    let state = rel(raw.state.path.get_ref());
+
+    // ---- [users]
+    let u = raw.users.get_ref();
+    match Dn::parse(u.base.get_ref()) {
+        Ok(b) => {
+            if let Some(bd) = &base_parsed {
+                if !b.is_within(bd) {
+                    cx.err(
+                        Some(u.base.span()),
+                        format!("users.base {:?} is not under directory.base-dn {:?}", u.base.get_ref(), directory.base_dn),
+                    );
+                }
+            }
+        }
+        Err(e) => cx.err(Some(u.base.span()), format!("users.base: {e}")),
+    }
+    let attrs = u.attributes.get_ref();
+    let rdn = u.rdn.get_ref().trim().to_string();
+    if !attrs.contains_key(&rdn) {
+        cx.err(
+            Some(u.rdn.span()),
+            format!("users.rdn = {rdn:?} needs a template in [users.attributes] (add `{rdn} = \"…\"`)"),
+        );
+    }
+    let anchor = u.anchor.get_ref().trim().to_string();
+    if let Some(a) = attrs.get(&anchor) {
+        cx.err(
+            Some(a.span()),
+            format!("users.attributes.{anchor}: the anchor attribute is set by dirbridge to the HR key ({key}); remove this template"),
+        );
+    }
+    if u.object_classes.get_ref().is_empty() {
+        cx.err(Some(u.object_classes.span()), "users.object-classes must list at least one object class");
+    }
+    let mut attributes = BTreeMap::new();
+    for (name, tpl) in attrs {
+        if !is_attr_name(name) {
+            cx.err(Some(tpl.span()), format!("users.attributes: {name:?} is not an attribute name"));
+            continue;
+        }
+        if let Err(msg) = crate::mapping::check_template(tpl.get_ref(), &header, !header.is_empty()) {
+            cx.err(Some(tpl.span()), format!("users.attributes.{name}: {msg}"));
+        }
+        attributes.insert(name.clone(), tpl.get_ref().clone());
+    }
+    let mut unique = BTreeSet::new();
+    for (name, v) in &u.unique {
+        if !attrs.contains_key(name) {
+            cx.err(Some(v.span()), format!("users.unique.{name}: there is no template for {name} in [users.attributes]"));
+        } else if *v.get_ref() {
+            unique.insert(name.clone());
+        }
+    }
+    let mut policy = BTreeMap::new();
+    for (name, v) in &u.policy {
+        let p = match v.get_ref().as_str() {
+            "initial" => Policy::Initial,
+            "force" => Policy::Force,
+            other => {
+                cx.err(Some(v.span()), format!("users.policy.{name} = {other:?} is not \"initial\" or \"force\""));
+                continue;
+            }
+        };
+        if !attrs.contains_key(name) {
+            cx.err(Some(v.span()), format!("users.policy.{name}: there is no template for {name} in [users.attributes]"));
+        }
+        policy.insert(name.clone(), p);
+    }
+    let users = UsersConfig {
+        base: u.base.get_ref().clone(),
+        rdn,
+        object_classes: u.object_classes.get_ref().clone(),
+        anchor,
+        attributes,
+        unique,
+        policy,
+    };
+
+    // ---- [safety]
+    let sf = &raw.safety;
+    let def = SafetyConfig::default();
+    let mut pct = |v: &Option<Spanned<Number>>, name: &str, default: f64| -> f64 {
+        match v {
+            None => default,
+            Some(s) => {
+                let n = s.get_ref().get();
+                if !(0.0..=100.0).contains(&n) {
+                    cx.err(Some(s.span()), format!("safety.{name} = {n} must be between 0 and 100"));
+                }
+                n
+            }
+        }
+    };
+    let max_delete_percent = pct(&sf.max_delete_percent, "max-delete-percent", def.max_delete_percent);
+    let max_disable_percent = pct(&sf.max_disable_percent, "max-disable-percent", def.max_disable_percent);
+    let min_source_percent = pct(&sf.min_source_percent, "min-source-percent", def.min_source_percent);
+    let max_attribute_removal_percent = pct(
+        &sf.max_attribute_removal_percent,
+        "max-attribute-removal-percent",
+        def.max_attribute_removal_percent,
+    );
+    let mut count = |v: &Option<Spanned<i64>>, name: &str, default: u64| -> u64 {
+        match v {
+            None => default,
+            Some(s) if *s.get_ref() >= 0 => *s.get_ref() as u64,
+            Some(s) => {
+                cx.err(Some(s.span()), format!("safety.{name} must not be negative"));
+                default
+            }
+        }
+    };
+    let max_deletes = count(&sf.max_deletes, "max-deletes", def.max_deletes);
+    let max_disables = count(&sf.max_disables, "max-disables", def.max_disables);
+    let mut protected = Vec::new();
+    for p in &sf.protected {
+        match Dn::parse(p.get_ref()) {
+            Ok(_) => protected.push(p.get_ref().clone()),
+            Err(e) => cx.err(Some(p.span()), format!("safety.protected: {e}")),
+        }
+    }
+    let safety = SafetyConfig {
+        max_deletes,
+        max_delete_percent,
+        max_disables,
+        max_disable_percent,
+        min_source_percent,
+        max_attribute_removal_percent,
+        protected,
+    };
+
+    if cx.diags.has_errors() {
+        return Err(cx.diags);
+    }
+    Ok((
+        Config {
+            file: file.to_path_buf(),
+            source,
+            directory,
+            state,
+            users,
+            safety,
+            header,
+        },
+        cx.diags,
+    ))
+}
+
+fn is_attr_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '-' || c == ';')
+}
+
+/// Warn when a file holding a secret can be read by other users.
+fn check_private(cx: &mut Ctx<'_>, p: &Path, span: Option<std::ops::Range<usize>>) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::metadata(p) {
+        if m.permissions().mode() & 0o004 != 0 {
+            cx.warn(
+                span,
+                format!("{} holds a secret and is readable by every user: chmod o-r it", p.display()),
+            );
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! dirbridge: a directory synchronization daemon. HR export → SQLite mirror → mapping → plan →
+//! safety gates → appliers → audit. The decision logic (mapping, plan, gates) is pure; I/O lives in
+//! `source`, `mirror` and `target`.
+#![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod dn;
+pub mod exit;
+pub mod mapping;
+pub mod mirror;
+pub mod model;
+pub mod plan;
+pub mod run;
+pub mod secret;
+pub mod source;
+pub mod target;

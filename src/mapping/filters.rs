@@ -1,0 +1,88 @@
+//! Template filters the domain needs: `ascii`, `slug`, `person_dn` (and MiniJinja's own `lower`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use minijinja::{Environment, Error, ErrorKind};
+
+/// Transliterate to ASCII (`Zoë Ørsted` → `Zoe Orsted`, `Łukasz` → `Lukasz`, `ß` → `ss`).
+/// A character with no Latin rendering is an error, unless a fallback is given: then the whole value
+/// becomes the fallback.
+pub fn ascii(value: &str, fallback: Option<&str>) -> Result<String, String> {
+    const TOFU: &str = "\u{FFFD}";
+    let out = deunicode::deunicode_with_tofu(value, TOFU);
+    if out.contains(TOFU) {
+        let bad: String = value
+            .chars()
+            .filter(|c| deunicode::deunicode_char(*c).is_none())
+            .take(3)
+            .collect();
+        return match fallback {
+            Some(f) => Ok(f.to_string()),
+            None => Err(format!(
+                "{value:?} has no Latin rendering (characters {bad:?}); give a fallback: ascii('…')"
+            )),
+        };
+    }
+    Ok(out)
+}
+
+/// Lower-case ASCII words joined by `-`: `Research & Development` → `research-development`.
+pub fn slug(value: &str) -> Result<String, String> {
+    let a = ascii(value, None)?;
+    let mut out = String::with_capacity(a.len());
+    let mut dash = false;
+    for c in a.chars() {
+        if c.is_ascii_alphanumeric() {
+            if dash && !out.is_empty() {
+                out.push('-');
+            }
+            dash = false;
+            out.push(c.to_ascii_lowercase());
+        } else {
+            dash = true;
+        }
+    }
+    Ok(out)
+}
+
+/// HR key → DN of that person's entry, filled by the mapper between its two passes.
+pub type PersonDns = Arc<RwLock<HashMap<String, String>>>;
+
+pub fn register(env: &mut Environment<'static>, person_dns: PersonDns) {
+    env.add_filter("ascii", |v: String, fallback: Option<String>| -> Result<String, Error> {
+        ascii(&v, fallback.as_deref()).map_err(|m| Error::new(ErrorKind::InvalidOperation, m))
+    });
+    env.add_filter("slug", |v: String| -> Result<String, Error> {
+        slug(&v).map_err(|m| Error::new(ErrorKind::InvalidOperation, m))
+    });
+    env.add_filter("person_dn", move |v: String| -> String {
+        let key = v.trim();
+        if key.is_empty() {
+            return String::new();
+        }
+        person_dns
+            .read()
+            .map(|m| m.get(key).cloned().unwrap_or_default())
+            .unwrap_or_default()
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn transliteration() {
+        assert_eq!(ascii("Zoë Ørsted", None).unwrap(), "Zoe Orsted");
+        assert_eq!(ascii("Łukasz", None).unwrap(), "Lukasz");
+        assert_eq!(ascii("Straße", None).unwrap(), "Strasse");
+        assert_eq!(ascii("Владимир", None).unwrap(), "Vladimir");
+        assert!(ascii("\u{E000}", None).unwrap_err().contains("no Latin rendering"));
+        assert_eq!(ascii("\u{E000}", Some("user")).unwrap(), "user");
+    }
+    #[test]
+    fn slugs() {
+        assert_eq!(slug("Research & Development").unwrap(), "research-development");
+        assert_eq!(slug("  Ærø  Sales ").unwrap(), "aero-sales");
+    }
+}

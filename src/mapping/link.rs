@@ -1,0 +1,107 @@
+//! Linking HR keys to directory entries (pure). The link (HR key ↔ entryUUID) identifies a
+//! person's entry; the anchor attribute marks ownership and relinks entries when the mirror lost
+//! the link.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::Serialize;
+
+use crate::model::{DirSnapshot, MatchRules};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Relink {
+    pub key: String,
+    pub uuid: String,
+    pub dn: String,
+    pub why: String,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Linking {
+    /// HR key → uuid of the person's entry.
+    pub by_key: BTreeMap<String, String>,
+    /// Links made (or remade) from the anchor in this run.
+    pub relinked: Vec<Relink>,
+    /// Keys whose anchor is carried by more than one entry: left alone, reported.
+    pub conflicts: BTreeMap<String, Vec<String>>,
+    /// Anchored entries whose key is not in the export: uuid → key.
+    pub gone: BTreeMap<String, String>,
+    /// Links in the mirror whose entry no longer exists in the directory.
+    pub dangling: Vec<String>,
+    /// Number of anchored (managed) entries.
+    pub managed: usize,
+}
+
+/// `present`: every key the export names (valid and quarantined). `links`: the mirror's links.
+pub fn link(
+    present: &BTreeSet<String>,
+    dir: &DirSnapshot,
+    links: &BTreeMap<String, String>,
+    anchor: &str,
+    rules: &MatchRules,
+) -> Linking {
+    let mut out = Linking::default();
+    let by_uuid: HashMap<&str, usize> = dir.entries.iter().enumerate().map(|(i, e)| (e.uuid.as_str(), i)).collect();
+    // folded anchor value → entries carrying it
+    let mut by_anchor: HashMap<String, Vec<usize>> = HashMap::new();
+    for (i, e) in dir.entries.iter().enumerate() {
+        let vals = e.get(anchor);
+        if let Some(v) = vals.first() {
+            out.managed += 1;
+            by_anchor.entry(rules.fold(anchor, v)).or_default().push(i);
+        }
+    }
+    let mut used: BTreeSet<usize> = BTreeSet::new();
+    for key in present {
+        if let Some(uuid) = links.get(key) {
+            if let Some(&i) = by_uuid.get(uuid.as_str()) {
+                out.by_key.insert(key.clone(), uuid.clone());
+                used.insert(i);
+                continue;
+            }
+            out.dangling.push(key.clone());
+        }
+        let cands = by_anchor.get(&rules.fold(anchor, key)).cloned().unwrap_or_default();
+        let cands: Vec<usize> = cands.into_iter().filter(|i| !used.contains(i)).collect();
+        match cands.len() {
+            0 => {}
+            1 => {
+                let e = &dir.entries[cands[0]];
+                used.insert(cands[0]);
+                out.by_key.insert(key.clone(), e.uuid.clone());
+                let why = if links.contains_key(key) {
+                    "the linked entry is gone; relinked by anchor".to_string()
+                } else {
+                    "no link in the mirror; linked by anchor".to_string()
+                };
+                out.relinked.push(Relink {
+                    key: key.clone(),
+                    uuid: e.uuid.clone(),
+                    dn: e.dn.clone(),
+                    why,
+                });
+            }
+            _ => {
+                out.conflicts
+                    .insert(key.clone(), cands.iter().map(|&i| dir.entries[i].dn.clone()).collect());
+                for i in cands {
+                    used.insert(i);
+                }
+            }
+        }
+    }
+    let present_folded: BTreeSet<String> = present.iter().map(|k| rules.fold(anchor, k)).collect();
+    for (i, e) in dir.entries.iter().enumerate() {
+        if used.contains(&i) {
+            continue;
+        }
+        if let Some(v) = e.get(anchor).first() {
+            // An anchored entry no export key claims. If its key is present (say, claimed through a
+            // link by another entry) it is a duplicate: never delete it automatically.
+            if !present_folded.contains(&rules.fold(anchor, v)) {
+                out.gone.insert(e.uuid.clone(), v.clone());
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,421 @@
+//! Mapping (pure): HR records → desired directory entries, through strict MiniJinja templates.
+
+pub mod filters;
+pub mod link;
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, RwLock};
+
+use minijinja::{Environment, ErrorKind, UndefinedBehavior, Value};
+use serde::Serialize;
+
+use crate::config::{Policy, UsersConfig, KNOWN_VARIABLES};
+use crate::dn::{self, Dn};
+use crate::model::{DirSnapshot, Entry, MatchRules};
+use crate::source::Record;
+use link::Linking;
+
+/// The entry a record should have.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Desired {
+    pub key: String,
+    pub line: usize,
+    /// The linked entry's uuid, when the person already has one.
+    pub uuid: Option<String>,
+    pub dn: String,
+    /// attribute (as configured) → values; absent attributes are not listed.
+    pub attrs: BTreeMap<String, Vec<String>>,
+}
+
+/// A record that could not be mapped: it is quarantined for this run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MapError {
+    pub key: String,
+    pub line: usize,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct MapOutput {
+    pub desired: Vec<Desired>,
+    pub errors: Vec<MapError>,
+}
+
+fn new_env(person_dns: filters::PersonDns) -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+    filters::register(&mut env, person_dns);
+    env
+}
+
+fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// Check one template against the export's header: it must compile, name only columns (or known
+/// variables such as `n`), and use only known filters. `header_known` false skips the column check
+/// (the header could not be read; that is reported on its own).
+pub fn check_template(src: &str, header: &[String], header_known: bool) -> Result<(), String> {
+    let env = new_env(Arc::new(RwLock::new(HashMap::new())));
+    let tmpl = env.template_from_str(src).map_err(|e| describe(&e))?;
+    if header_known {
+        let mut unknown: Vec<String> = tmpl
+            .undeclared_variables(false)
+            .into_iter()
+            .filter(|v| !KNOWN_VARIABLES.contains(&v.as_str()) && !header.contains(v))
+            .collect();
+        unknown.sort();
+        if let Some(v) = unknown.first() {
+            let close = header
+                .iter()
+                .map(|h| (levenshtein(v, h), h))
+                .filter(|(d, _)| *d <= 2)
+                .min()
+                .map(|(_, h)| format!(" (did you mean `{h}`?)"))
+                .unwrap_or_default();
+            return Err(format!(
+                "unknown variable{} `{}`{close}: not a column of the export (columns: {}) and not a known variable ({})",
+                if unknown.len() > 1 { "s" } else { "" },
+                unknown.join("`, `"),
+                header.join(", "),
+                KNOWN_VARIABLES.join(", ")
+            ));
+        }
+        // A trial render finds unknown filters and functions.
+        let mut ctx: BTreeMap<String, Value> = header.iter().map(|h| (h.clone(), Value::from("Sample"))).collect();
+        ctx.insert("n".into(), Value::from(""));
+        if let Err(e) = tmpl.render(Value::from_object(ctx)) {
+            if matches!(
+                e.kind(),
+                ErrorKind::UnknownFilter | ErrorKind::UnknownFunction | ErrorKind::UnknownTest | ErrorKind::UnknownMethod
+            ) {
+                return Err(describe(&e));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn describe(e: &minijinja::Error) -> String {
+    let mut s = e.kind().to_string();
+    if let Some(d) = e.detail() {
+        s = format!("{s}: {d}");
+    }
+    if let Some(l) = e.line() {
+        s = format!("{s} (template line {l})");
+    }
+    s
+}
+
+/// Numeric keys compare as numbers, others as text: "ascending HR-key order".
+pub fn key_order(a: &str, b: &str) -> Ordering {
+    let num = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
+    if num(a) && num(b) {
+        let (ta, tb) = (a.trim_start_matches('0'), b.trim_start_matches('0'));
+        ta.len().cmp(&tb.len()).then_with(|| ta.cmp(tb)).then_with(|| a.cmp(b))
+    } else {
+        a.cmp(b)
+    }
+}
+
+const SENTINEL: &str = "\u{E000}";
+
+pub struct Mapper {
+    env: Environment<'static>,
+    users: UsersConfig,
+    header: Vec<String>,
+    person_dns: filters::PersonDns,
+    /// Attributes whose template uses `n`.
+    uses_n: BTreeSet<String>,
+}
+
+impl Mapper {
+    pub fn new(users: &UsersConfig, header: &[String]) -> Result<Mapper, String> {
+        let person_dns: filters::PersonDns = Arc::new(RwLock::new(HashMap::new()));
+        let mut env = new_env(person_dns.clone());
+        for (name, src) in &users.attributes {
+            env.add_template_owned(name.clone(), src.clone())
+                .map_err(|e| format!("users.attributes.{name}: {}", describe(&e)))?;
+        }
+        let mut uses_n = BTreeSet::new();
+        for name in users.attributes.keys() {
+            if let Ok(t) = env.get_template(name) {
+                if t.undeclared_variables(false).contains("n") {
+                    uses_n.insert(name.clone());
+                }
+            }
+        }
+        Ok(Mapper {
+            uses_n,
+            env,
+            users: users.clone(),
+            header: header.to_vec(),
+            person_dns,
+        })
+    }
+
+    fn context(&self, r: &Record) -> BTreeMap<String, Value> {
+        let mut ctx: BTreeMap<String, Value> = self.header.iter().map(|h| (h.clone(), Value::from(""))).collect();
+        for (k, v) in &r.fields {
+            ctx.insert(k.clone(), Value::from(v.as_str()));
+        }
+        ctx
+    }
+
+    /// Render one attribute; `None` when it renders empty (the attribute is absent).
+    fn render(&self, attr: &str, ctx: &mut BTreeMap<String, Value>, n: &str) -> Result<Option<String>, String> {
+        ctx.insert("n".into(), Value::from(n));
+        let t = self.env.get_template(attr).map_err(|e| describe(&e))?;
+        let out = t
+            .render(Value::from_object(ctx.clone()))
+            .map_err(|e| format!("users.attributes.{attr}: {}", describe(&e)))?;
+        let out = out.trim();
+        Ok(if out.is_empty() { None } else { Some(out.to_string()) })
+    }
+
+    /// Map the export. `records` are the valid records; `quarantined` the keys left alone.
+    pub fn map(
+        &self,
+        records: &[Record],
+        quarantined: &BTreeSet<String>,
+        linking: &Linking,
+        dir: &DirSnapshot,
+        rules: &MatchRules,
+    ) -> MapOutput {
+        let by_uuid: HashMap<&str, &Entry> = dir.entries.iter().map(|e| (e.uuid.as_str(), e)).collect();
+        let mut order: Vec<&Record> = records.iter().filter(|r| !linking.conflicts.contains_key(&r.key)).collect();
+        order.sort_by(|a, b| key_order(&a.key, &b.key));
+        let mut errors: Vec<MapError> = Vec::new();
+        for (k, dns) in &linking.conflicts {
+            if let Some(r) = records.iter().find(|r| &r.key == k) {
+                errors.push(MapError {
+                    key: k.clone(),
+                    line: r.line,
+                    reason: format!("more than one entry carries anchor {} = {k:?}: {}; remove the duplicate", self.users.anchor, dns.join(" and ")),
+                });
+            }
+        }
+        let mut ctxs: Vec<BTreeMap<String, Value>> = order.iter().map(|r| self.context(r)).collect();
+        let existing: Vec<Option<&Entry>> = order
+            .iter()
+            .map(|r| linking.by_key.get(&r.key).and_then(|u| by_uuid.get(u.as_str()).copied()))
+            .collect();
+        let mut failed: Vec<Option<String>> = vec![None; order.len()];
+        let mut values: Vec<BTreeMap<String, Vec<String>>> = vec![BTreeMap::new(); order.len()];
+
+        // Pass 1: unique attributes, in name order; existing holders first, then new ones by key.
+        for attr in &self.users.unique {
+            let lower = attr.to_ascii_lowercase();
+            let taken = dir.taken.get(&lower);
+            let mut reserved: HashMap<String, usize> = HashMap::new();
+            let mut pending: Vec<usize> = Vec::new();
+            for i in 0..order.len() {
+                if failed[i].is_some() {
+                    continue;
+                }
+                let cur = existing[i].and_then(|e| e.get(attr).first().cloned());
+                let keep = match (&cur, self.users.policy_of(attr)) {
+                    (Some(c), Policy::Initial) => Some(c.clone()),
+                    (Some(c), Policy::Force) => match self.sticks(attr, &mut ctxs[i], c, rules) {
+                        Ok(true) => Some(c.clone()),
+                        Ok(false) => None,
+                        Err(e) => {
+                            failed[i] = Some(e);
+                            continue;
+                        }
+                    },
+                    (None, _) => None,
+                };
+                match keep {
+                    Some(v) => {
+                        reserved.insert(rules.fold(attr, &v), i);
+                        values[i].insert(attr.clone(), vec![v]);
+                    }
+                    None => pending.push(i),
+                }
+            }
+            for i in pending {
+                let own = existing[i].map(|e| e.uuid.as_str());
+                let mut n = 1u32;
+                loop {
+                    let ns = if n == 1 { String::new() } else { n.to_string() };
+                    match self.render(attr, &mut ctxs[i], &ns) {
+                        Err(e) => {
+                            failed[i] = Some(e);
+                            break;
+                        }
+                        Ok(None) => break,
+                        Ok(Some(v)) => {
+                            let f = rules.fold(attr, &v);
+                            let by_other_entry = taken
+                                .and_then(|t| t.get(&f))
+                                .map(|us| us.iter().any(|u| Some(u.as_str()) != own))
+                                .unwrap_or(false);
+                            let by_other_record = reserved.get(&f).map(|&j| j != i).unwrap_or(false);
+                            if !by_other_entry && !by_other_record {
+                                reserved.insert(f, i);
+                                values[i].insert(attr.clone(), vec![v]);
+                                break;
+                            }
+                            if n >= 100_000 || !self.uses_n.contains(attr) {
+                                failed[i] = Some(format!(
+                                    "users.attributes.{attr}: {v:?} is already taken and the template has no {{{{ n }}}} to number it"
+                                ));
+                                break;
+                            }
+                        }
+                    }
+                    n += 1;
+                }
+            }
+        }
+
+        // The RDN and the DN.
+        let rdn = self.users.rdn.clone();
+        let mut dns: Vec<String> = vec![String::new(); order.len()];
+        for i in 0..order.len() {
+            if failed[i].is_some() {
+                continue;
+            }
+            if !values[i].contains_key(&rdn) {
+                match self.render(&rdn, &mut ctxs[i], "") {
+                    Ok(Some(v)) => {
+                        values[i].insert(rdn.clone(), vec![v]);
+                    }
+                    Ok(None) => {
+                        failed[i] = Some(format!("users.attributes.{rdn} (the RDN) rendered empty; the entry cannot be named"));
+                        continue;
+                    }
+                    Err(e) => {
+                        failed[i] = Some(e);
+                        continue;
+                    }
+                }
+            }
+            let want = values[i][&rdn][0].clone();
+            dns[i] = match existing[i] {
+                None => dn::child(&rdn, &want, &self.users.base),
+                Some(e) => {
+                    let parsed = Dn::parse(&e.dn).ok();
+                    let same = parsed
+                        .as_ref()
+                        .and_then(|d| d.first().cloned())
+                        .map(|a| {
+                            a.attr.eq_ignore_ascii_case(&rdn) && rules.fold(&rdn, &a.value) == rules.fold(&rdn, &want)
+                        })
+                        .unwrap_or(false);
+                    if same {
+                        e.dn.clone()
+                    } else if self.users.policy_of(&rdn) == Policy::Initial && parsed.is_some() {
+                        // dirbridge does not own the name: keep it, and keep the attribute as it is.
+                        let cur = parsed.as_ref().and_then(|d| d.first().cloned());
+                        if let Some(a) = cur.filter(|a| a.attr.eq_ignore_ascii_case(&rdn)) {
+                            values[i].insert(rdn.clone(), vec![a.value]);
+                        }
+                        e.dn.clone()
+                    } else {
+                        let parent = parsed.map(|d| d.parent().to_string()).unwrap_or_else(|| self.users.base.clone());
+                        dn::child(&rdn, &want, &parent)
+                    }
+                }
+            };
+        }
+
+        // person_dn: every person in the export, and quarantined people who have an entry.
+        {
+            let mut map: HashMap<String, String> = HashMap::new();
+            for i in 0..order.len() {
+                if failed[i].is_none() {
+                    map.insert(order[i].key.clone(), dns[i].clone());
+                }
+            }
+            for k in quarantined {
+                if let Some(e) = linking.by_key.get(k).and_then(|u| by_uuid.get(u.as_str())) {
+                    map.insert(k.clone(), e.dn.clone());
+                }
+            }
+            if let Ok(mut g) = self.person_dns.write() {
+                *g = map;
+            }
+        }
+
+        // Pass 2: every other attribute.
+        for i in 0..order.len() {
+            if failed[i].is_some() {
+                continue;
+            }
+            for attr in self.users.attributes.keys() {
+                if values[i].contains_key(attr) || self.users.unique.contains(attr) {
+                    continue;
+                }
+                match self.render(attr, &mut ctxs[i], "") {
+                    Ok(Some(v)) => {
+                        values[i].insert(attr.clone(), vec![v]);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        failed[i] = Some(e);
+                        break;
+                    }
+                }
+            }
+        }
+
+        let mut desired = Vec::with_capacity(order.len());
+        for (i, r) in order.iter().enumerate() {
+            if let Some(reason) = failed[i].take() {
+                errors.push(MapError {
+                    key: r.key.clone(),
+                    line: r.line,
+                    reason,
+                });
+                continue;
+            }
+            desired.push(Desired {
+                key: r.key.clone(),
+                line: r.line,
+                uuid: existing[i].map(|e| e.uuid.clone()),
+                dn: std::mem::take(&mut dns[i]),
+                attrs: std::mem::take(&mut values[i]),
+            });
+        }
+        errors.sort_by(|a, b| key_order(&a.key, &b.key));
+        MapOutput { desired, errors }
+    }
+
+    /// Whether the current value `cur` is still a numbering of the template's base (`base`, `base2`, …).
+    fn sticks(&self, attr: &str, ctx: &mut BTreeMap<String, Value>, cur: &str, rules: &MatchRules) -> Result<bool, String> {
+        let base = self.render(attr, ctx, "")?;
+        let Some(base) = base else { return Ok(false) };
+        let fc = rules.fold(attr, cur);
+        if fc == rules.fold(attr, &base) {
+            return Ok(true);
+        }
+        let Ok(Some(pat)) = self.render(attr, ctx, SENTINEL) else {
+            return Ok(false);
+        };
+        let Some((pre, suf)) = pat.split_once(SENTINEL) else {
+            return Ok(false);
+        };
+        let (fp, fs) = (rules.fold(attr, pre), rules.fold(attr, suf));
+        if fc.len() < fp.len() + fs.len() || !fc.starts_with(&fp) || !fc.ends_with(&fs) {
+            return Ok(false);
+        }
+        let mid = &fc[fp.len()..fc.len() - fs.len()];
+        Ok(!mid.is_empty() && !mid.starts_with('0') && mid.bytes().all(|b| b.is_ascii_digit()) && mid != "1")
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,455 @@
+//! The SQLite mirror: last good HR snapshot, directory snapshot, links, run journal and audit.
+//! WAL, versioned migrations (each in its own transaction), created private to the user.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::model::{DirSnapshot, Entry};
+use crate::plan::gates::LastGood;
+use crate::plan::Change;
+use crate::source::Export;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MirrorError {
+    /// The run stops; nothing was written to the directory.
+    #[error("mirror {}: {err}", path.display())]
+    Sqlite { path: PathBuf, err: rusqlite::Error },
+    #[error("mirror {}: {err}", path.display())]
+    Io { path: PathBuf, err: std::io::Error },
+    #[error("mirror {}: its schema version {found} is newer than this dirbridge knows ({known}); refusing to downgrade it", path.display())]
+    Downgrade { path: PathBuf, found: i64, known: i64 },
+    /// Another run holds the lock: this one exits 75.
+    #[error("another dirbridge run holds the lock on {} (pid {pid}); try again when it has finished", path.display())]
+    Locked { path: PathBuf, pid: String },
+}
+
+const MIGRATIONS: &[&str] = &[
+    // 1: the first schema
+    r#"
+    CREATE TABLE hr_records (
+        key TEXT PRIMARY KEY,
+        hash TEXT NOT NULL,
+        fields TEXT NOT NULL
+    );
+    CREATE TABLE dir_entries (
+        uuid TEXT PRIMARY KEY,
+        dn TEXT NOT NULL,
+        attrs TEXT NOT NULL
+    );
+    CREATE TABLE links (
+        hr_key TEXT PRIMARY KEY,
+        entry_uuid TEXT NOT NULL UNIQUE,
+        linked_at TEXT NOT NULL
+    );
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY,
+        started_at TEXT NOT NULL,
+        finished_at TEXT,
+        kind TEXT NOT NULL,
+        status TEXT NOT NULL,
+        records INTEGER,
+        header TEXT,
+        summary TEXT
+    );
+    CREATE TABLE journal (
+        id INTEGER PRIMARY KEY,
+        run_id INTEGER NOT NULL REFERENCES runs(id),
+        op TEXT NOT NULL,
+        dn TEXT NOT NULL,
+        hr_key TEXT NOT NULL,
+        change TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        state TEXT NOT NULL,
+        result TEXT,
+        at TEXT NOT NULL
+    );
+    CREATE INDEX journal_run ON journal(run_id);
+    CREATE INDEX journal_key ON journal(hr_key);
+    CREATE TABLE quarantine (
+        run_id INTEGER NOT NULL REFERENCES runs(id),
+        hr_key TEXT,
+        line INTEGER NOT NULL,
+        reason TEXT NOT NULL
+    );
+    "#,
+];
+
+pub struct Mirror {
+    conn: Connection,
+    path: PathBuf,
+}
+
+fn sq(path: &Path) -> impl Fn(rusqlite::Error) -> MirrorError + '_ {
+    move |err| MirrorError::Sqlite {
+        path: path.to_path_buf(),
+        err,
+    }
+}
+
+/// Exclusive lock of one run on the mirror (`<mirror>.lock`, holding the pid).
+pub struct RunLock {
+    _file: File,
+}
+
+impl RunLock {
+    pub fn acquire(mirror: &Path) -> Result<RunLock, MirrorError> {
+        let path = lock_path(mirror);
+        ensure_dir(&path)?;
+        let io = |err| MirrorError::Io {
+            path: path.clone(),
+            err,
+        };
+        let mut f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io)?;
+        match f.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut pid = String::new();
+                let _ = f.read_to_string(&mut pid);
+                let pid = pid.trim().to_string();
+                return Err(MirrorError::Locked {
+                    path,
+                    pid: if pid.is_empty() { "unknown".into() } else { pid },
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+        }
+        f.set_len(0).map_err(io)?;
+        f.seek(SeekFrom::Start(0)).map_err(io)?;
+        write!(f, "{}", std::process::id()).map_err(io)?;
+        f.flush().map_err(io)?;
+        Ok(RunLock { _file: f })
+    }
+}
+
+fn lock_path(mirror: &Path) -> PathBuf {
+    let mut p = mirror.as_os_str().to_os_string();
+    p.push(".lock");
+    PathBuf::from(p)
+}
+
+fn ensure_dir(file: &Path) -> Result<(), MirrorError> {
+    if let Some(dir) = file.parent() {
+        if !dir.as_os_str().is_empty() && !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o750)
+                .create(dir)
+                .map_err(|err| MirrorError::Io {
+                    path: dir.to_path_buf(),
+                    err,
+                })?;
+        }
+    }
+    Ok(())
+}
+
+impl Mirror {
+    pub fn open(path: &Path) -> Result<Mirror, MirrorError> {
+        ensure_dir(path)?;
+        if !path.exists() {
+            // Create the file private to the user before SQLite opens it (the WAL inherits its mode).
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|err| MirrorError::Io {
+                    path: path.to_path_buf(),
+                    err,
+                })?;
+        }
+        let conn = Connection::open(path).map_err(sq(path))?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(sq(path))?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(sq(path))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(sq(path))?;
+        let mut m = Mirror {
+            conn,
+            path: path.to_path_buf(),
+        };
+        m.migrate()?;
+        Ok(m)
+    }
+
+    fn migrate(&mut self) -> Result<(), MirrorError> {
+        let path = self.path.clone();
+        let v: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(sq(&path))?;
+        let known = MIGRATIONS.len() as i64;
+        if v > known {
+            return Err(MirrorError::Downgrade { path, found: v, known });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(v as usize) {
+            let tx = self.conn.transaction().map_err(sq(&path))?;
+            tx.execute_batch(sql).map_err(sq(&path))?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(sq(&path))?;
+            tx.commit().map_err(sq(&path))?;
+        }
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn links(&self) -> Result<BTreeMap<String, String>, MirrorError> {
+        let p = self.path.clone();
+        let mut st = self.conn.prepare("SELECT hr_key, entry_uuid FROM links").map_err(sq(&p))?;
+        let rows = st
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(sq(&p))?;
+        rows.collect::<Result<BTreeMap<_, _>, _>>().map_err(sq(&p))
+    }
+
+    /// Replace the links with `links` (HR key → uuid).
+    pub fn save_links(&mut self, links: &BTreeMap<String, String>, now: &str) -> Result<(), MirrorError> {
+        let p = self.path.clone();
+        let tx = self.conn.transaction().map_err(sq(&p))?;
+        {
+            let old: BTreeMap<String, String> = {
+                let mut st = tx.prepare("SELECT hr_key, entry_uuid FROM links").map_err(sq(&p))?;
+                let rows = st
+                    .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                    .map_err(sq(&p))?;
+                rows.collect::<Result<_, _>>().map_err(sq(&p))?
+            };
+            let mut del = tx.prepare("DELETE FROM links WHERE hr_key = ?1").map_err(sq(&p))?;
+            for k in old.keys().filter(|k| !links.contains_key(*k)) {
+                del.execute(params![k]).map_err(sq(&p))?;
+            }
+            let mut del_uuid = tx.prepare("DELETE FROM links WHERE entry_uuid = ?1 AND hr_key <> ?2").map_err(sq(&p))?;
+            let mut ins = tx
+                .prepare("INSERT INTO links (hr_key, entry_uuid, linked_at) VALUES (?1, ?2, ?3) ON CONFLICT(hr_key) DO UPDATE SET entry_uuid = excluded.entry_uuid, linked_at = excluded.linked_at")
+                .map_err(sq(&p))?;
+            for (k, u) in links {
+                if old.get(k) == Some(u) {
+                    continue;
+                }
+                del_uuid.execute(params![u, k]).map_err(sq(&p))?;
+                ins.execute(params![k, u, now]).map_err(sq(&p))?;
+            }
+        }
+        tx.commit().map_err(sq(&p))
+    }
+
+    pub fn save_snapshot(&mut self, dir: &DirSnapshot) -> Result<(), MirrorError> {
+        let p = self.path.clone();
+        let tx = self.conn.transaction().map_err(sq(&p))?;
+        tx.execute("DELETE FROM dir_entries", []).map_err(sq(&p))?;
+        {
+            let mut ins = tx
+                .prepare("INSERT OR REPLACE INTO dir_entries (uuid, dn, attrs) VALUES (?1, ?2, ?3)")
+                .map_err(sq(&p))?;
+            for e in &dir.entries {
+                let attrs = serde_json::to_string(&e.attrs).unwrap_or_default();
+                ins.execute(params![e.uuid, e.dn, attrs]).map_err(sq(&p))?;
+            }
+        }
+        tx.commit().map_err(sq(&p))
+    }
+
+    pub fn snapshot_entries(&self) -> Result<Vec<Entry>, MirrorError> {
+        let p = self.path.clone();
+        let mut st = self.conn.prepare("SELECT uuid, dn, attrs FROM dir_entries").map_err(sq(&p))?;
+        let rows = st
+            .query_map([], |r| {
+                let attrs: String = r.get(2)?;
+                Ok(Entry {
+                    uuid: r.get(0)?,
+                    dn: r.get(1)?,
+                    attrs: serde_json::from_str(&attrs).unwrap_or_default(),
+                })
+            })
+            .map_err(sq(&p))?;
+        rows.collect::<Result<_, _>>().map_err(sq(&p))
+    }
+
+    /// Keep the export as the last good HR snapshot.
+    pub fn save_hr(&mut self, export: &Export) -> Result<(), MirrorError> {
+        use sha2::Digest;
+        let p = self.path.clone();
+        let tx = self.conn.transaction().map_err(sq(&p))?;
+        tx.execute("DELETE FROM hr_records", []).map_err(sq(&p))?;
+        {
+            let mut ins = tx
+                .prepare("INSERT INTO hr_records (key, hash, fields) VALUES (?1, ?2, ?3)")
+                .map_err(sq(&p))?;
+            for r in &export.records {
+                let fields = serde_json::to_string(&r.fields).unwrap_or_default();
+                let hash = sha2::Sha256::digest(fields.as_bytes());
+                let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+                ins.execute(params![r.key, hex, fields]).map_err(sq(&p))?;
+            }
+        }
+        tx.commit().map_err(sq(&p))
+    }
+
+    pub fn hr_count(&self) -> Result<usize, MirrorError> {
+        let p = self.path.clone();
+        self.conn
+            .query_row("SELECT count(*) FROM hr_records", [], |r| r.get::<_, i64>(0))
+            .map(|n| n as usize)
+            .map_err(sq(&p))
+    }
+
+    pub fn last_good(&self) -> Result<Option<LastGood>, MirrorError> {
+        let p = self.path.clone();
+        let row: Option<(i64, String)> = self
+            .conn
+            .query_row(
+                "SELECT records, header FROM runs WHERE status IN ('ok', 'quarantined') AND kind = 'sync' ORDER BY id DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(sq(&p))?;
+        Ok(row.map(|(records, header)| LastGood {
+            records: records as usize,
+            header: serde_json::from_str(&header).unwrap_or_default(),
+        }))
+    }
+
+    pub fn begin_run(&self, kind: &str, now: &str) -> Result<i64, MirrorError> {
+        let p = self.path.clone();
+        self.conn
+            .execute(
+                "INSERT INTO runs (started_at, kind, status) VALUES (?1, ?2, 'running')",
+                params![now, kind],
+            )
+            .map_err(sq(&p))?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    pub fn finish_run(
+        &self,
+        run: i64,
+        now: &str,
+        status: &str,
+        records: usize,
+        header: &[String],
+        summary: &serde_json::Value,
+    ) -> Result<(), MirrorError> {
+        let p = self.path.clone();
+        self.conn
+            .execute(
+                "UPDATE runs SET finished_at = ?2, status = ?3, records = ?4, header = ?5, summary = ?6 WHERE id = ?1",
+                params![
+                    run,
+                    now,
+                    status,
+                    records as i64,
+                    serde_json::to_string(header).unwrap_or_default(),
+                    summary.to_string()
+                ],
+            )
+            .map_err(sq(&p))?;
+        Ok(())
+    }
+
+    pub fn record_quarantine(&mut self, run: i64, items: &[(Option<String>, usize, String)]) -> Result<(), MirrorError> {
+        let p = self.path.clone();
+        let tx = self.conn.transaction().map_err(sq(&p))?;
+        {
+            let mut ins = tx
+                .prepare("INSERT INTO quarantine (run_id, hr_key, line, reason) VALUES (?1, ?2, ?3, ?4)")
+                .map_err(sq(&p))?;
+            for (k, l, r) in items {
+                ins.execute(params![run, k, *l as i64, r]).map_err(sq(&p))?;
+            }
+        }
+        tx.commit().map_err(sq(&p))
+    }
+
+    /// Journal changes as pending, before they are sent. Returns their journal ids.
+    pub fn journal_pending(&mut self, run: i64, changes: &[&Change], now: &str) -> Result<Vec<i64>, MirrorError> {
+        let p = self.path.clone();
+        let tx = self.conn.transaction().map_err(sq(&p))?;
+        let mut ids = Vec::with_capacity(changes.len());
+        {
+            let mut ins = tx
+                .prepare("INSERT INTO journal (run_id, op, dn, hr_key, change, reason, state, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7)")
+                .map_err(sq(&p))?;
+            for c in changes {
+                let body = serde_json::to_string(&c.attributes).unwrap_or_default();
+                ins.execute(params![run, c.op.as_str(), c.dn, c.key, body, c.reason, now])
+                    .map_err(sq(&p))?;
+                ids.push(tx.last_insert_rowid());
+            }
+        }
+        tx.commit().map_err(sq(&p))?;
+        Ok(ids)
+    }
+
+    /// Record the outcome of journaled changes: `(id, ok, result text)`.
+    pub fn journal_done(&mut self, outcomes: &[(i64, bool, String)], now: &str) -> Result<(), MirrorError> {
+        let p = self.path.clone();
+        let tx = self.conn.transaction().map_err(sq(&p))?;
+        {
+            let mut up = tx
+                .prepare("UPDATE journal SET state = ?2, result = ?3, at = ?4 WHERE id = ?1")
+                .map_err(sq(&p))?;
+            for (id, ok, res) in outcomes {
+                up.execute(params![id, if *ok { "done" } else { "failed" }, res, now])
+                    .map_err(sq(&p))?;
+            }
+        }
+        tx.commit().map_err(sq(&p))
+    }
+
+    /// Journal rows of a state (for tests and `history`).
+    pub fn journal_count(&self, state: &str) -> Result<usize, MirrorError> {
+        let p = self.path.clone();
+        self.conn
+            .query_row("SELECT count(*) FROM journal WHERE state = ?1", params![state], |r| r.get::<_, i64>(0))
+            .map(|n| n as usize)
+            .map_err(sq(&p))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_links_and_lock() {
+        let dir = std::env::temp_dir().join(format!("dirbridge-mirror-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let db = dir.join("sub/mirror.db");
+        let mut m = Mirror::open(&db).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&db).unwrap().permissions().mode() & 0o777, 0o600);
+        let mut links = BTreeMap::new();
+        links.insert("1".to_string(), "u1".to_string());
+        links.insert("2".to_string(), "u2".to_string());
+        m.save_links(&links, "t").unwrap();
+        links.remove("1");
+        links.insert("3".to_string(), "u1".to_string());
+        m.save_links(&links, "t").unwrap();
+        assert_eq!(m.links().unwrap(), links);
+        drop(m);
+        // reopen: migrations are not run twice
+        let m = Mirror::open(&db).unwrap();
+        assert_eq!(m.links().unwrap().len(), 2);
+        let lock = RunLock::acquire(&db).unwrap();
+        match RunLock::acquire(&db) {
+            Err(MirrorError::Locked { pid, .. }) => assert_eq!(pid, std::process::id().to_string()),
+            other => panic!("expected Locked, got {:?}", other.map(|_| ())),
+        }
+        drop(lock);
+        assert!(RunLock::acquire(&db).is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,135 @@
+//! The data the pure core works on: directory entries, snapshots, matching rules.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::dn;
+
+/// One directory entry as read (attribute names lower-cased).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The immutable id (entryUUID on OpenLDAP).
+    pub uuid: String,
+    pub dn: String,
+    pub attrs: BTreeMap<String, Vec<String>>,
+}
+
+impl Entry {
+    pub fn get(&self, attr: &str) -> &[String] {
+        self.attrs
+            .get(&attr.to_ascii_lowercase())
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+}
+
+/// What the directory holds: entries under `users.base`, and the values of unique attributes
+/// anywhere under `base-dn`.
+#[derive(Clone, Debug, Default)]
+pub struct DirSnapshot {
+    pub entries: Vec<Entry>,
+    /// lower-cased attribute → folded value → the uuids of the entries holding it.
+    pub taken: HashMap<String, HashMap<String, Vec<String>>>,
+}
+
+/// The equality matching rule of an attribute, as far as comparing values needs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rule {
+    CaseIgnore,
+    CaseExact,
+    Dn,
+    Telephone,
+    Numeric,
+    Octet,
+}
+
+/// attribute (lower-case) → rule. Built from the server's schema; `default()` knows the usual
+/// inetOrgPerson attributes for offline use and tests.
+#[derive(Clone, Debug)]
+pub struct MatchRules {
+    rules: HashMap<String, Rule>,
+}
+
+impl Default for MatchRules {
+    fn default() -> Self {
+        let mut rules = HashMap::new();
+        for a in ["manager", "member", "uniquemember", "owner", "seealso", "secretary", "roleoccupant"] {
+            rules.insert(a.to_string(), Rule::Dn);
+        }
+        for a in ["telephonenumber", "mobile", "facsimiletelephonenumber", "homephone", "pager"] {
+            rules.insert(a.to_string(), Rule::Telephone);
+        }
+        for a in ["uidnumber", "gidnumber"] {
+            rules.insert(a.to_string(), Rule::Numeric);
+        }
+        for a in ["userpassword"] {
+            rules.insert(a.to_string(), Rule::Octet);
+        }
+        for a in ["homedirectory", "loginshell", "memberuid"] {
+            rules.insert(a.to_string(), Rule::CaseExact);
+        }
+        MatchRules { rules }
+    }
+}
+
+impl MatchRules {
+    pub fn from_map(rules: HashMap<String, Rule>) -> Self {
+        MatchRules { rules }
+    }
+
+    pub fn rule(&self, attr: &str) -> Rule {
+        self.rules
+            .get(&attr.to_ascii_lowercase())
+            .copied()
+            .unwrap_or(Rule::CaseIgnore)
+    }
+
+    /// The comparison form of a value.
+    pub fn fold(&self, attr: &str, v: &str) -> String {
+        match self.rule(attr) {
+            Rule::CaseIgnore => dn::fold_case_ignore(v),
+            Rule::CaseExact => dn::collapse_spaces(v),
+            Rule::Dn => dn::normalize(v),
+            Rule::Telephone => v.chars().filter(|c| *c != ' ' && *c != '-').collect::<String>().to_lowercase(),
+            Rule::Numeric => v.chars().filter(|c| !c.is_whitespace()).collect(),
+            Rule::Octet => v.to_string(),
+        }
+    }
+
+    /// Whether two value sets are equal under the attribute's rule.
+    pub fn same_values(&self, attr: &str, a: &[String], b: &[String]) -> bool {
+        let mut x: Vec<String> = a.iter().map(|v| self.fold(attr, v)).collect();
+        let mut y: Vec<String> = b.iter().map(|v| self.fold(attr, v)).collect();
+        x.sort();
+        x.dedup();
+        y.sort();
+        y.dedup();
+        x == y
+    }
+
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn folding() {
+        let r = MatchRules::default();
+        assert!(r.same_values("cn", &["John  Doe ".into()], &["john doe".into()]));
+        assert!(r.same_values(
+            "manager",
+            &["UID=a, OU=People,dc=x".into()],
+            &["uid=a,ou=people,dc=x".into()]
+        ));
+        assert!(r.same_values("telephoneNumber", &["+49 30-1234".into()], &["+49301234".into()]));
+        assert!(!r.same_values("homeDirectory", &["/home/A".into()], &["/home/a".into()]));
+    }
+}

@@ -1,0 +1,147 @@
+//! Safety gates (pure): refuse the whole plan, before any write, when it looks like an accident.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::{Change, DeltaKind, Op};
+use crate::config::SafetyConfig;
+use crate::dn::Dn;
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Refusal {
+    pub gate: &'static str,
+    pub message: String,
+}
+
+/// What the last successful run saw.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LastGood {
+    pub records: usize,
+    pub header: Vec<String>,
+}
+
+pub struct GateInput<'a> {
+    pub safety: &'a SafetyConfig,
+    pub changes: &'a [Change],
+    /// Anchored entries in the directory.
+    pub managed: usize,
+    /// Records in this export (valid and quarantined).
+    pub source_records: usize,
+    pub header: &'a [String],
+    pub last_good: Option<&'a LastGood>,
+    /// The directory read returned no entry under `users.base`.
+    pub dir_empty: bool,
+    /// Links the mirror holds.
+    pub links: usize,
+}
+
+fn pct(n: usize, of: usize) -> f64 {
+    if of == 0 {
+        0.0
+    } else {
+        n as f64 * 100.0 / of as f64
+    }
+}
+
+pub fn check(g: &GateInput<'_>) -> Vec<Refusal> {
+    let s = g.safety;
+    let mut out = Vec::new();
+    let deletes = g.changes.iter().filter(|c| c.op == Op::Delete).count();
+    if deletes as u64 > s.max_deletes {
+        out.push(Refusal {
+            gate: "max-deletes",
+            message: format!(
+                "{deletes} entries would be deleted, more than safety.max-deletes = {}; check the export, or raise the limit for this run",
+                s.max_deletes
+            ),
+        });
+    }
+    if deletes > 0 && pct(deletes, g.managed) > s.max_delete_percent {
+        out.push(Refusal {
+            gate: "max-delete-percent",
+            message: format!(
+                "{deletes} of {} managed entries ({:.1}%) would be deleted, more than safety.max-delete-percent = {}%; is the export truncated?",
+                g.managed,
+                pct(deletes, g.managed),
+                s.max_delete_percent
+            ),
+        });
+    }
+    let mut removed: BTreeMap<String, usize> = BTreeMap::new();
+    for c in g.changes.iter().filter(|c| c.op == Op::Modify) {
+        for a in &c.attributes {
+            if a.kind == DeltaKind::Delete {
+                *removed.entry(a.attr.clone()).or_default() += 1;
+            }
+        }
+    }
+    for (attr, n) in removed {
+        if pct(n, g.managed) > s.max_attribute_removal_percent {
+            out.push(Refusal {
+                gate: "max-attribute-removal-percent",
+                message: format!(
+                    "{attr} would be removed from {n} of {} managed entries ({:.1}%), more than safety.max-attribute-removal-percent = {}%; a template or a column may be wrong",
+                    g.managed,
+                    pct(n, g.managed),
+                    s.max_attribute_removal_percent
+                ),
+            });
+        }
+    }
+    if let Some(last) = g.last_good {
+        if last.records > 0 && pct(g.source_records, last.records) < s.min_source_percent {
+            out.push(Refusal {
+                gate: "min-source-percent",
+                message: format!(
+                    "the export has {} records, {:.1}% of the {} of the last good run, below safety.min-source-percent = {}%; is the export truncated?",
+                    g.source_records,
+                    pct(g.source_records, last.records),
+                    last.records,
+                    s.min_source_percent
+                ),
+            });
+        }
+        let gone: Vec<&str> = last
+            .header
+            .iter()
+            .filter(|c| !g.header.contains(c))
+            .map(String::as_str)
+            .collect();
+        if !last.header.is_empty() && !gone.is_empty() {
+            out.push(Refusal {
+                gate: "columns",
+                message: format!(
+                    "the export lost the column(s) {} since the last good run; check the HR export's format",
+                    gone.join(", ")
+                ),
+            });
+        }
+    }
+    if g.dir_empty && g.links > 0 {
+        out.push(Refusal {
+            gate: "empty-directory",
+            message: format!(
+                "the directory returned no entries under users.base while the mirror holds {} links; check the bind identity's read access and size limits",
+                g.links
+            ),
+        });
+    }
+    if !s.protected.is_empty() {
+        let prot: Vec<Dn> = s.protected.iter().filter_map(|p| Dn::parse(p).ok()).collect();
+        for c in g.changes {
+            if c.op == Op::Add {
+                continue;
+            }
+            if let Ok(d) = Dn::parse(&c.dn) {
+                if let Some(p) = prot.iter().find(|p| d.is_within(p)) {
+                    out.push(Refusal {
+                        gate: "protected",
+                        message: format!("{} {} would touch a protected entry (safety.protected {p})", c.op.as_str(), c.dn),
+                    });
+                }
+            }
+        }
+    }
+    out
+}

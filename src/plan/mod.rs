@@ -1,0 +1,359 @@
+//! Planning (pure): desired state vs the directory's state gives an ordered list of changes, each
+//! with the reason that caused it.
+
+pub mod gates;
+pub mod output;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::Serialize;
+
+use crate::config::{Policy, UsersConfig};
+use crate::dn;
+use crate::mapping::link::{Linking, Relink};
+use crate::mapping::{key_order, Desired};
+use crate::model::{DirSnapshot, Entry, MatchRules, Rule};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Op {
+    Add,
+    Rename,
+    Modify,
+    Delete,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Add => "add",
+            Op::Rename => "rename",
+            Op::Modify => "modify",
+            Op::Delete => "delete",
+        }
+    }
+}
+
+/// How one attribute changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeltaKind {
+    /// Add `new` (the attribute had no values, or these values are added to it).
+    Add,
+    /// Remove the attribute (all of `old`).
+    Delete,
+    /// Replace all values with `new`.
+    Replace,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AttrDelta {
+    pub attr: String,
+    pub kind: DeltaKind,
+    pub old: Vec<String>,
+    pub new: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Change {
+    pub op: Op,
+    pub dn: String,
+    /// For renames: the new DN.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_dn: Option<String>,
+    /// The HR key of the person the change is for.
+    pub key: String,
+    /// The entry's immutable id, when it exists.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
+    pub attributes: Vec<AttrDelta>,
+    pub reason: String,
+    /// Changes of a lower phase are applied before changes of a higher one; within a phase they may
+    /// run concurrently.
+    #[serde(skip)]
+    pub phase: u32,
+}
+
+/// A record left alone in this run, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct QuarantineNote {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    pub line: usize,
+    pub reason: String,
+}
+
+/// Everything a run decided, before any write.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Plan {
+    pub changes: Vec<Change>,
+    pub quarantined: Vec<QuarantineNote>,
+    pub relinked: Vec<Relink>,
+    pub refusals: Vec<gates::Refusal>,
+    pub warnings: Vec<String>,
+    /// The export could not be read well enough to know every key: no deletes in this run.
+    pub deletes_suppressed: bool,
+    pub records: usize,
+    pub entries_read: usize,
+    pub managed: usize,
+}
+
+impl Plan {
+    pub fn count(&self, op: Op) -> usize {
+        self.changes.iter().filter(|c| c.op == op).count()
+    }
+}
+
+pub struct PlanInput<'a> {
+    pub users: &'a UsersConfig,
+    pub desired: &'a [Desired],
+    pub dir: &'a DirSnapshot,
+    pub linking: &'a Linking,
+    pub rules: &'a MatchRules,
+    pub no_deletes: bool,
+    pub only: Option<&'a str>,
+}
+
+fn deltas_for(users: &UsersConfig, d: &Desired, e: &Entry, renamed: bool, rules: &MatchRules) -> Vec<AttrDelta> {
+    let mut out = Vec::new();
+    // object classes the entry lacks
+    let have: BTreeSet<String> = e.get("objectClass").iter().map(|c| c.to_ascii_lowercase()).collect();
+    let missing: Vec<String> = users
+        .object_classes
+        .iter()
+        .filter(|c| !have.contains(&c.to_ascii_lowercase()))
+        .cloned()
+        .collect();
+    if !missing.is_empty() {
+        out.push(AttrDelta {
+            attr: "objectClass".into(),
+            kind: DeltaKind::Add,
+            old: e.get("objectClass").to_vec(),
+            new: missing,
+        });
+    }
+    let anchor_now = e.get(&users.anchor);
+    if !rules.same_values(&users.anchor, anchor_now, std::slice::from_ref(&d.key)) {
+        out.push(AttrDelta {
+            attr: users.anchor.clone(),
+            kind: if anchor_now.is_empty() { DeltaKind::Add } else { DeltaKind::Replace },
+            old: anchor_now.to_vec(),
+            new: vec![d.key.clone()],
+        });
+    }
+    for attr in users.attributes.keys() {
+        if users.policy_of(attr) == Policy::Initial {
+            continue;
+        }
+        if renamed && attr.eq_ignore_ascii_case(&users.rdn) {
+            continue; // the rename sets it
+        }
+        let want: &[String] = d.attrs.get(attr).map(Vec::as_slice).unwrap_or(&[]);
+        let have = e.get(attr);
+        if rules.same_values(attr, have, want) {
+            continue;
+        }
+        let kind = if have.is_empty() {
+            DeltaKind::Add
+        } else if want.is_empty() {
+            DeltaKind::Delete
+        } else {
+            DeltaKind::Replace
+        };
+        out.push(AttrDelta {
+            attr: attr.clone(),
+            kind,
+            old: have.to_vec(),
+            new: want.to_vec(),
+        });
+    }
+    out
+}
+
+/// Compute the ordered list of changes.
+pub fn plan(input: &PlanInput<'_>) -> Vec<Change> {
+    let users = input.users;
+    let by_uuid: HashMap<&str, &Entry> = input.dir.entries.iter().map(|e| (e.uuid.as_str(), e)).collect();
+    let mut adds = Vec::new();
+    let mut renames = Vec::new();
+    let mut modifies = Vec::new();
+    let mut deletes = Vec::new();
+    for d in input.desired {
+        if let Some(only) = input.only {
+            if d.key != only {
+                continue;
+            }
+        }
+        let existing = d.uuid.as_deref().and_then(|u| by_uuid.get(u).copied());
+        match existing {
+            None => {
+                let mut attributes = vec![
+                    AttrDelta {
+                        attr: "objectClass".into(),
+                        kind: DeltaKind::Add,
+                        old: vec![],
+                        new: users.object_classes.clone(),
+                    },
+                    AttrDelta {
+                        attr: users.anchor.clone(),
+                        kind: DeltaKind::Add,
+                        old: vec![],
+                        new: vec![d.key.clone()],
+                    },
+                ];
+                for (attr, vals) in &d.attrs {
+                    attributes.push(AttrDelta {
+                        attr: attr.clone(),
+                        kind: DeltaKind::Add,
+                        old: vec![],
+                        new: vals.clone(),
+                    });
+                }
+                adds.push(Change {
+                    op: Op::Add,
+                    dn: d.dn.clone(),
+                    new_dn: None,
+                    key: d.key.clone(),
+                    uuid: None,
+                    attributes,
+                    reason: format!("new in the export (record {}, line {})", d.key, d.line),
+                    phase: 0,
+                });
+            }
+            Some(e) => {
+                let renamed = dn::normalize(&e.dn) != dn::normalize(&d.dn);
+                if renamed {
+                    let old_rdn = dn::Dn::parse(&e.dn).ok().and_then(|x| x.first().map(|a| a.value.clone()));
+                    let new_rdn = d.attrs.get(&users.rdn).and_then(|v| v.first()).cloned().unwrap_or_default();
+                    renames.push(Change {
+                        op: Op::Rename,
+                        dn: e.dn.clone(),
+                        new_dn: Some(d.dn.clone()),
+                        key: d.key.clone(),
+                        uuid: Some(e.uuid.clone()),
+                        attributes: vec![AttrDelta {
+                            attr: users.rdn.clone(),
+                            kind: DeltaKind::Replace,
+                            old: old_rdn.into_iter().collect(),
+                            new: vec![new_rdn],
+                        }],
+                        reason: format!("record {} (line {}): {} changes", d.key, d.line, users.rdn),
+                        phase: 0,
+                    });
+                }
+                let attributes = deltas_for(users, d, e, renamed, input.rules);
+                if !attributes.is_empty() {
+                    let names: Vec<&str> = attributes.iter().map(|a| a.attr.as_str()).collect();
+                    modifies.push(Change {
+                        op: Op::Modify,
+                        dn: d.dn.clone(),
+                        new_dn: None,
+                        key: d.key.clone(),
+                        uuid: Some(e.uuid.clone()),
+                        reason: format!("record {} (line {}) differs in {}", d.key, d.line, names.join(", ")),
+                        attributes,
+                        phase: 0,
+                    });
+                }
+            }
+        }
+    }
+    if !input.no_deletes {
+        for (uuid, key) in &input.linking.gone {
+            if let Some(only) = input.only {
+                if key != only {
+                    continue;
+                }
+            }
+            if let Some(e) = by_uuid.get(uuid.as_str()) {
+                deletes.push(Change {
+                    op: Op::Delete,
+                    dn: e.dn.clone(),
+                    new_dn: None,
+                    key: key.clone(),
+                    uuid: Some(uuid.clone()),
+                    attributes: vec![],
+                    reason: format!("record {key} is no longer in the export"),
+                    phase: 0,
+                });
+            }
+        }
+    }
+    let by_key = |a: &Change, b: &Change| key_order(&a.key, &b.key);
+    adds.sort_by(by_key);
+    renames.sort_by(by_key);
+    modifies.sort_by(by_key);
+    deletes.sort_by(by_key);
+    let waves = add_waves(&adds, input.rules);
+    let mut out: Vec<Change> = Vec::with_capacity(adds.len() + renames.len() + modifies.len() + deletes.len());
+    let mut waved: Vec<(u32, Change)> = adds.into_iter().zip(waves).map(|(c, w)| (w, c)).collect();
+    waved.sort_by_key(|(w, _)| *w);
+    let mut max_wave = 0;
+    for (w, mut c) in waved {
+        c.phase = w;
+        max_wave = max_wave.max(w);
+        out.push(c);
+    }
+    for (ops, phase) in [(renames, max_wave + 1), (modifies, max_wave + 2), (deletes, max_wave + 3)] {
+        for mut c in ops {
+            c.phase = phase;
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Order adds so that an entry another new entry refers to (say, as its `manager`) is added first.
+/// Cycles (and self-references) are broken by putting the rest in the last wave.
+fn add_waves(adds: &[Change], rules: &MatchRules) -> Vec<u32> {
+    let idx: HashMap<String, usize> = adds.iter().enumerate().map(|(i, c)| (dn::normalize(&c.dn), i)).collect();
+    let deps: Vec<BTreeSet<usize>> = adds
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            c.attributes
+                .iter()
+                .filter(|a| rules.rule(&a.attr) == Rule::Dn)
+                .flat_map(|a| a.new.iter())
+                .filter_map(|v| idx.get(&dn::normalize(v)).copied())
+                .filter(|&j| j != i)
+                .collect()
+        })
+        .collect();
+    let mut wave = vec![u32::MAX; adds.len()];
+    let mut done = 0;
+    let mut w = 0u32;
+    while done < adds.len() {
+        let ready: Vec<usize> = (0..adds.len())
+            .filter(|&i| wave[i] == u32::MAX && deps[i].iter().all(|&j| wave[j] != u32::MAX && wave[j] < w))
+            .collect();
+        if ready.is_empty() {
+            for x in wave.iter_mut().filter(|x| **x == u32::MAX) {
+                *x = w;
+            }
+            break;
+        }
+        for i in ready {
+            wave[i] = w;
+            done += 1;
+        }
+        w += 1;
+    }
+    wave
+}
+
+/// Summary counts for output.
+pub fn summary(plan: &Plan) -> BTreeMap<&'static str, usize> {
+    let mut m = BTreeMap::new();
+    for op in [Op::Add, Op::Modify, Op::Rename, Op::Delete] {
+        m.insert(op.as_str(), plan.count(op));
+    }
+    m.insert("quarantined", plan.quarantined.len());
+    m.insert("relinked", plan.relinked.len());
+    m.insert("records", plan.records);
+    m.insert("entries-read", plan.entries_read);
+    m
+}
+
+#[cfg(test)]
+mod tests;

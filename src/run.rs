@@ -1,0 +1,377 @@
+//! One run, end to end: sources → mirror → mapping → plan → safety gates → applier → journal.
+//! This is the only place that sequences the I/O edges around the pure core.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::mapping::{link, Mapper};
+use crate::mirror::{Mirror, MirrorError, RunLock};
+use crate::model::DirSnapshot;
+use crate::plan::gates::{self, GateInput};
+use crate::plan::{self, Change, Op, Plan, PlanInput, QuarantineNote};
+use crate::source::{self, SourceError};
+use crate::target::ldap::{LdapTarget, OpFailure};
+use crate::target::TargetError;
+use crate::exit;
+
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Compute and show the plan; write nothing (plan, sync --dry-run).
+    pub dry_run: bool,
+    /// Limit the run to one person (a canary).
+    pub only: Option<String>,
+}
+
+/// A change the server refused.
+#[derive(Clone, Debug)]
+pub struct Failed {
+    pub change: Change,
+    pub failure: OpFailure,
+}
+
+#[derive(Debug)]
+pub struct RunOutcome {
+    pub plan: Plan,
+    pub applied: BTreeMap<&'static str, usize>,
+    pub failed: Vec<Failed>,
+    pub duration: Duration,
+    pub dry_run: bool,
+}
+
+impl RunOutcome {
+    pub fn exit_code(&self) -> i32 {
+        if !self.plan.refusals.is_empty() {
+            exit::REFUSED
+        } else if !self.failed.is_empty() || !self.plan.quarantined.is_empty() {
+            exit::QUARANTINED
+        } else {
+            exit::OK
+        }
+    }
+
+    /// The one-line summary `sync` ends with.
+    pub fn summary_line(&self) -> String {
+        let p = &self.plan;
+        let verb = if self.dry_run || !p.refusals.is_empty() { "planned" } else { "applied" };
+        let ops: Vec<String> = ["add", "modify", "rename", "delete"]
+            .iter()
+            .map(|op| {
+                let n = if self.dry_run || !p.refusals.is_empty() {
+                    p.changes.iter().filter(|c| c.op.as_str() == *op).count()
+                } else {
+                    self.applied.get(op).copied().unwrap_or(0)
+                };
+                format!("{n} {op}")
+            })
+            .collect();
+        format!(
+            "{}: {} {verb}; {} failed; {} quarantined; {} records, {} entries read (full read); {:.2} s{}",
+            if self.dry_run { "sync --dry-run" } else { "sync" },
+            ops.join(", "),
+            self.failed.len(),
+            p.quarantined.len(),
+            p.records,
+            p.entries_read,
+            self.duration.as_secs_f64(),
+            if p.refusals.is_empty() { "" } else { "; REFUSED by a safety gate, nothing written" }
+        )
+    }
+
+    pub fn summary_json(&self) -> serde_json::Value {
+        let mut v = plan::output::json_value(&self.plan);
+        if let serde_json::Value::Object(m) = &mut v {
+            m.insert("applied".into(), json!(self.applied));
+            m.insert(
+                "failed".into(),
+                json!(self
+                    .failed
+                    .iter()
+                    .map(|f| json!({"op": f.change.op.as_str(), "dn": f.change.dn, "key": f.change.key, "rc": f.failure.rc, "error": f.failure.to_string()}))
+                    .collect::<Vec<_>>()),
+            );
+            m.insert("duration-seconds".into(), json!(self.duration.as_secs_f64()));
+            m.insert("dry-run".into(), json!(self.dry_run));
+        }
+        v
+    }
+}
+
+/// Why a run stopped before writing anything. Each variant has its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Config(String),
+    #[error("{0}")]
+    Source(#[from] SourceError),
+    #[error("{0}")]
+    Target(#[from] TargetError),
+    #[error("{0}")]
+    Mirror(#[from] MirrorError),
+}
+
+impl RunError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            RunError::Config(_) => exit::CONFIG,
+            RunError::Source(_) => exit::NO_INPUT,
+            RunError::Target(t) => t.exit_code(),
+            RunError::Mirror(MirrorError::Locked { .. }) => exit::LOCKED,
+            RunError::Mirror(_) => exit::SOFTWARE,
+        }
+    }
+}
+
+/// Check that the server's schema knows every attribute and object class the configuration uses.
+pub fn check_schema(cfg: &Config, schema: &crate::target::schema::Schema) -> Result<(), String> {
+    if schema.is_empty() {
+        return Ok(()); // the server does not publish its schema to this identity
+    }
+    let mut problems = Vec::new();
+    let u = &cfg.users;
+    for a in u.attributes.keys().chain(std::iter::once(&u.anchor)) {
+        if !schema.has_attr(a) {
+            problems.push(format!("attribute {a} (users.attributes / users.anchor)"));
+        }
+    }
+    for c in &u.object_classes {
+        if !schema.has_class(c) {
+            problems.push(format!("object class {c} (users.object-classes)"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}: the server's schema does not define: {}",
+            cfg.file.display(),
+            problems.join(", ")
+        ))
+    }
+}
+
+/// Connect and bind, then check the schema: `check-config --online`.
+pub async fn check_online(cfg: &Config) -> Result<String, RunError> {
+    let mut t = LdapTarget::connect(&cfg.directory).await?;
+    let schema = t.read_schema().await?;
+    check_schema(cfg, &schema).map_err(|m| RunError::Target(TargetError::Schema(m)))?;
+    let url = t.url.clone();
+    t.unbind().await;
+    Ok(url)
+}
+
+async fn read_directory(cfg: &Config, t: &mut LdapTarget) -> Result<DirSnapshot, RunError> {
+    let base_norm = crate::dn::normalize(&cfg.users.base);
+    let entries: Vec<_> = t
+        .search(&cfg.users.base, "(objectClass=*)", &["*", "entryUUID"])
+        .await?
+        .into_iter()
+        .filter(|e| crate::dn::normalize(&e.dn) != base_norm)
+        .collect();
+    let mut taken: std::collections::HashMap<String, std::collections::HashMap<String, Vec<String>>> = Default::default();
+    if !cfg.users.unique.is_empty() {
+        let rules_default = crate::model::MatchRules::default();
+        let names: Vec<&str> = cfg.users.unique.iter().map(String::as_str).collect();
+        let filter = format!(
+            "(|{})",
+            names.iter().map(|a| format!("({a}=*)")).collect::<String>()
+        );
+        let mut attrs = names.clone();
+        attrs.push("entryUUID");
+        for e in t.search(&cfg.directory.base_dn, &filter, &attrs).await? {
+            for a in &names {
+                for v in e.get(a) {
+                    taken
+                        .entry(a.to_ascii_lowercase())
+                        .or_default()
+                        .entry(rules_default.fold(a, v))
+                        .or_default()
+                        .push(e.uuid.clone());
+                }
+            }
+        }
+    }
+    Ok(DirSnapshot { entries, taken })
+}
+
+/// Perform one run. `plan` and `sync --dry-run` pass `dry_run`; nothing is written then.
+pub async fn run(cfg: &Config, opts: &RunOptions, clock: &dyn Clock) -> Result<RunOutcome, RunError> {
+    let started = Instant::now();
+    let _lock = if opts.dry_run { None } else { Some(RunLock::acquire(&cfg.state)?) };
+    let mut mirror = Mirror::open(&cfg.state)?;
+    let export = source::read(&cfg.source)?;
+    for q in &export.quarantined {
+        tracing::warn!(target: "dirbridge::source", "quarantined {q}");
+    }
+    let mapper = Mapper::new(&cfg.users, &export.header).map_err(RunError::Config)?;
+
+    let mut target = LdapTarget::connect(&cfg.directory).await?;
+    tracing::info!(url = %target.url, "bound");
+    let schema = target.read_schema().await?;
+    check_schema(cfg, &schema).map_err(|m| RunError::Target(TargetError::Schema(m)))?;
+    let rules = if schema.is_empty() { Default::default() } else { schema.match_rules() };
+    let mut dir = read_directory(cfg, &mut target).await?;
+    // Re-fold the unique values with the server's rules.
+    for (attr, vals) in dir.taken.iter_mut() {
+        let refolded: std::collections::HashMap<String, Vec<String>> =
+            vals.drain().fold(Default::default(), |mut m, (k, v)| {
+                m.entry(rules.fold(attr, &k)).or_insert_with(Vec::new).extend(v);
+                m
+            });
+        *vals = refolded;
+    }
+
+    let links = mirror.links()?;
+    let quarantined_keys = export.quarantined_keys();
+    let present: BTreeSet<String> = export
+        .records
+        .iter()
+        .map(|r| r.key.clone())
+        .chain(quarantined_keys.iter().cloned())
+        .collect();
+    let linking = link::link(&present, &dir, &links, &cfg.users.anchor, &rules);
+    let mapped = mapper.map(&export.records, &quarantined_keys, &linking, &dir, &rules);
+
+    let mut plan = Plan {
+        records: export.records.len() + export.quarantined.len(),
+        entries_read: dir.entries.len(),
+        managed: linking.managed,
+        deletes_suppressed: export.keys_uncertain,
+        relinked: linking.relinked.clone(),
+        ..Default::default()
+    };
+    for q in &export.quarantined {
+        plan.quarantined.push(QuarantineNote {
+            key: q.key.clone(),
+            line: q.line,
+            reason: format!("{}:{}: {}", q.file.display(), q.line, q.reason),
+        });
+    }
+    for e in &mapped.errors {
+        tracing::warn!(target: "dirbridge::mapping", key = %e.key, line = e.line, "quarantined: {}", e.reason);
+        plan.quarantined.push(QuarantineNote {
+            key: Some(e.key.clone()),
+            line: e.line,
+            reason: e.reason.clone(),
+        });
+    }
+    if let Some(only) = &opts.only {
+        if !present.contains(only) && !linking.gone.values().any(|k| k == only) {
+            plan.warnings.push(format!("--only {only}: no record and no managed entry has this key"));
+        }
+        plan.quarantined.retain(|q| q.key.as_deref() == Some(only.as_str()));
+    }
+    for r in &linking.relinked {
+        tracing::warn!(target: "dirbridge::link", key = %r.key, dn = %r.dn, "{}", r.why);
+    }
+    // A record that failed mapping is left alone: its entry is neither changed nor deleted.
+    plan.changes = plan::plan(&PlanInput {
+        users: &cfg.users,
+        desired: &mapped.desired,
+        dir: &dir,
+        linking: &linking,
+        rules: &rules,
+        no_deletes: export.keys_uncertain,
+        only: opts.only.as_deref(),
+    });
+    let last_good = mirror.last_good()?;
+    plan.refusals = gates::check(&GateInput {
+        safety: &cfg.safety,
+        changes: &plan.changes,
+        managed: linking.managed,
+        source_records: plan.records,
+        header: &export.header,
+        last_good: last_good.as_ref(),
+        dir_empty: dir.entries.is_empty(),
+        links: links.len(),
+    });
+    for r in &plan.refusals {
+        tracing::error!(target: "dirbridge::safety", gate = r.gate, "refused: {}", r.message);
+    }
+
+    let mut outcome = RunOutcome {
+        plan,
+        applied: BTreeMap::new(),
+        failed: Vec::new(),
+        duration: Duration::ZERO,
+        dry_run: opts.dry_run,
+    };
+    if opts.dry_run {
+        target.unbind().await;
+        outcome.duration = started.elapsed();
+        return Ok(outcome);
+    }
+
+    let now = clock.rfc3339();
+    let run_id = mirror.begin_run("sync", &now)?;
+    let q: Vec<(Option<String>, usize, String)> =
+        outcome.plan.quarantined.iter().map(|q| (q.key.clone(), q.line, q.reason.clone())).collect();
+    mirror.record_quarantine(run_id, &q)?;
+    if !outcome.plan.refusals.is_empty() {
+        target.unbind().await;
+        outcome.duration = started.elapsed();
+        mirror.finish_run(run_id, &clock.rfc3339(), "refused", outcome.plan.records, &export.header, &outcome.summary_json())?;
+        return Ok(outcome);
+    }
+
+    // Apply, phase by phase; journal before and after.
+    let mut new_links = links.clone();
+    new_links.retain(|k, _| !linking.dangling.contains(k));
+    for (k, u) in &linking.by_key {
+        new_links.insert(k.clone(), u.clone());
+    }
+    let changes = outcome.plan.changes.clone();
+    let mut phases: BTreeMap<u32, Vec<&Change>> = BTreeMap::new();
+    for c in &changes {
+        phases.entry(c.phase).or_default().push(c);
+    }
+    for (_, batch) in phases {
+        let ids = mirror.journal_pending(run_id, &batch, &clock.rfc3339())?;
+        let results = target.apply(&batch, cfg.directory.max_in_flight).await;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for ((c, id), r) in batch.iter().zip(ids).zip(results) {
+            match r {
+                Ok(uuid) => {
+                    *outcome.applied.entry(c.op.as_str()).or_default() += 1;
+                    tracing::info!(target: "dirbridge::apply", op = c.op.as_str(), dn = %c.dn, key = %c.key, "{}", c.reason);
+                    match c.op {
+                        Op::Add => {
+                            if let Some(u) = uuid {
+                                new_links.insert(c.key.clone(), u);
+                            }
+                        }
+                        Op::Delete => {
+                            new_links.remove(&c.key);
+                        }
+                        _ => {}
+                    }
+                    outcomes.push((id, true, "success".to_string()));
+                }
+                Err(f) => {
+                    tracing::error!(target: "dirbridge::apply", op = c.op.as_str(), dn = %c.dn, key = %c.key, rc = f.rc, "quarantined: {f}");
+                    outcomes.push((id, false, f.to_string()));
+                    outcome.failed.push(Failed {
+                        change: (*c).clone(),
+                        failure: f,
+                    });
+                }
+            }
+        }
+        mirror.journal_done(&outcomes, &clock.rfc3339())?;
+    }
+    target.unbind().await;
+    mirror.save_links(&new_links, &now)?;
+    mirror.save_snapshot(&dir)?;
+    if !export.keys_uncertain && opts.only.is_none() {
+        mirror.save_hr(&export)?;
+    }
+    outcome.duration = started.elapsed();
+    let status = if outcome.failed.is_empty() && outcome.plan.quarantined.is_empty() { "ok" } else { "quarantined" };
+    // A run whose export was partly unreadable is not a "last good" reference for the shrink gate.
+    let status = if export.keys_uncertain || opts.only.is_some() { "partial" } else { status };
+    mirror.finish_run(run_id, &clock.rfc3339(), status, outcome.plan.records, &export.header, &outcome.summary_json())?;
+    Ok(outcome)
+}

@@ -1,0 +1,189 @@
+//! CSV exports: a header row, a configurable delimiter, RFC 4180 quoting (commas and newlines inside
+//! quotes), UTF-8 (with or without BOM), windows-1252 or ISO-8859-1.
+
+use std::collections::BTreeMap;
+
+use super::{Export, Quarantined, RawRow, SourceError};
+use crate::config::{Encoding, SourceConfig};
+
+/// windows-1252 code points for 0x80..=0x9F; `None` for the five undefined bytes.
+const CP1252_HIGH: [Option<char>; 32] = [
+    Some('€'), None, Some('‚'), Some('ƒ'), Some('„'), Some('…'), Some('†'), Some('‡'),
+    Some('ˆ'), Some('‰'), Some('Š'), Some('‹'), Some('Œ'), None, Some('Ž'), None,
+    None, Some('‘'), Some('’'), Some('“'), Some('”'), Some('•'), Some('–'), Some('—'),
+    Some('˜'), Some('™'), Some('š'), Some('›'), Some('œ'), None, Some('ž'), Some('Ÿ'),
+];
+
+/// Decode one field; `Err` carries a description of the first bad byte.
+pub(crate) fn decode(enc: Encoding, b: &[u8]) -> Result<String, String> {
+    match enc {
+        Encoding::Utf8 => String::from_utf8(b.to_vec()).map_err(|e| {
+            let at = e.utf8_error().valid_up_to();
+            format!("byte 0x{:02X} at offset {at} is not valid UTF-8", b.get(at).copied().unwrap_or(0))
+        }),
+        Encoding::Latin1 => Ok(b.iter().map(|&c| c as char).collect()),
+        Encoding::Windows1252 => {
+            let mut s = String::with_capacity(b.len());
+            for (i, &c) in b.iter().enumerate() {
+                if (0x80..=0x9F).contains(&c) {
+                    match CP1252_HIGH[(c - 0x80) as usize] {
+                        Some(ch) => s.push(ch),
+                        None => return Err(format!("byte 0x{c:02X} at offset {i} is undefined in windows-1252")),
+                    }
+                } else {
+                    s.push(c as char);
+                }
+            }
+            Ok(s)
+        }
+    }
+}
+
+fn strip_bom(enc: Encoding, bytes: &[u8]) -> &[u8] {
+    if enc == Encoding::Utf8 {
+        bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes)
+    } else {
+        bytes
+    }
+}
+
+fn reader(cfg: &SourceConfig, bytes: &[u8]) -> ::csv::Reader<std::io::Cursor<Vec<u8>>> {
+    ::csv::ReaderBuilder::new()
+        .delimiter(cfg.delimiter as u8)
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(std::io::Cursor::new(strip_bom(cfg.encoding, bytes).to_vec()))
+}
+
+pub(crate) fn header(cfg: &SourceConfig, bytes: &[u8]) -> Result<Vec<String>, SourceError> {
+    let mut rdr = reader(cfg, bytes);
+    let mut rec = ::csv::ByteRecord::new();
+    match rdr.read_byte_record(&mut rec) {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(SourceError::Invalid {
+                path: cfg.path.clone(),
+                msg: "the file is empty: a CSV export needs a header row".into(),
+            })
+        }
+        Err(e) => return Err(syntax(cfg, &e)),
+    }
+    let mut cols = Vec::with_capacity(rec.len());
+    for (i, f) in rec.iter().enumerate() {
+        let name = decode(cfg.encoding, f).map_err(|m| SourceError::Syntax {
+            path: cfg.path.clone(),
+            line: 1,
+            col: i + 1,
+            msg: format!("header column {}: {m}; set source.encoding", i + 1),
+        })?;
+        let name = name.trim().to_string();
+        if name.is_empty() {
+            return Err(SourceError::Syntax {
+                path: cfg.path.clone(),
+                line: 1,
+                col: i + 1,
+                msg: format!("header column {} has no name", i + 1),
+            });
+        }
+        if cols.contains(&name) {
+            return Err(SourceError::Syntax {
+                path: cfg.path.clone(),
+                line: 1,
+                col: i + 1,
+                msg: format!("header column {name:?} appears twice"),
+            });
+        }
+        cols.push(name);
+    }
+    Ok(cols)
+}
+
+fn syntax(cfg: &SourceConfig, e: &::csv::Error) -> SourceError {
+    let line = e.position().map(|p| p.line() as usize).unwrap_or(0);
+    SourceError::Syntax {
+        path: cfg.path.clone(),
+        line,
+        col: 1,
+        msg: e.to_string(),
+    }
+}
+
+pub(crate) fn parse(cfg: &SourceConfig, bytes: &[u8], export: &mut Export) -> Result<Vec<RawRow>, SourceError> {
+    let cols = header(cfg, bytes)?;
+    export.header = cols.clone();
+    let key_idx = cols.iter().position(|c| c == &cfg.key);
+    let mut rdr = reader(cfg, bytes);
+    let mut rec = ::csv::ByteRecord::new();
+    let mut rows = Vec::new();
+    let mut first = true;
+    loop {
+        match rdr.read_byte_record(&mut rec) {
+            Ok(false) => break,
+            Ok(true) => {}
+            Err(e) => {
+                // The parser lost its place: everything after is unknown, so nothing may be deleted.
+                export.keys_uncertain = true;
+                export.quarantined.push(Quarantined {
+                    key: None,
+                    file: cfg.path.clone(),
+                    line: e.position().map(|p| p.line() as usize).unwrap_or(0),
+                    reason: format!("unreadable CSV: {e}; the rest of the file was skipped"),
+                });
+                break;
+            }
+        }
+        if first {
+            first = false;
+            continue;
+        }
+        let line = rec.position().map(|p| p.line() as usize).unwrap_or(0);
+        if rec.len() == 1 && rec.get(0).map(|f| f.is_empty()).unwrap_or(true) {
+            continue; // blank line
+        }
+        let key_guess = key_idx.and_then(|i| rec.get(i)).and_then(|b| decode(cfg.encoding, b).ok());
+        if rec.len() != cols.len() {
+            // Columns may be shifted: the key read from this row cannot be trusted.
+            export.keys_uncertain = true;
+            export.quarantined.push(Quarantined {
+                key: None,
+                file: cfg.path.clone(),
+                line,
+                reason: format!(
+                    "has {} fields, the header has {} (an unquoted delimiter or a missing quote?){}",
+                    rec.len(),
+                    cols.len(),
+                    key_guess.map(|k| format!("; its key may be {:?}", k.trim())).unwrap_or_default()
+                ),
+            });
+            continue;
+        }
+        let mut fields = BTreeMap::new();
+        let mut bad = None;
+        for (i, f) in rec.iter().enumerate() {
+            match decode(cfg.encoding, f) {
+                Ok(v) => {
+                    fields.insert(cols[i].clone(), v);
+                }
+                Err(m) => {
+                    bad = Some(format!("column {:?}: {m}; check source.encoding", cols[i]));
+                    break;
+                }
+            }
+        }
+        if let Some(reason) = bad {
+            let key = key_guess.map(|k| k.trim().to_string()).filter(|k| !k.is_empty());
+            if key.is_none() {
+                export.keys_uncertain = true;
+            }
+            export.quarantined.push(Quarantined {
+                key,
+                file: cfg.path.clone(),
+                line,
+                reason: format!("undecodable bytes in {reason}"),
+            });
+            continue;
+        }
+        rows.push(RawRow { line, fields });
+    }
+    Ok(rows)
+}

@@ -1,0 +1,376 @@
+//! The LDAP client edge: connect (failover, TLS verified, timeouts), bind, read, apply.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::StreamExt;
+use ldap3::adapters::PagedResults;
+use ldap3::controls::{ControlType, PostRead, PostReadResp};
+use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, Mod, Scope, SearchEntry};
+
+use super::schema::Schema;
+use super::TargetError;
+use crate::config::DirectoryConfig;
+use crate::dn::{self, Dn};
+use crate::model::Entry;
+use crate::plan::{Change, DeltaKind, Op};
+
+pub struct LdapTarget {
+    ldap: Ldap,
+    pub url: String,
+    op_timeout: Duration,
+    page_size: i32,
+}
+
+/// A failed write: the server's result code and message. The entry is quarantined; the run goes on.
+#[derive(Clone, Debug)]
+pub struct OpFailure {
+    pub rc: u32,
+    pub text: String,
+}
+
+impl std::fmt::Display for OpFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}){}", result_name(self.rc), self.rc, if self.text.is_empty() { String::new() } else { format!(": {}", self.text) })
+    }
+}
+
+pub fn result_name(rc: u32) -> &'static str {
+    match rc {
+        0 => "success",
+        1 => "operationsError",
+        2 => "protocolError",
+        3 => "timeLimitExceeded",
+        4 => "sizeLimitExceeded",
+        8 => "strongerAuthRequired",
+        10 => "referral",
+        11 => "adminLimitExceeded",
+        16 => "noSuchAttribute",
+        17 => "undefinedAttributeType",
+        18 => "inappropriateMatching",
+        19 => "constraintViolation",
+        20 => "attributeOrValueExists",
+        21 => "invalidAttributeSyntax",
+        32 => "noSuchObject",
+        34 => "invalidDNSyntax",
+        48 => "inappropriateAuthentication",
+        49 => "invalidCredentials",
+        50 => "insufficientAccessRights",
+        51 => "busy",
+        52 => "unavailable",
+        53 => "unwillingToPerform",
+        64 => "namingViolation",
+        65 => "objectClassViolation",
+        66 => "notAllowedOnNonLeaf",
+        67 => "notAllowedOnRDN",
+        68 => "entryAlreadyExists",
+        69 => "objectClassModsProhibited",
+        80 => "other",
+        _ => "error",
+    }
+}
+
+fn tls_config(cfg: &DirectoryConfig) -> Result<Option<Arc<rustls::ClientConfig>>, TargetError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let Some(ca) = &cfg.ca_file else { return Ok(None) };
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca)
+        .map_err(|e| TargetError::Tls(format!("cannot read ca-file {}: {e}", ca.display())))?;
+    for c in certs {
+        let c = c.map_err(|e| TargetError::Tls(format!("ca-file {}: not a PEM certificate: {e}", ca.display())))?;
+        roots
+            .add(c)
+            .map_err(|e| TargetError::Tls(format!("ca-file {}: unusable certificate: {e}", ca.display())))?;
+    }
+    if roots.is_empty() {
+        return Err(TargetError::Tls(format!("ca-file {} holds no certificate", ca.display())));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TargetError::Tls(format!("TLS setup: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Some(Arc::new(config)))
+}
+
+fn is_tls_error(msg: &str) -> bool {
+    let m = msg.to_ascii_lowercase();
+    m.contains("certificate") || m.contains("tls") || m.contains("handshake") || m.contains("rustls") || m.contains("unknownissuer")
+}
+
+impl LdapTarget {
+    /// Connect to the first URL that answers, verify TLS, bind.
+    pub async fn connect(cfg: &DirectoryConfig) -> Result<LdapTarget, TargetError> {
+        let tls = tls_config(cfg)?;
+        let mut failures = Vec::new();
+        for url in &cfg.urls {
+            let lower = url.to_ascii_lowercase();
+            let ldapi = lower.starts_with("ldapi://");
+            let mut settings = LdapConnSettings::new().set_conn_timeout(cfg.connect_timeout);
+            if let Some(t) = &tls {
+                settings = settings.set_config(t.clone());
+            }
+            if cfg.starttls && lower.starts_with("ldap://") {
+                settings = settings.set_starttls(true);
+            }
+            let conn = tokio::time::timeout(cfg.connect_timeout + Duration::from_secs(1), LdapConnAsync::with_settings(settings, url)).await;
+            let (conn, mut ldap) = match conn {
+                Err(_) => {
+                    failures.push(format!("{url}: no answer within {}", humantime::format_duration(cfg.connect_timeout)));
+                    continue;
+                }
+                Ok(Err(e)) => {
+                    let msg = e.to_string();
+                    if is_tls_error(&msg) && (lower.starts_with("ldaps://") || cfg.starttls) {
+                        let against = match &cfg.ca_file {
+                            Some(p) => format!("the CA certificates in ca-file {}", p.display()),
+                            None => "the system's trusted CAs (set directory.ca-file to the directory's CA)".into(),
+                        };
+                        return Err(TargetError::Tls(format!(
+                            "TLS with {url} failed: {msg}; the server's certificate could not be verified against {against}"
+                        )));
+                    }
+                    failures.push(format!("{url}: {msg}"));
+                    continue;
+                }
+                Ok(Ok(x)) => x,
+            };
+            ldap3::drive!(conn);
+            ldap.with_timeout(cfg.operation_timeout);
+            let bound = if ldapi && cfg.bind_dn.is_none() {
+                ldap.sasl_external_bind().await
+            } else {
+                let pw = cfg.password.as_ref().map(|p| p.expose()).unwrap_or("");
+                ldap.simple_bind(cfg.bind_dn.as_deref().unwrap_or(""), pw).await
+            };
+            match bound {
+                Ok(r) if r.rc == 0 => {}
+                Ok(r) => {
+                    let who = cfg.bind_dn.as_deref().unwrap_or("SASL EXTERNAL");
+                    let hint = if r.rc == 49 {
+                        match &cfg.password_source {
+                            Some(p) => format!("; check the password in {}", p.display()),
+                            None => String::new(),
+                        }
+                    } else {
+                        String::new()
+                    };
+                    return Err(TargetError::Bind(format!(
+                        "{url}: bind as {who} refused: {}{hint}",
+                        OpFailure { rc: r.rc, text: r.text }
+                    )));
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    if is_tls_error(&msg) && cfg.starttls {
+                        let against = match &cfg.ca_file {
+                            Some(p) => format!("ca-file {}", p.display()),
+                            None => "the system's trusted CAs (set directory.ca-file)".into(),
+                        };
+                        return Err(TargetError::Tls(format!("StartTLS with {url} failed: {msg}; not verified against {against}")));
+                    }
+                    failures.push(format!("{url}: bind failed: {msg}"));
+                    continue;
+                }
+            }
+            return Ok(LdapTarget {
+                ldap,
+                url: url.clone(),
+                op_timeout: cfg.operation_timeout,
+                page_size: cfg.page_size as i32,
+            });
+        }
+        Err(TargetError::Unreachable(format!(
+            "no directory server could be reached: {}",
+            failures.join("; ")
+        )))
+    }
+
+    /// Paged subtree search; entries come back with lower-cased attribute names. `uuid` is taken
+    /// from entryUUID. A result code other than success fails the read.
+    pub async fn search(&mut self, base: &str, filter: &str, attrs: &[&str]) -> Result<Vec<Entry>, TargetError> {
+        let mut ldap = self.ldap.clone();
+        ldap.with_timeout(self.op_timeout);
+        let attrs_owned: Vec<String> = attrs.iter().map(|s| s.to_string()).collect();
+        let mut stream = ldap
+            .streaming_search_with(PagedResults::new(self.page_size), base, Scope::Subtree, filter, attrs_owned)
+            .await
+            .map_err(|e| TargetError::Read(format!("search of {base} failed: {e}")))?;
+        let mut out = Vec::new();
+        loop {
+            let item = stream
+                .next()
+                .await
+                .map_err(|e| TargetError::Read(format!("search of {base} failed: {e}")))?;
+            let Some(re) = item else { break };
+            if re.is_ref() || re.is_intermediate() {
+                continue;
+            }
+            let se = SearchEntry::construct(re);
+            let mut attrs: std::collections::BTreeMap<String, Vec<String>> = std::collections::BTreeMap::new();
+            for (k, v) in se.attrs {
+                attrs.entry(k.to_ascii_lowercase()).or_default().extend(v);
+            }
+            let uuid = attrs.remove("entryuuid").and_then(|v| v.into_iter().next()).unwrap_or_default();
+            out.push(Entry {
+                uuid,
+                dn: se.dn,
+                attrs,
+            });
+        }
+        let res = stream
+            .finish()
+            .await;
+        match res.rc {
+            0 => Ok(out),
+            32 => Err(TargetError::Read(format!(
+                "{base} does not exist on the server (noSuchObject); create it, or fix the configured base"
+            ))),
+            4 => Err(TargetError::Read(format!(
+                "search of {base} hit the server's size limit (sizeLimitExceeded, after {} entries): give the bind identity an olcLimits entry; a partial read is never taken as the whole directory",
+                out.len()
+            ))),
+            rc => Err(TargetError::Read(format!(
+                "search of {base} failed: {}",
+                OpFailure { rc, text: res.text }
+            ))),
+        }
+    }
+
+    pub async fn read_schema(&mut self) -> Result<Schema, TargetError> {
+        let mut ldap = self.ldap.clone();
+        ldap.with_timeout(self.op_timeout);
+        let (root, _) = ldap
+            .search("", Scope::Base, "(objectClass=*)", vec!["subschemaSubentry"])
+            .await
+            .and_then(|r| r.success())
+            .map_err(|e| TargetError::Read(format!("reading the root DSE failed: {e}")))?;
+        let sub = root
+            .into_iter()
+            .next()
+            .map(SearchEntry::construct)
+            .and_then(|e| e.attrs.get("subschemaSubentry").and_then(|v| v.first().cloned()))
+            .unwrap_or_else(|| "cn=Subschema".to_string());
+        let mut ldap = self.ldap.clone();
+        ldap.with_timeout(self.op_timeout);
+        let (entries, _) = ldap
+            .search(&sub, Scope::Base, "(objectClass=subschema)", vec!["attributeTypes", "objectClasses"])
+            .await
+            .and_then(|r| r.success())
+            .map_err(|e| TargetError::Read(format!("reading the schema ({sub}) failed: {e}")))?;
+        let Some(e) = entries.into_iter().next().map(SearchEntry::construct) else {
+            return Ok(Schema::default());
+        };
+        let get = |n: &str| {
+            e.attrs
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(n))
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        Ok(Schema::parse(&get("attributeTypes"), &get("objectClasses")))
+    }
+
+    /// Apply changes with up to `in_flight` operations outstanding on this connection. Results come
+    /// back in input order: `Ok(Some(uuid))` for adds (from the Post-Read control), `Ok(None)` else.
+    pub async fn apply(&self, changes: &[&Change], in_flight: usize) -> Vec<Result<Option<String>, OpFailure>> {
+        let futs = changes.iter().enumerate().map(|(i, c)| {
+            let mut ldap = self.ldap.clone();
+            let t = self.op_timeout;
+            async move { (i, apply_one(&mut ldap, c, t).await) }
+        });
+        let mut results: Vec<(usize, Result<Option<String>, OpFailure>)> =
+            futures_util::stream::iter(futs).buffer_unordered(in_flight.max(1)).collect().await;
+        results.sort_by_key(|(i, _)| *i);
+        results.into_iter().map(|(_, r)| r).collect()
+    }
+
+    pub async fn unbind(mut self) {
+        let _ = self.ldap.unbind().await;
+    }
+}
+
+fn set(v: &[String]) -> HashSet<String> {
+    v.iter().cloned().collect()
+}
+
+fn lerr(e: ldap3::LdapError) -> OpFailure {
+    match e {
+        ldap3::LdapError::LdapResult { result } => OpFailure {
+            rc: result.rc,
+            text: result.text,
+        },
+        other => OpFailure {
+            rc: 80,
+            text: other.to_string(),
+        },
+    }
+}
+
+async fn apply_one(ldap: &mut Ldap, c: &Change, t: Duration) -> Result<Option<String>, OpFailure> {
+    ldap.with_timeout(t);
+    let check = |r: ldap3::LdapResult| -> Result<ldap3::LdapResult, OpFailure> {
+        if r.rc == 0 {
+            Ok(r)
+        } else {
+            Err(OpFailure { rc: r.rc, text: r.text })
+        }
+    };
+    match c.op {
+        Op::Add => {
+            let mut attrs: HashMap<String, HashSet<String>> = HashMap::new();
+            for a in &c.attributes {
+                attrs.entry(a.attr.clone()).or_default().extend(a.new.iter().cloned());
+            }
+            let attrs: Vec<(String, HashSet<String>)> = attrs.into_iter().collect();
+            let r = ldap
+                .with_controls(PostRead::new(vec!["entryUUID"]))
+                .add(&c.dn, attrs)
+                .await
+                .map_err(lerr)?;
+            let r = check(r)?;
+            let uuid = r
+                .ctrls
+                .iter()
+                .find(|c| matches!(c.0, Some(ControlType::PostReadResp)))
+                .and_then(|c| c.1.val.as_ref().map(|_| c.1.parse::<PostReadResp>()))
+                .and_then(|p| {
+                    p.attrs
+                        .iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case("entryUUID"))
+                        .and_then(|(_, v)| v.first().cloned())
+                });
+            Ok(uuid)
+        }
+        Op::Modify => {
+            let mods: Vec<Mod<String>> = c
+                .attributes
+                .iter()
+                .map(|a| match a.kind {
+                    DeltaKind::Add => Mod::Add(a.attr.clone(), set(&a.new)),
+                    DeltaKind::Delete => Mod::Delete(a.attr.clone(), HashSet::new()),
+                    DeltaKind::Replace => Mod::Replace(a.attr.clone(), set(&a.new)),
+                })
+                .collect();
+            check(ldap.modify(&c.dn, mods).await.map_err(lerr)?)?;
+            Ok(None)
+        }
+        Op::Rename => {
+            let new = c.new_dn.as_deref().unwrap_or("");
+            let nd = Dn::parse(new).map_err(|e| OpFailure { rc: 34, text: e.to_string() })?;
+            let od = Dn::parse(&c.dn).map_err(|e| OpFailure { rc: 34, text: e.to_string() })?;
+            let rdn = nd.first().map(|a| dn::rdn(&a.attr, &a.value)).unwrap_or_default();
+            let np = nd.parent();
+            let sup = if np.normalized() != od.parent().normalized() { Some(np.to_string()) } else { None };
+            check(ldap.modifydn(&c.dn, &rdn, true, sup.as_deref()).await.map_err(lerr)?)?;
+            Ok(None)
+        }
+        Op::Delete => {
+            check(ldap.delete(&c.dn).await.map_err(lerr)?)?;
+            Ok(None)
+        }
+    }
+}
