@@ -121,7 +121,10 @@ impl Dn {
                 return Err(err("empty attribute type"));
             }
             i += 1; // '='
-            // value
+                    // value
+            while i < b.len() && b[i] == b' ' {
+                i += 1; // leading unescaped spaces are not part of the value
+            }
             let mut raw: Vec<u8> = Vec::new();
             let mut trailing_unescaped_spaces = 0usize;
             if i < b.len() && b[i] == b'#' && raw.is_empty() {
@@ -162,12 +165,8 @@ impl Dn {
                 }
             }
             raw.truncate(raw.len() - trailing_unescaped_spaces);
-            // leading unescaped spaces were skipped? Only when not escaped: drop leading spaces.
             let value = String::from_utf8(raw).map_err(|_| err("value is not UTF-8"))?;
-            cur.push(Ava {
-                attr,
-                value: value.trim_start_matches(' ').to_string(),
-            });
+            cur.push(Ava { attr, value });
             if i >= b.len() {
                 rdns.push(std::mem::take(&mut cur));
                 break;

@@ -54,10 +54,24 @@ pub struct MatchRules {
 impl Default for MatchRules {
     fn default() -> Self {
         let mut rules = HashMap::new();
-        for a in ["manager", "member", "uniquemember", "owner", "seealso", "secretary", "roleoccupant"] {
+        for a in [
+            "manager",
+            "member",
+            "uniquemember",
+            "owner",
+            "seealso",
+            "secretary",
+            "roleoccupant",
+        ] {
             rules.insert(a.to_string(), Rule::Dn);
         }
-        for a in ["telephonenumber", "mobile", "facsimiletelephonenumber", "homephone", "pager"] {
+        for a in [
+            "telephonenumber",
+            "mobile",
+            "facsimiletelephonenumber",
+            "homephone",
+            "pager",
+        ] {
             rules.insert(a.to_string(), Rule::Telephone);
         }
         for a in ["uidnumber", "gidnumber"] {
@@ -91,7 +105,11 @@ impl MatchRules {
             Rule::CaseIgnore => dn::fold_case_ignore(v),
             Rule::CaseExact => dn::collapse_spaces(v),
             Rule::Dn => dn::normalize(v),
-            Rule::Telephone => v.chars().filter(|c| *c != ' ' && *c != '-').collect::<String>().to_lowercase(),
+            Rule::Telephone => v
+                .chars()
+                .filter(|c| *c != ' ' && *c != '-')
+                .collect::<String>()
+                .to_lowercase(),
             Rule::Numeric => v.chars().filter(|c| !c.is_whitespace()).collect(),
             Rule::Octet => v.to_string(),
         }
@@ -129,7 +147,11 @@ mod tests {
             &["UID=a, OU=People,dc=x".into()],
             &["uid=a,ou=people,dc=x".into()]
         ));
-        assert!(r.same_values("telephoneNumber", &["+49 30-1234".into()], &["+49301234".into()]));
+        assert!(r.same_values(
+            "telephoneNumber",
+            &["+49 30-1234".into()],
+            &["+49301234".into()]
+        ));
         assert!(!r.same_values("homeDirectory", &["/home/A".into()], &["/home/a".into()]));
     }
 }

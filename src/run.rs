@@ -8,6 +8,7 @@ use serde_json::json;
 
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::exit;
 use crate::mapping::{link, Mapper};
 use crate::mirror::{Mirror, MirrorError, RunLock};
 use crate::model::DirSnapshot;
@@ -16,7 +17,6 @@ use crate::plan::{self, Change, Op, Plan, PlanInput, QuarantineNote};
 use crate::source::{self, SourceError};
 use crate::target::ldap::{LdapTarget, OpFailure};
 use crate::target::TargetError;
-use crate::exit;
 
 #[derive(Clone, Debug, Default)]
 pub struct RunOptions {
@@ -56,7 +56,11 @@ impl RunOutcome {
     /// The one-line summary `sync` ends with.
     pub fn summary_line(&self) -> String {
         let p = &self.plan;
-        let verb = if self.dry_run || !p.refusals.is_empty() { "planned" } else { "applied" };
+        let verb = if self.dry_run || !p.refusals.is_empty() {
+            "planned"
+        } else {
+            "applied"
+        };
         let ops: Vec<String> = ["add", "modify", "rename", "delete"]
             .iter()
             .map(|op| {
@@ -93,7 +97,10 @@ impl RunOutcome {
                     .map(|f| json!({"op": f.change.op.as_str(), "dn": f.change.dn, "key": f.change.key, "rc": f.failure.rc, "error": f.failure.to_string()}))
                     .collect::<Vec<_>>()),
             );
-            m.insert("duration-seconds".into(), json!(self.duration.as_secs_f64()));
+            m.insert(
+                "duration-seconds".into(),
+                json!(self.duration.as_secs_f64()),
+            );
             m.insert("dry-run".into(), json!(self.dry_run));
         }
         v
@@ -171,7 +178,10 @@ async fn read_directory(cfg: &Config, t: &mut LdapTarget) -> Result<DirSnapshot,
         .into_iter()
         .filter(|e| crate::dn::normalize(&e.dn) != base_norm)
         .collect();
-    let mut taken: std::collections::HashMap<String, std::collections::HashMap<String, Vec<String>>> = Default::default();
+    let mut taken: std::collections::HashMap<
+        String,
+        std::collections::HashMap<String, Vec<String>>,
+    > = Default::default();
     if !cfg.users.unique.is_empty() {
         let rules_default = crate::model::MatchRules::default();
         let names: Vec<&str> = cfg.users.unique.iter().map(String::as_str).collect();
@@ -198,13 +208,34 @@ async fn read_directory(cfg: &Config, t: &mut LdapTarget) -> Result<DirSnapshot,
 }
 
 /// Perform one run. `plan` and `sync --dry-run` pass `dry_run`; nothing is written then.
-pub async fn run(cfg: &Config, opts: &RunOptions, clock: &dyn Clock) -> Result<RunOutcome, RunError> {
+pub async fn run(
+    cfg: &Config,
+    opts: &RunOptions,
+    clock: &dyn Clock,
+) -> Result<RunOutcome, RunError> {
     let started = Instant::now();
-    let _lock = if opts.dry_run { None } else { Some(RunLock::acquire(&cfg.state)?) };
+    let _lock = if opts.dry_run {
+        None
+    } else {
+        Some(RunLock::acquire(&cfg.state)?)
+    };
     let mut mirror = Mirror::open(&cfg.state)?;
     let export = source::read(&cfg.source)?;
     for q in &export.quarantined {
         tracing::warn!(target: "dirbridge::source", "quarantined {q}");
+    }
+    // The templates were checked against the header check-config saw; check them against this one.
+    let mut problems = Vec::new();
+    for (name, src) in &cfg.users.attributes {
+        if let Err(m) = crate::mapping::check_template(src, &export.header, true) {
+            problems.push(format!(
+                "{}: users.attributes.{name}: {m}",
+                cfg.file.display()
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(RunError::Config(problems.join("\n")));
     }
     let mapper = Mapper::new(&cfg.users, &export.header).map_err(RunError::Config)?;
 
@@ -212,13 +243,19 @@ pub async fn run(cfg: &Config, opts: &RunOptions, clock: &dyn Clock) -> Result<R
     tracing::info!(url = %target.url, "bound");
     let schema = target.read_schema().await?;
     check_schema(cfg, &schema).map_err(|m| RunError::Target(TargetError::Schema(m)))?;
-    let rules = if schema.is_empty() { Default::default() } else { schema.match_rules() };
+    let rules = if schema.is_empty() {
+        Default::default()
+    } else {
+        schema.match_rules()
+    };
     let mut dir = read_directory(cfg, &mut target).await?;
     // Re-fold the unique values with the server's rules.
     for (attr, vals) in dir.taken.iter_mut() {
         let refolded: std::collections::HashMap<String, Vec<String>> =
             vals.drain().fold(Default::default(), |mut m, (k, v)| {
-                m.entry(rules.fold(attr, &k)).or_insert_with(Vec::new).extend(v);
+                m.entry(rules.fold(attr, &k))
+                    .or_insert_with(Vec::new)
+                    .extend(v);
                 m
             });
         *vals = refolded;
@@ -260,9 +297,12 @@ pub async fn run(cfg: &Config, opts: &RunOptions, clock: &dyn Clock) -> Result<R
     }
     if let Some(only) = &opts.only {
         if !present.contains(only) && !linking.gone.values().any(|k| k == only) {
-            plan.warnings.push(format!("--only {only}: no record and no managed entry has this key"));
+            plan.warnings.push(format!(
+                "--only {only}: no record and no managed entry has this key"
+            ));
         }
-        plan.quarantined.retain(|q| q.key.as_deref() == Some(only.as_str()));
+        plan.quarantined
+            .retain(|q| q.key.as_deref() == Some(only.as_str()));
     }
     for r in &linking.relinked {
         tracing::warn!(target: "dirbridge::link", key = %r.key, dn = %r.dn, "{}", r.why);
@@ -307,13 +347,24 @@ pub async fn run(cfg: &Config, opts: &RunOptions, clock: &dyn Clock) -> Result<R
 
     let now = clock.rfc3339();
     let run_id = mirror.begin_run("sync", &now)?;
-    let q: Vec<(Option<String>, usize, String)> =
-        outcome.plan.quarantined.iter().map(|q| (q.key.clone(), q.line, q.reason.clone())).collect();
+    let q: Vec<(Option<String>, usize, String)> = outcome
+        .plan
+        .quarantined
+        .iter()
+        .map(|q| (q.key.clone(), q.line, q.reason.clone()))
+        .collect();
     mirror.record_quarantine(run_id, &q)?;
     if !outcome.plan.refusals.is_empty() {
         target.unbind().await;
         outcome.duration = started.elapsed();
-        mirror.finish_run(run_id, &clock.rfc3339(), "refused", outcome.plan.records, &export.header, &outcome.summary_json())?;
+        mirror.finish_run(
+            run_id,
+            &clock.rfc3339(),
+            "refused",
+            outcome.plan.records,
+            &export.header,
+            &outcome.summary_json(),
+        )?;
         return Ok(outcome);
     }
 
@@ -369,9 +420,24 @@ pub async fn run(cfg: &Config, opts: &RunOptions, clock: &dyn Clock) -> Result<R
         mirror.save_hr(&export)?;
     }
     outcome.duration = started.elapsed();
-    let status = if outcome.failed.is_empty() && outcome.plan.quarantined.is_empty() { "ok" } else { "quarantined" };
+    let status = if outcome.failed.is_empty() && outcome.plan.quarantined.is_empty() {
+        "ok"
+    } else {
+        "quarantined"
+    };
     // A run whose export was partly unreadable is not a "last good" reference for the shrink gate.
-    let status = if export.keys_uncertain || opts.only.is_some() { "partial" } else { status };
-    mirror.finish_run(run_id, &clock.rfc3339(), status, outcome.plan.records, &export.header, &outcome.summary_json())?;
+    let status = if export.keys_uncertain || opts.only.is_some() {
+        "partial"
+    } else {
+        status
+    };
+    mirror.finish_run(
+        run_id,
+        &clock.rfc3339(),
+        status,
+        outcome.plan.records,
+        &export.header,
+        &outcome.summary_json(),
+    )?;
     Ok(outcome)
 }

@@ -101,7 +101,9 @@ fn parse_date(s: &str) -> Result<String, String> {
     let ok = b.len() == 10
         && b[4] == b'-'
         && b[7] == b'-'
-        && s.chars().enumerate().all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
+        && s.chars()
+            .enumerate()
+            .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
     let month: u32 = s.get(5..7).and_then(|m| m.parse().ok()).unwrap_or(0);
     let day: u32 = s.get(8..10).and_then(|m| m.parse().ok()).unwrap_or(0);
     if ok && (1..=12).contains(&month) && (1..=31).contains(&day) {
@@ -119,15 +121,17 @@ fn init_logging(verbose: u8, format: LogFormat) {
         _ => "debug",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.with_target(false).try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
 }
 
-fn load(path: &std::path::Path) -> Result<Config, i32> {
-    match config::load(path) {
+fn load(path: &std::path::Path, mode: config::Check) -> Result<Config, i32> {
+    match config::load(path, mode) {
         Ok((cfg, warnings)) => {
             for w in warnings.warnings() {
                 eprintln!("{w}");
@@ -137,17 +141,24 @@ fn load(path: &std::path::Path) -> Result<Config, i32> {
         Err(diags) => {
             eprint!("{diags}");
             let n = diags.errors().count();
-            eprintln!("{n} error{} in {}", if n == 1 { "" } else { "s" }, path.display());
+            eprintln!(
+                "{n} error{} in {}",
+                if n == 1 { "" } else { "s" },
+                path.display()
+            );
             Err(exit::CONFIG)
         }
     }
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, i32> {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| {
-        eprintln!("dirbridge: cannot start the runtime: {e}");
-        exit::SOFTWARE
-    })
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("dirbridge: cannot start the runtime: {e}");
+            exit::SOFTWARE
+        })
 }
 
 fn print(s: &str) {
@@ -162,7 +173,11 @@ pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
+            let code = if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
             let _ = e.print();
             return code;
         }
@@ -170,7 +185,7 @@ pub fn main() -> i32 {
     init_logging(cli.verbose, cli.log_format);
     match cli.command {
         Command::CheckConfig { online } => {
-            let cfg = match load(&cli.config) {
+            let cfg = match load(&cli.config, config::Check::Strict) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
@@ -189,15 +204,26 @@ pub fn main() -> i32 {
             }
             let resolved = serde_json::to_string_pretty(&cfg).unwrap_or_default();
             print(&format!("{resolved}\n"));
-            eprintln!("{}: configuration OK ({} columns in the export, {} attribute templates)", cli.config.display(), cfg.header.len(), cfg.users.attributes.len());
+            eprintln!(
+                "{}: configuration OK ({} columns in the export, {} attribute templates)",
+                cli.config.display(),
+                cfg.header.len(),
+                cfg.users.attributes.len()
+            );
             exit::OK
         }
-        Command::Plan { format, out, as_of, only } => {
-            run_command(&cli.config, format, true, out, as_of, only, true)
-        }
-        Command::Sync { dry_run, format, as_of, only } => {
-            run_command(&cli.config, format, dry_run, None, as_of, only, false)
-        }
+        Command::Plan {
+            format,
+            out,
+            as_of,
+            only,
+        } => run_command(&cli.config, format, true, out, as_of, only, true),
+        Command::Sync {
+            dry_run,
+            format,
+            as_of,
+            only,
+        } => run_command(&cli.config, format, dry_run, None, as_of, only, false),
     }
 }
 
@@ -210,12 +236,14 @@ fn run_command(
     only: Option<String>,
     is_plan: bool,
 ) -> i32 {
-    let cfg = match load(path) {
+    let cfg = match load(path, config::Check::Run) {
         Ok(c) => c,
         Err(code) => return code,
     };
     if let Some(d) = as_of {
-        eprintln!("note: --as-of {d} changes nothing here: the configuration has no [lifecycle] section");
+        eprintln!(
+            "note: --as-of {d} changes nothing here: the configuration has no [lifecycle] section"
+        );
     }
     let rt = match runtime() {
         Ok(r) => r,
@@ -247,10 +275,20 @@ fn run_command(
         }
     } else {
         for f in &outcome.failed {
-            eprintln!("failed: {} {} (record {}): {}; the entry is quarantined for this run", f.change.op.as_str(), f.change.dn, f.change.key, f.failure);
+            eprintln!(
+                "failed: {} {} (record {}): {}; the entry is quarantined for this run",
+                f.change.op.as_str(),
+                f.change.dn,
+                f.change.key,
+                f.failure
+            );
         }
         for q in &outcome.plan.quarantined {
-            let who = q.key.as_deref().map(|k| format!("record {k}")).unwrap_or_else(|| "a record".into());
+            let who = q
+                .key
+                .as_deref()
+                .map(|k| format!("record {k}"))
+                .unwrap_or_else(|| "a record".into());
             eprintln!("quarantined: {who}: {}", q.reason);
         }
         for r in &outcome.plan.refusals {
@@ -260,7 +298,10 @@ fn run_command(
             eprintln!("note: some records could not be read well enough to know their key: this run deleted nothing");
         }
         match format {
-            Format::Json => print(&format!("{}\n", serde_json::to_string_pretty(&outcome.summary_json()).unwrap_or_default())),
+            Format::Json => print(&format!(
+                "{}\n",
+                serde_json::to_string_pretty(&outcome.summary_json()).unwrap_or_default()
+            )),
             Format::Ldif => print(&output::ldif(&outcome.plan)),
             Format::Text => print(&format!("{}\n", outcome.summary_line())),
         }

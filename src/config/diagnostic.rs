@@ -23,11 +23,21 @@ pub struct Diagnostic {
 }
 
 impl Diagnostic {
-    pub fn at(severity: Severity, file: &Path, src: &str, span: Option<Range<usize>>, message: String) -> Self {
+    pub fn at(
+        severity: Severity,
+        file: &Path,
+        src: &str,
+        span: Option<Range<usize>>,
+        message: String,
+    ) -> Self {
         let (line, col, snippet) = match span {
             Some(r) => {
                 let (l, c) = line_col(src, r.start);
-                (l, c, src.lines().nth(l.saturating_sub(1)).map(str::to_string))
+                (
+                    l,
+                    c,
+                    src.lines().nth(l.saturating_sub(1)).map(str::to_string),
+                )
             }
             None => (0, 0, None),
         };
@@ -47,7 +57,12 @@ pub fn line_col(src: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(src.len());
     let before = &src[..floor_char_boundary(src, offset)];
     let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    let col = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
     (line, col)
 }
 
@@ -65,12 +80,23 @@ impl fmt::Display for Diagnostic {
             Severity::Warning => "warning",
         };
         if self.line > 0 {
-            write!(f, "{}:{}:{}: {sev}: {}", self.file.display(), self.line, self.col, self.message)?;
+            write!(
+                f,
+                "{}:{}:{}: {sev}: {}",
+                self.file.display(),
+                self.line,
+                self.col,
+                self.message
+            )?;
         } else {
             write!(f, "{}: {sev}: {}", self.file.display(), self.message)?;
         }
         if let Some(s) = &self.snippet {
-            let pad: String = s.chars().take(self.col.saturating_sub(1)).map(|c| if c == '\t' { '\t' } else { ' ' }).collect();
+            let pad: String = s
+                .chars()
+                .take(self.col.saturating_sub(1))
+                .map(|c| if c == '\t' { '\t' } else { ' ' })
+                .collect();
             write!(f, "\n    | {s}\n    | {pad}^")?;
         }
         Ok(())
@@ -91,7 +117,9 @@ impl Diagnostics {
         self.errors().next().is_some()
     }
     pub fn warnings(&self) -> impl Iterator<Item = &Diagnostic> {
-        self.items.iter().filter(|d| d.severity == Severity::Warning)
+        self.items
+            .iter()
+            .filter(|d| d.severity == Severity::Warning)
     }
 }
 

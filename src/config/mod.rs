@@ -172,7 +172,10 @@ pub struct DirectoryConfig {
 }
 
 mod secs {
-    pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         s.serialize_str(&humantime::format_duration(*d).to_string())
     }
 }
@@ -255,20 +258,37 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn err(&mut self, span: Option<std::ops::Range<usize>>, msg: impl Into<String>) {
-        self.diags
-            .items
-            .push(Diagnostic::at(Severity::Error, self.file, self.src, span, msg.into()));
+        self.diags.items.push(Diagnostic::at(
+            Severity::Error,
+            self.file,
+            self.src,
+            span,
+            msg.into(),
+        ));
     }
     fn warn(&mut self, span: Option<std::ops::Range<usize>>, msg: impl Into<String>) {
-        self.diags
-            .items
-            .push(Diagnostic::at(Severity::Warning, self.file, self.src, span, msg.into()));
+        self.diags.items.push(Diagnostic::at(
+            Severity::Warning,
+            self.file,
+            self.src,
+            span,
+            msg.into(),
+        ));
     }
+}
+
+/// How much of the world the configuration is checked against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// `check-config`: an unreadable export is an error.
+    Strict,
+    /// A run: an unreadable export is the run's own error (exit 66), reported when it reads it.
+    Run,
 }
 
 /// Load, validate and resolve a configuration file. `Err` holds every problem found; `Ok` may carry
 /// warnings.
-pub fn load(file: &Path) -> Result<(Config, Diagnostics), Diagnostics> {
+pub fn load(file: &Path, mode: Check) -> Result<(Config, Diagnostics), Diagnostics> {
     let src = match std::fs::read_to_string(file) {
         Ok(s) => s,
         Err(e) => {
@@ -278,16 +298,18 @@ pub fn load(file: &Path) -> Result<(Config, Diagnostics), Diagnostics> {
                 file,
                 "",
                 None,
-                format!("cannot read the configuration file: {e} (use -c/--config to name another)"),
+                format!(
+                    "cannot read the configuration file: {e} (use -c/--config to name another)"
+                ),
             ));
             return Err(d);
         }
     };
-    load_str(file, &src)
+    load_str(file, &src, mode)
 }
 
 /// Like [`load`], from text already read.
-pub fn load_str(file: &Path, src: &str) -> Result<(Config, Diagnostics), Diagnostics> {
+pub fn load_str(file: &Path, src: &str, mode: Check) -> Result<(Config, Diagnostics), Diagnostics> {
     let mut cx = Ctx {
         file,
         src,
@@ -348,7 +370,10 @@ pub fn load_str(file: &Path, src: &str) -> Result<(Config, Diagnostics), Diagnos
                 (Some(c), None) if c.is_ascii() && c != '"' && c != '\n' => c,
                 _ if v == "\\t" => '\t',
                 _ => {
-                    cx.err(Some(d.span()), format!("source.delimiter must be one ASCII character, not {v:?}"));
+                    cx.err(
+                        Some(d.span()),
+                        format!("source.delimiter must be one ASCII character, not {v:?}"),
+                    );
                     ','
                 }
             }
@@ -356,7 +381,10 @@ pub fn load_str(file: &Path, src: &str) -> Result<(Config, Diagnostics), Diagnos
     };
     if kind != SourceKind::Csv {
         if let Some(d) = &s.delimiter {
-            cx.warn(Some(d.span()), "source.delimiter only applies to kind = \"csv\"");
+            cx.warn(
+                Some(d.span()),
+                "source.delimiter only applies to kind = \"csv\"",
+            );
         }
     }
     let encoding = match &s.encoding {
@@ -376,7 +404,10 @@ pub fn load_str(file: &Path, src: &str) -> Result<(Config, Diagnostics), Diagnos
     };
     let key = s.key.get_ref().trim().to_string();
     if key.is_empty() {
-        cx.err(Some(s.key.span()), "source.key must name the column that holds the HR key");
+        cx.err(
+            Some(s.key.span()),
+            "source.key must name the column that holds the HR key",
+        );
     }
     let source = SourceConfig {
         kind,
@@ -400,10 +431,12 @@ pub fn load_str(file: &Path, src: &str) -> Result<(Config, Diagnostics), Diagnos
             h
         }
         Err(e) => {
-            cx.err(
-                Some(s.path.span()),
-                format!("cannot read the export's header, so templates cannot be checked: {e}"),
-            );
+            let msg =
+                format!("cannot read the export's header, so templates cannot be checked: {e}");
+            match mode {
+                Check::Strict => cx.err(Some(s.path.span()), msg),
+                Check::Run => cx.warn(Some(s.path.span()), msg),
+            }
             Vec::new()
         }
     };
@@ -415,9 +448,16 @@ pub fn load_str(file: &Path, src: &str) -> Result<(Config, Diagnostics), Diagnos
         OneOrMany::Many(v) => v.clone(),
     };
     if urls.is_empty() {
-        cx.err(Some(d.url.span()), "directory.url must name at least one server");
+        cx.err(
+            Some(d.url.span()),
+            "directory.url must name at least one server",
+        );
     }
-    let flavor = d.flavor.as_ref().map(|f| f.get_ref().clone()).unwrap_or_else(|| "openldap".into());
+    let flavor = d
+        .flavor
+        .as_ref()
+        .map(|f| f.get_ref().clone())
+        .unwrap_or_else(|| "openldap".into());
     if let Some(f) = &d.flavor {
         match f.get_ref().as_str() {
             "openldap" => {}
@@ -427,7 +467,9 @@ pub fn load_str(file: &Path, src: &str) -> Result<(Config, Diagnostics), Diagnos
             ),
             other => cx.err(
                 Some(f.span()),
-                format!("directory.flavor = {other:?} is not one of \"openldap\", \"active-directory\""),
+                format!(
+                    "directory.flavor = {other:?} is not one of \"openldap\", \"active-directory\""
+                ),
             ),
         }
     }
@@ -469,7 +511,8 @@ pub fn load_str(file: &Path, src: &str) -> Result<(Config, Diagnostics), Diagnos
         if let Err(e) = Dn::parse(b.get_ref()) {
             cx.err(Some(b.span()), format!("directory.bind-dn: {e}"));
         }
-        let cred = std::env::var_os("CREDENTIALS_DIRECTORY").map(|c| PathBuf::from(c).join("bind-password"));
+        let cred = std::env::var_os("CREDENTIALS_DIRECTORY")
+            .map(|c| PathBuf::from(c).join("bind-password"));
         let (path, span) = match (&cred, &d.password_file) {
             (Some(c), _) if c.exists() => (Some(c.clone()), None),
             (_, Some(p)) => (Some(rel(p.get_ref())), Some(p.span())),
@@ -503,25 +546,33 @@ pub fn load_str(file: &Path, src: &str) -> Result<(Config, Diagnostics), Diagnos
     let ca_file = d.ca_file.as_ref().map(|c| (rel(c.get_ref()), c.span()));
     if let Some((p, span)) = &ca_file {
         if let Err(e) = std::fs::metadata(p) {
-            cx.err(Some(span.clone()), format!("cannot read ca-file {}: {e}", p.display()));
+            cx.err(
+                Some(span.clone()),
+                format!("cannot read ca-file {}: {e}", p.display()),
+            );
         }
         if !any_tls {
-            cx.warn(Some(span.clone()), "ca-file is set but no url uses TLS (ldaps:// or starttls = true)");
+            cx.warn(
+                Some(span.clone()),
+                "ca-file is set but no url uses TLS (ldaps:// or starttls = true)",
+            );
         }
     }
     let mut dur = |v: &Option<Spanned<String>>, name: &str, default: u64| -> Duration {
         match v {
             None => Duration::from_secs(default),
-            Some(s) => match humantime::parse_duration(s.get_ref()) {
-                Ok(d) if !d.is_zero() => d,
-                _ => {
-                    cx.err(
+            Some(s) => {
+                match humantime::parse_duration(s.get_ref()) {
+                    Ok(d) if !d.is_zero() => d,
+                    _ => {
+                        cx.err(
                         Some(s.span()),
                         format!("directory.{name} = {:?} is not a duration such as \"10s\" or \"2m\"", s.get_ref()),
                     );
-                    Duration::from_secs(default)
+                        Duration::from_secs(default)
+                    }
                 }
-            },
+            }
         }
     };
     let connect_timeout = dur(&d.connect_timeout, "connect-timeout", 10);
@@ -530,7 +581,10 @@ pub fn load_str(file: &Path, src: &str) -> Result<(Config, Diagnostics), Diagnos
     let base_parsed = match Dn::parse(&base_dn) {
         Ok(b) if !b.rdns.is_empty() => Some(b),
         Ok(_) => {
-            cx.err(Some(d.base_dn.span()), "directory.base-dn must not be empty");
+            cx.err(
+                Some(d.base_dn.span()),
+                "directory.base-dn must not be empty",
+            );
             None
         }
         Err(e) => {
@@ -565,7 +619,11 @@ pub fn load_str(file: &Path, src: &str) -> Result<(Config, Diagnostics), Diagnos
                 if !b.is_within(bd) {
                     cx.err(
                         Some(u.base.span()),
-                        format!("users.base {:?} is not under directory.base-dn {:?}", u.base.get_ref(), directory.base_dn),
+                        format!(
+                            "users.base {:?} is not under directory.base-dn {:?}",
+                            u.base.get_ref(),
+                            directory.base_dn
+                        ),
                     );
                 }
             }
@@ -577,7 +635,9 @@ pub fn load_str(file: &Path, src: &str) -> Result<(Config, Diagnostics), Diagnos
     if !attrs.contains_key(&rdn) {
         cx.err(
             Some(u.rdn.span()),
-            format!("users.rdn = {rdn:?} needs a template in [users.attributes] (add `{rdn} = \"…\"`)"),
+            format!(
+                "users.rdn = {rdn:?} needs a template in [users.attributes] (add `{rdn} = \"…\"`)"
+            ),
         );
     }
     let anchor = u.anchor.get_ref().trim().to_string();
@@ -588,15 +648,22 @@ pub fn load_str(file: &Path, src: &str) -> Result<(Config, Diagnostics), Diagnos
         );
     }
     if u.object_classes.get_ref().is_empty() {
-        cx.err(Some(u.object_classes.span()), "users.object-classes must list at least one object class");
+        cx.err(
+            Some(u.object_classes.span()),
+            "users.object-classes must list at least one object class",
+        );
     }
     let mut attributes = BTreeMap::new();
     for (name, tpl) in attrs {
         if !is_attr_name(name) {
-            cx.err(Some(tpl.span()), format!("users.attributes: {name:?} is not an attribute name"));
+            cx.err(
+                Some(tpl.span()),
+                format!("users.attributes: {name:?} is not an attribute name"),
+            );
             continue;
         }
-        if let Err(msg) = crate::mapping::check_template(tpl.get_ref(), &header, !header.is_empty()) {
+        if let Err(msg) = crate::mapping::check_template(tpl.get_ref(), &header, !header.is_empty())
+        {
             cx.err(Some(tpl.span()), format!("users.attributes.{name}: {msg}"));
         }
         attributes.insert(name.clone(), tpl.get_ref().clone());
@@ -604,7 +671,12 @@ pub fn load_str(file: &Path, src: &str) -> Result<(Config, Diagnostics), Diagnos
     let mut unique = BTreeSet::new();
     for (name, v) in &u.unique {
         if !attrs.contains_key(name) {
-            cx.err(Some(v.span()), format!("users.unique.{name}: there is no template for {name} in [users.attributes]"));
+            cx.err(
+                Some(v.span()),
+                format!(
+                    "users.unique.{name}: there is no template for {name} in [users.attributes]"
+                ),
+            );
         } else if *v.get_ref() {
             unique.insert(name.clone());
         }
@@ -615,12 +687,20 @@ pub fn load_str(file: &Path, src: &str) -> Result<(Config, Diagnostics), Diagnos
             "initial" => Policy::Initial,
             "force" => Policy::Force,
             other => {
-                cx.err(Some(v.span()), format!("users.policy.{name} = {other:?} is not \"initial\" or \"force\""));
+                cx.err(
+                    Some(v.span()),
+                    format!("users.policy.{name} = {other:?} is not \"initial\" or \"force\""),
+                );
                 continue;
             }
         };
         if !attrs.contains_key(name) {
-            cx.err(Some(v.span()), format!("users.policy.{name}: there is no template for {name} in [users.attributes]"));
+            cx.err(
+                Some(v.span()),
+                format!(
+                    "users.policy.{name}: there is no template for {name} in [users.attributes]"
+                ),
+            );
         }
         policy.insert(name.clone(), p);
     }
@@ -643,15 +723,30 @@ pub fn load_str(file: &Path, src: &str) -> Result<(Config, Diagnostics), Diagnos
             Some(s) => {
                 let n = s.get_ref().get();
                 if !(0.0..=100.0).contains(&n) {
-                    cx.err(Some(s.span()), format!("safety.{name} = {n} must be between 0 and 100"));
+                    cx.err(
+                        Some(s.span()),
+                        format!("safety.{name} = {n} must be between 0 and 100"),
+                    );
                 }
                 n
             }
         }
     };
-    let max_delete_percent = pct(&sf.max_delete_percent, "max-delete-percent", def.max_delete_percent);
-    let max_disable_percent = pct(&sf.max_disable_percent, "max-disable-percent", def.max_disable_percent);
-    let min_source_percent = pct(&sf.min_source_percent, "min-source-percent", def.min_source_percent);
+    let max_delete_percent = pct(
+        &sf.max_delete_percent,
+        "max-delete-percent",
+        def.max_delete_percent,
+    );
+    let max_disable_percent = pct(
+        &sf.max_disable_percent,
+        "max-disable-percent",
+        def.max_disable_percent,
+    );
+    let min_source_percent = pct(
+        &sf.min_source_percent,
+        "min-source-percent",
+        def.min_source_percent,
+    );
     let max_attribute_removal_percent = pct(
         &sf.max_attribute_removal_percent,
         "max-attribute-removal-percent",
@@ -662,7 +757,10 @@ pub fn load_str(file: &Path, src: &str) -> Result<(Config, Diagnostics), Diagnos
             None => default,
             Some(s) if *s.get_ref() >= 0 => *s.get_ref() as u64,
             Some(s) => {
-                cx.err(Some(s.span()), format!("safety.{name} must not be negative"));
+                cx.err(
+                    Some(s.span()),
+                    format!("safety.{name} must not be negative"),
+                );
                 default
             }
         }
@@ -716,7 +814,10 @@ fn check_private(cx: &mut Ctx<'_>, p: &Path, span: Option<std::ops::Range<usize>
         if m.permissions().mode() & 0o004 != 0 {
             cx.warn(
                 span,
-                format!("{} holds a secret and is readable by every user: chmod o-r it", p.display()),
+                format!(
+                    "{} holds a secret and is readable by every user: chmod o-r it",
+                    p.display()
+                ),
             );
         }
     }

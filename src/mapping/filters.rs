@@ -50,9 +50,12 @@ pub fn slug(value: &str) -> Result<String, String> {
 pub type PersonDns = Arc<RwLock<HashMap<String, String>>>;
 
 pub fn register(env: &mut Environment<'static>, person_dns: PersonDns) {
-    env.add_filter("ascii", |v: String, fallback: Option<String>| -> Result<String, Error> {
-        ascii(&v, fallback.as_deref()).map_err(|m| Error::new(ErrorKind::InvalidOperation, m))
-    });
+    env.add_filter(
+        "ascii",
+        |v: String, fallback: Option<String>| -> Result<String, Error> {
+            ascii(&v, fallback.as_deref()).map_err(|m| Error::new(ErrorKind::InvalidOperation, m))
+        },
+    );
     env.add_filter("slug", |v: String| -> Result<String, Error> {
         slug(&v).map_err(|m| Error::new(ErrorKind::InvalidOperation, m))
     });
@@ -77,12 +80,17 @@ mod tests {
         assert_eq!(ascii("Łukasz", None).unwrap(), "Lukasz");
         assert_eq!(ascii("Straße", None).unwrap(), "Strasse");
         assert_eq!(ascii("Владимир", None).unwrap(), "Vladimir");
-        assert!(ascii("\u{E000}", None).unwrap_err().contains("no Latin rendering"));
+        assert!(ascii("\u{E000}", None)
+            .unwrap_err()
+            .contains("no Latin rendering"));
         assert_eq!(ascii("\u{E000}", Some("user")).unwrap(), "user");
     }
     #[test]
     fn slugs() {
-        assert_eq!(slug("Research & Development").unwrap(), "research-development");
+        assert_eq!(
+            slug("Research & Development").unwrap(),
+            "research-development"
+        );
         assert_eq!(slug("  Ærø  Sales ").unwrap(), "aero-sales");
     }
 }

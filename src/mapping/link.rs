@@ -41,7 +41,12 @@ pub fn link(
     rules: &MatchRules,
 ) -> Linking {
     let mut out = Linking::default();
-    let by_uuid: HashMap<&str, usize> = dir.entries.iter().enumerate().map(|(i, e)| (e.uuid.as_str(), i)).collect();
+    let by_uuid: HashMap<&str, usize> = dir
+        .entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.uuid.as_str(), i))
+        .collect();
     // folded anchor value → entries carrying it
     let mut by_anchor: HashMap<String, Vec<usize>> = HashMap::new();
     for (i, e) in dir.entries.iter().enumerate() {
@@ -61,7 +66,10 @@ pub fn link(
             }
             out.dangling.push(key.clone());
         }
-        let cands = by_anchor.get(&rules.fold(anchor, key)).cloned().unwrap_or_default();
+        let cands = by_anchor
+            .get(&rules.fold(anchor, key))
+            .cloned()
+            .unwrap_or_default();
         let cands: Vec<usize> = cands.into_iter().filter(|i| !used.contains(i)).collect();
         match cands.len() {
             0 => {}
@@ -82,8 +90,10 @@ pub fn link(
                 });
             }
             _ => {
-                out.conflicts
-                    .insert(key.clone(), cands.iter().map(|&i| dir.entries[i].dn.clone()).collect());
+                out.conflicts.insert(
+                    key.clone(),
+                    cands.iter().map(|&i| dir.entries[i].dn.clone()).collect(),
+                );
                 for i in cands {
                     used.insert(i);
                 }

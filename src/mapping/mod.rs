@@ -56,7 +56,9 @@ fn levenshtein(a: &str, b: &str) -> usize {
     for (i, ca) in a.chars().enumerate() {
         let mut cur = vec![i + 1; b.len() + 1];
         for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
         }
         prev = cur;
     }
@@ -93,12 +95,18 @@ pub fn check_template(src: &str, header: &[String], header_known: bool) -> Resul
             ));
         }
         // A trial render finds unknown filters and functions.
-        let mut ctx: BTreeMap<String, Value> = header.iter().map(|h| (h.clone(), Value::from("Sample"))).collect();
+        let mut ctx: BTreeMap<String, Value> = header
+            .iter()
+            .map(|h| (h.clone(), Value::from("Sample")))
+            .collect();
         ctx.insert("n".into(), Value::from(""));
         if let Err(e) = tmpl.render(Value::from_object(ctx)) {
             if matches!(
                 e.kind(),
-                ErrorKind::UnknownFilter | ErrorKind::UnknownFunction | ErrorKind::UnknownTest | ErrorKind::UnknownMethod
+                ErrorKind::UnknownFilter
+                    | ErrorKind::UnknownFunction
+                    | ErrorKind::UnknownTest
+                    | ErrorKind::UnknownMethod
             ) {
                 return Err(describe(&e));
             }
@@ -123,7 +131,10 @@ pub fn key_order(a: &str, b: &str) -> Ordering {
     let num = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
     if num(a) && num(b) {
         let (ta, tb) = (a.trim_start_matches('0'), b.trim_start_matches('0'));
-        ta.len().cmp(&tb.len()).then_with(|| ta.cmp(tb)).then_with(|| a.cmp(b))
+        ta.len()
+            .cmp(&tb.len())
+            .then_with(|| ta.cmp(tb))
+            .then_with(|| a.cmp(b))
     } else {
         a.cmp(b)
     }
@@ -166,7 +177,11 @@ impl Mapper {
     }
 
     fn context(&self, r: &Record) -> BTreeMap<String, Value> {
-        let mut ctx: BTreeMap<String, Value> = self.header.iter().map(|h| (h.clone(), Value::from(""))).collect();
+        let mut ctx: BTreeMap<String, Value> = self
+            .header
+            .iter()
+            .map(|h| (h.clone(), Value::from("")))
+            .collect();
         for (k, v) in &r.fields {
             ctx.insert(k.clone(), Value::from(v.as_str()));
         }
@@ -174,14 +189,23 @@ impl Mapper {
     }
 
     /// Render one attribute; `None` when it renders empty (the attribute is absent).
-    fn render(&self, attr: &str, ctx: &mut BTreeMap<String, Value>, n: &str) -> Result<Option<String>, String> {
+    fn render(
+        &self,
+        attr: &str,
+        ctx: &mut BTreeMap<String, Value>,
+        n: &str,
+    ) -> Result<Option<String>, String> {
         ctx.insert("n".into(), Value::from(n));
         let t = self.env.get_template(attr).map_err(|e| describe(&e))?;
         let out = t
             .render(Value::from_object(ctx.clone()))
             .map_err(|e| format!("users.attributes.{attr}: {}", describe(&e)))?;
-        let out = out.trim();
-        Ok(if out.is_empty() { None } else { Some(out.to_string()) })
+        // Only an all-blank render means "absent"; other values are kept as rendered, spaces included.
+        Ok(if out.trim().is_empty() {
+            None
+        } else {
+            Some(out)
+        })
     }
 
     /// Map the export. `records` are the valid records; `quarantined` the keys left alone.
@@ -193,8 +217,12 @@ impl Mapper {
         dir: &DirSnapshot,
         rules: &MatchRules,
     ) -> MapOutput {
-        let by_uuid: HashMap<&str, &Entry> = dir.entries.iter().map(|e| (e.uuid.as_str(), e)).collect();
-        let mut order: Vec<&Record> = records.iter().filter(|r| !linking.conflicts.contains_key(&r.key)).collect();
+        let by_uuid: HashMap<&str, &Entry> =
+            dir.entries.iter().map(|e| (e.uuid.as_str(), e)).collect();
+        let mut order: Vec<&Record> = records
+            .iter()
+            .filter(|r| !linking.conflicts.contains_key(&r.key))
+            .collect();
         order.sort_by(|a, b| key_order(&a.key, &b.key));
         let mut errors: Vec<MapError> = Vec::new();
         for (k, dns) in &linking.conflicts {
@@ -202,14 +230,24 @@ impl Mapper {
                 errors.push(MapError {
                     key: k.clone(),
                     line: r.line,
-                    reason: format!("more than one entry carries anchor {} = {k:?}: {}; remove the duplicate", self.users.anchor, dns.join(" and ")),
+                    reason: format!(
+                        "more than one entry carries anchor {} = {k:?}: {}; remove the duplicate",
+                        self.users.anchor,
+                        dns.join(" and ")
+                    ),
                 });
             }
         }
-        let mut ctxs: Vec<BTreeMap<String, Value>> = order.iter().map(|r| self.context(r)).collect();
+        let mut ctxs: Vec<BTreeMap<String, Value>> =
+            order.iter().map(|r| self.context(r)).collect();
         let existing: Vec<Option<&Entry>> = order
             .iter()
-            .map(|r| linking.by_key.get(&r.key).and_then(|u| by_uuid.get(u.as_str()).copied()))
+            .map(|r| {
+                linking
+                    .by_key
+                    .get(&r.key)
+                    .and_then(|u| by_uuid.get(u.as_str()).copied())
+            })
             .collect();
         let mut failed: Vec<Option<String>> = vec![None; order.len()];
         let mut values: Vec<BTreeMap<String, Vec<String>>> = vec![BTreeMap::new(); order.len()];
@@ -262,7 +300,8 @@ impl Mapper {
                                 .and_then(|t| t.get(&f))
                                 .map(|us| us.iter().any(|u| Some(u.as_str()) != own))
                                 .unwrap_or(false);
-                            let by_other_record = reserved.get(&f).map(|&j| j != i).unwrap_or(false);
+                            let by_other_record =
+                                reserved.get(&f).map(|&j| j != i).unwrap_or(false);
                             if !by_other_entry && !by_other_record {
                                 reserved.insert(f, i);
                                 values[i].insert(attr.clone(), vec![v]);
@@ -312,7 +351,8 @@ impl Mapper {
                         .as_ref()
                         .and_then(|d| d.first().cloned())
                         .map(|a| {
-                            a.attr.eq_ignore_ascii_case(&rdn) && rules.fold(&rdn, &a.value) == rules.fold(&rdn, &want)
+                            a.attr.eq_ignore_ascii_case(&rdn)
+                                && rules.fold(&rdn, &a.value) == rules.fold(&rdn, &want)
                         })
                         .unwrap_or(false);
                     if same {
@@ -325,7 +365,9 @@ impl Mapper {
                         }
                         e.dn.clone()
                     } else {
-                        let parent = parsed.map(|d| d.parent().to_string()).unwrap_or_else(|| self.users.base.clone());
+                        let parent = parsed
+                            .map(|d| d.parent().to_string())
+                            .unwrap_or_else(|| self.users.base.clone());
                         dn::child(&rdn, &want, &parent)
                     }
                 }
@@ -395,7 +437,13 @@ impl Mapper {
     }
 
     /// Whether the current value `cur` is still a numbering of the template's base (`base`, `base2`, …).
-    fn sticks(&self, attr: &str, ctx: &mut BTreeMap<String, Value>, cur: &str, rules: &MatchRules) -> Result<bool, String> {
+    fn sticks(
+        &self,
+        attr: &str,
+        ctx: &mut BTreeMap<String, Value>,
+        cur: &str,
+        rules: &MatchRules,
+    ) -> Result<bool, String> {
         let base = self.render(attr, ctx, "")?;
         let Some(base) = base else { return Ok(false) };
         let fc = rules.fold(attr, cur);
@@ -413,9 +461,12 @@ impl Mapper {
             return Ok(false);
         }
         let mid = &fc[fp.len()..fc.len() - fs.len()];
-        Ok(!mid.is_empty() && !mid.starts_with('0') && mid.bytes().all(|b| b.is_ascii_digit()) && mid != "1")
+        Ok(!mid.is_empty()
+            && !mid.starts_with('0')
+            && mid.bytes().all(|b| b.is_ascii_digit())
+            && mid != "1")
     }
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

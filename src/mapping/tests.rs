@@ -1,0 +1,248 @@
+use super::*;
+use crate::config::{Policy, UsersConfig};
+use crate::model::{DirSnapshot, Entry, MatchRules};
+use crate::source::Record;
+
+pub(crate) fn users() -> UsersConfig {
+    let mut attributes = BTreeMap::new();
+    attributes.insert(
+        "uid".into(),
+        "{{ (given_name[:1] ~ surname) | ascii | lower }}{{ n }}".into(),
+    );
+    attributes.insert(
+        "cn".into(),
+        "{{ preferred_name or given_name }} {{ surname }}".into(),
+    );
+    attributes.insert("sn".into(), "{{ surname }}".into());
+    attributes.insert("title".into(), "{{ title }}".into());
+    attributes.insert("manager".into(), "{{ manager_id | person_dn }}".into());
+    UsersConfig {
+        base: "ou=people,dc=example,dc=com".into(),
+        rdn: "uid".into(),
+        object_classes: vec!["inetOrgPerson".into()],
+        anchor: "employeeNumber".into(),
+        attributes,
+        unique: ["uid".to_string()].into_iter().collect(),
+        policy: BTreeMap::new(),
+    }
+}
+
+pub(crate) fn header() -> Vec<String> {
+    [
+        "employee_id",
+        "given_name",
+        "preferred_name",
+        "surname",
+        "title",
+        "manager_id",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+pub(crate) fn rec(key: &str, given: &str, sn: &str, title: &str, mgr: &str) -> Record {
+    let mut fields = BTreeMap::new();
+    fields.insert("employee_id".into(), key.into());
+    fields.insert("given_name".into(), given.into());
+    fields.insert("preferred_name".into(), "".into());
+    fields.insert("surname".into(), sn.into());
+    fields.insert("title".into(), title.into());
+    fields.insert("manager_id".into(), mgr.into());
+    Record {
+        key: key.into(),
+        line: key.parse::<usize>().unwrap_or(0) + 1,
+        fields,
+    }
+}
+
+fn entry(uuid: &str, dn: &str, attrs: &[(&str, &str)]) -> Entry {
+    let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (k, v) in attrs {
+        m.entry(k.to_ascii_lowercase())
+            .or_default()
+            .push(v.to_string());
+    }
+    Entry {
+        uuid: uuid.into(),
+        dn: dn.into(),
+        attrs: m,
+    }
+}
+
+fn run(records: &[Record], dir: &DirSnapshot, users: &UsersConfig) -> MapOutput {
+    let rules = MatchRules::default();
+    let present: BTreeSet<String> = records.iter().map(|r| r.key.clone()).collect();
+    let linking = link::link(&present, dir, &BTreeMap::new(), &users.anchor, &rules);
+    Mapper::new(users, &header())
+        .unwrap()
+        .map(records, &BTreeSet::new(), &linking, dir, &rules)
+}
+
+fn uid_of<'a>(out: &'a MapOutput, key: &str) -> &'a str {
+    &out.desired.iter().find(|d| d.key == key).unwrap().attrs["uid"][0]
+}
+
+#[test]
+fn homonyms_numbered_by_key_order_and_stable() {
+    let recs = vec![
+        rec("10", "John", "Smith", "Dev", ""),
+        rec("9", "Jane", "Smith", "Ops", ""),
+        rec("11", "Jim", "Smith", "QA", ""),
+    ];
+    let out = run(&recs, &DirSnapshot::default(), &users());
+    assert!(out.errors.is_empty(), "{:?}", out.errors);
+    // numeric keys order numerically: 9 < 10 < 11
+    assert_eq!(uid_of(&out, "9"), "jsmith");
+    assert_eq!(uid_of(&out, "10"), "jsmith2");
+    assert_eq!(uid_of(&out, "11"), "jsmith3");
+
+    // Second run: the directory has them; a new homonym with a lower key does not renumber anyone.
+    let mut dir = DirSnapshot::default();
+    for (u, k, uid) in [
+        ("u9", "9", "jsmith"),
+        ("u10", "10", "jsmith2"),
+        ("u11", "11", "jsmith3"),
+    ] {
+        dir.entries.push(entry(
+            u,
+            &format!("uid={uid},ou=people,dc=example,dc=com"),
+            &[("uid", uid), ("employeeNumber", k)],
+        ));
+        dir.taken
+            .entry("uid".into())
+            .or_default()
+            .insert(uid.into(), vec![u.into()]);
+    }
+    let mut recs2 = recs.clone();
+    recs2.push(rec("1", "Jo", "Smith", "New", ""));
+    let out = run(&recs2, &dir, &users());
+    assert_eq!(uid_of(&out, "9"), "jsmith");
+    assert_eq!(uid_of(&out, "10"), "jsmith2");
+    assert_eq!(uid_of(&out, "11"), "jsmith3");
+    assert_eq!(uid_of(&out, "1"), "jsmith4");
+}
+
+#[test]
+fn value_sticks_until_base_changes_and_excludes_own_entry() {
+    let mut dir = DirSnapshot::default();
+    dir.entries.push(entry(
+        "u1",
+        "uid=jsmith2,ou=people,dc=example,dc=com",
+        &[("uid", "jsmith2"), ("employeeNumber", "1")],
+    ));
+    dir.taken
+        .entry("uid".into())
+        .or_default()
+        .insert("jsmith2".into(), vec!["u1".into()]);
+    // jsmith is free now, but the person keeps jsmith2: the base part did not change.
+    let out = run(&[rec("1", "John", "Smith", "", "")], &dir, &users());
+    assert_eq!(uid_of(&out, "1"), "jsmith2");
+    assert_eq!(out.desired[0].dn, "uid=jsmith2,ou=people,dc=example,dc=com");
+    // Surname changes: the base changes, a new value is chosen (own old value does not block).
+    let out = run(&[rec("1", "John", "Smyth", "", "")], &dir, &users());
+    assert_eq!(uid_of(&out, "1"), "jsmyth");
+    assert_eq!(out.desired[0].dn, "uid=jsmyth,ou=people,dc=example,dc=com");
+}
+
+#[test]
+fn values_taken_elsewhere_in_the_directory_are_skipped() {
+    let mut dir = DirSnapshot::default();
+    // a service account outside users.base holds "jdoe"
+    dir.taken
+        .entry("uid".into())
+        .or_default()
+        .insert("jdoe".into(), vec!["svc".into()]);
+    let out = run(&[rec("5", "John", "Doe", "", "")], &dir, &users());
+    assert_eq!(uid_of(&out, "5"), "jdoe2");
+}
+
+#[test]
+fn hard_names_and_empty_attributes() {
+    let recs = vec![
+        rec("1", "Zoë", "Ørsted", "", ""),
+        rec("2", "Łukasz", "Groß", "CEO", ""),
+    ];
+    let out = run(&recs, &DirSnapshot::default(), &users());
+    assert_eq!(uid_of(&out, "1"), "zorsted");
+    assert_eq!(uid_of(&out, "2"), "lgross");
+    let d1 = out.desired.iter().find(|d| d.key == "1").unwrap();
+    assert_eq!(d1.attrs["cn"], vec!["Zoë Ørsted"]);
+    assert!(!d1.attrs.contains_key("title"), "empty renders mean absent");
+    assert!(!d1.attrs.contains_key("manager"));
+}
+
+#[test]
+fn no_latin_rendering_is_a_per_record_error() {
+    let recs = vec![
+        rec("1", "\u{E000}", "\u{E001}", "", ""),
+        rec("2", "Ann", "Lee", "", ""),
+    ];
+    let out = run(&recs, &DirSnapshot::default(), &users());
+    assert_eq!(out.desired.len(), 1);
+    assert_eq!(out.errors.len(), 1);
+    assert_eq!(out.errors[0].key, "1");
+    assert!(
+        out.errors[0].reason.contains("no Latin rendering"),
+        "{}",
+        out.errors[0].reason
+    );
+}
+
+#[test]
+fn person_dn_resolves_managers_in_the_export() {
+    let recs = vec![
+        rec("1", "Ann", "Boss", "", ""),
+        rec("2", "Bob", "Worker", "", "1"),
+        rec("3", "Cy", "Lone", "", "99"),
+    ];
+    let out = run(&recs, &DirSnapshot::default(), &users());
+    let d2 = out.desired.iter().find(|d| d.key == "2").unwrap();
+    assert_eq!(
+        d2.attrs["manager"],
+        vec!["uid=aboss,ou=people,dc=example,dc=com"]
+    );
+    let d3 = out.desired.iter().find(|d| d.key == "3").unwrap();
+    assert!(
+        !d3.attrs.contains_key("manager"),
+        "a manager not in the export gives no value"
+    );
+}
+
+#[test]
+fn initial_policy_keeps_the_existing_name() {
+    let mut u = users();
+    u.policy.insert("uid".into(), Policy::Initial);
+    let mut dir = DirSnapshot::default();
+    dir.entries.push(entry(
+        "u1",
+        "uid=old,ou=people,dc=example,dc=com",
+        &[("uid", "old"), ("employeeNumber", "1")],
+    ));
+    let out = run(&[rec("1", "John", "Smith", "", "")], &dir, &u);
+    assert_eq!(uid_of(&out, "1"), "old");
+    assert_eq!(out.desired[0].dn, "uid=old,ou=people,dc=example,dc=com");
+}
+
+#[test]
+fn template_check_reports_unknown_columns_and_filters() {
+    let h = header();
+    assert!(check_template("{{ surname }}", &h, true).is_ok());
+    assert!(check_template("{{ surname }}{{ n }}", &h, true).is_ok());
+    let e = check_template("{{ surnme }}", &h, true).unwrap_err();
+    assert!(
+        e.contains("`surnme`") && e.contains("did you mean `surname`"),
+        "{e}"
+    );
+    let e = check_template("{{ surname | asci }}", &h, true).unwrap_err();
+    assert!(e.contains("unknown filter"), "{e}");
+    let e = check_template("{{ surname ", &h, true).unwrap_err();
+    assert!(e.contains("syntax error"), "{e}");
+}
+
+#[test]
+fn key_order_is_numeric_for_numbers() {
+    let mut v = vec!["10", "9", "b", "a", "011"];
+    v.sort_by(|a, b| key_order(a, b));
+    assert_eq!(v, vec!["9", "10", "011", "a", "b"]);
+}

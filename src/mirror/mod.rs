@@ -22,7 +22,11 @@ pub enum MirrorError {
     #[error("mirror {}: {err}", path.display())]
     Io { path: PathBuf, err: std::io::Error },
     #[error("mirror {}: its schema version {found} is newer than this dirbridge knows ({known}); refusing to downgrade it", path.display())]
-    Downgrade { path: PathBuf, found: i64, known: i64 },
+    Downgrade {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
     /// Another run holds the lock: this one exits 75.
     #[error("another dirbridge run holds the lock on {} (pid {pid}); try again when it has finished", path.display())]
     Locked { path: PathBuf, pid: String },
@@ -120,7 +124,11 @@ impl RunLock {
                 let pid = pid.trim().to_string();
                 return Err(MirrorError::Locked {
                     path,
-                    pid: if pid.is_empty() { "unknown".into() } else { pid },
+                    pid: if pid.is_empty() {
+                        "unknown".into()
+                    } else {
+                        pid
+                    },
                 });
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
@@ -171,9 +179,12 @@ impl Mirror {
                 })?;
         }
         let conn = Connection::open(path).map_err(sq(path))?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(sq(path))?;
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(sq(path))?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(sq(path))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sq(path))?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(sq(path))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sq(path))?;
         let mut m = Mirror {
             conn,
             path: path.to_path_buf(),
@@ -190,12 +201,17 @@ impl Mirror {
             .map_err(sq(&path))?;
         let known = MIGRATIONS.len() as i64;
         if v > known {
-            return Err(MirrorError::Downgrade { path, found: v, known });
+            return Err(MirrorError::Downgrade {
+                path,
+                found: v,
+                known,
+            });
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(v as usize) {
             let tx = self.conn.transaction().map_err(sq(&path))?;
             tx.execute_batch(sql).map_err(sq(&path))?;
-            tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(sq(&path))?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)
+                .map_err(sq(&path))?;
             tx.commit().map_err(sq(&path))?;
         }
         Ok(())
@@ -207,7 +223,10 @@ impl Mirror {
 
     pub fn links(&self) -> Result<BTreeMap<String, String>, MirrorError> {
         let p = self.path.clone();
-        let mut st = self.conn.prepare("SELECT hr_key, entry_uuid FROM links").map_err(sq(&p))?;
+        let mut st = self
+            .conn
+            .prepare("SELECT hr_key, entry_uuid FROM links")
+            .map_err(sq(&p))?;
         let rows = st
             .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
             .map_err(sq(&p))?;
@@ -215,22 +234,32 @@ impl Mirror {
     }
 
     /// Replace the links with `links` (HR key → uuid).
-    pub fn save_links(&mut self, links: &BTreeMap<String, String>, now: &str) -> Result<(), MirrorError> {
+    pub fn save_links(
+        &mut self,
+        links: &BTreeMap<String, String>,
+        now: &str,
+    ) -> Result<(), MirrorError> {
         let p = self.path.clone();
         let tx = self.conn.transaction().map_err(sq(&p))?;
         {
             let old: BTreeMap<String, String> = {
-                let mut st = tx.prepare("SELECT hr_key, entry_uuid FROM links").map_err(sq(&p))?;
+                let mut st = tx
+                    .prepare("SELECT hr_key, entry_uuid FROM links")
+                    .map_err(sq(&p))?;
                 let rows = st
                     .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
                     .map_err(sq(&p))?;
                 rows.collect::<Result<_, _>>().map_err(sq(&p))?
             };
-            let mut del = tx.prepare("DELETE FROM links WHERE hr_key = ?1").map_err(sq(&p))?;
+            let mut del = tx
+                .prepare("DELETE FROM links WHERE hr_key = ?1")
+                .map_err(sq(&p))?;
             for k in old.keys().filter(|k| !links.contains_key(*k)) {
                 del.execute(params![k]).map_err(sq(&p))?;
             }
-            let mut del_uuid = tx.prepare("DELETE FROM links WHERE entry_uuid = ?1 AND hr_key <> ?2").map_err(sq(&p))?;
+            let mut del_uuid = tx
+                .prepare("DELETE FROM links WHERE entry_uuid = ?1 AND hr_key <> ?2")
+                .map_err(sq(&p))?;
             let mut ins = tx
                 .prepare("INSERT INTO links (hr_key, entry_uuid, linked_at) VALUES (?1, ?2, ?3) ON CONFLICT(hr_key) DO UPDATE SET entry_uuid = excluded.entry_uuid, linked_at = excluded.linked_at")
                 .map_err(sq(&p))?;
@@ -263,7 +292,10 @@ impl Mirror {
 
     pub fn snapshot_entries(&self) -> Result<Vec<Entry>, MirrorError> {
         let p = self.path.clone();
-        let mut st = self.conn.prepare("SELECT uuid, dn, attrs FROM dir_entries").map_err(sq(&p))?;
+        let mut st = self
+            .conn
+            .prepare("SELECT uuid, dn, attrs FROM dir_entries")
+            .map_err(sq(&p))?;
         let rows = st
             .query_map([], |r| {
                 let attrs: String = r.get(2)?;
@@ -300,7 +332,9 @@ impl Mirror {
     pub fn hr_count(&self) -> Result<usize, MirrorError> {
         let p = self.path.clone();
         self.conn
-            .query_row("SELECT count(*) FROM hr_records", [], |r| r.get::<_, i64>(0))
+            .query_row("SELECT count(*) FROM hr_records", [], |r| {
+                r.get::<_, i64>(0)
+            })
             .map(|n| n as usize)
             .map_err(sq(&p))
     }
@@ -359,12 +393,18 @@ impl Mirror {
         Ok(())
     }
 
-    pub fn record_quarantine(&mut self, run: i64, items: &[(Option<String>, usize, String)]) -> Result<(), MirrorError> {
+    pub fn record_quarantine(
+        &mut self,
+        run: i64,
+        items: &[(Option<String>, usize, String)],
+    ) -> Result<(), MirrorError> {
         let p = self.path.clone();
         let tx = self.conn.transaction().map_err(sq(&p))?;
         {
             let mut ins = tx
-                .prepare("INSERT INTO quarantine (run_id, hr_key, line, reason) VALUES (?1, ?2, ?3, ?4)")
+                .prepare(
+                    "INSERT INTO quarantine (run_id, hr_key, line, reason) VALUES (?1, ?2, ?3, ?4)",
+                )
                 .map_err(sq(&p))?;
             for (k, l, r) in items {
                 ins.execute(params![run, k, *l as i64, r]).map_err(sq(&p))?;
@@ -374,7 +414,12 @@ impl Mirror {
     }
 
     /// Journal changes as pending, before they are sent. Returns their journal ids.
-    pub fn journal_pending(&mut self, run: i64, changes: &[&Change], now: &str) -> Result<Vec<i64>, MirrorError> {
+    pub fn journal_pending(
+        &mut self,
+        run: i64,
+        changes: &[&Change],
+        now: &str,
+    ) -> Result<Vec<i64>, MirrorError> {
         let p = self.path.clone();
         let tx = self.conn.transaction().map_err(sq(&p))?;
         let mut ids = Vec::with_capacity(changes.len());
@@ -384,8 +429,16 @@ impl Mirror {
                 .map_err(sq(&p))?;
             for c in changes {
                 let body = serde_json::to_string(&c.attributes).unwrap_or_default();
-                ins.execute(params![run, c.op.as_str(), c.dn, c.key, body, c.reason, now])
-                    .map_err(sq(&p))?;
+                ins.execute(params![
+                    run,
+                    c.op.as_str(),
+                    c.dn,
+                    c.key,
+                    body,
+                    c.reason,
+                    now
+                ])
+                .map_err(sq(&p))?;
                 ids.push(tx.last_insert_rowid());
             }
         }
@@ -394,7 +447,11 @@ impl Mirror {
     }
 
     /// Record the outcome of journaled changes: `(id, ok, result text)`.
-    pub fn journal_done(&mut self, outcomes: &[(i64, bool, String)], now: &str) -> Result<(), MirrorError> {
+    pub fn journal_done(
+        &mut self,
+        outcomes: &[(i64, bool, String)],
+        now: &str,
+    ) -> Result<(), MirrorError> {
         let p = self.path.clone();
         let tx = self.conn.transaction().map_err(sq(&p))?;
         {
@@ -413,7 +470,11 @@ impl Mirror {
     pub fn journal_count(&self, state: &str) -> Result<usize, MirrorError> {
         let p = self.path.clone();
         self.conn
-            .query_row("SELECT count(*) FROM journal WHERE state = ?1", params![state], |r| r.get::<_, i64>(0))
+            .query_row(
+                "SELECT count(*) FROM journal WHERE state = ?1",
+                params![state],
+                |r| r.get::<_, i64>(0),
+            )
             .map(|n| n as usize)
             .map_err(sq(&p))
     }
@@ -430,7 +491,10 @@ mod tests {
         let db = dir.join("sub/mirror.db");
         let mut m = Mirror::open(&db).unwrap();
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&db).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&db).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let mut links = BTreeMap::new();
         links.insert("1".to_string(), "u1".to_string());
         links.insert("2".to_string(), "u2".to_string());

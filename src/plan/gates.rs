@@ -128,7 +128,11 @@ pub fn check(g: &GateInput<'_>) -> Vec<Refusal> {
         });
     }
     if !s.protected.is_empty() {
-        let prot: Vec<Dn> = s.protected.iter().filter_map(|p| Dn::parse(p).ok()).collect();
+        let prot: Vec<Dn> = s
+            .protected
+            .iter()
+            .filter_map(|p| Dn::parse(p).ok())
+            .collect();
         for c in g.changes {
             if c.op == Op::Add {
                 continue;
@@ -137,7 +141,11 @@ pub fn check(g: &GateInput<'_>) -> Vec<Refusal> {
                 if let Some(p) = prot.iter().find(|p| d.is_within(p)) {
                     out.push(Refusal {
                         gate: "protected",
-                        message: format!("{} {} would touch a protected entry (safety.protected {p})", c.op.as_str(), c.dn),
+                        message: format!(
+                            "{} {} would touch a protected entry (safety.protected {p})",
+                            c.op.as_str(),
+                            c.dn
+                        ),
                     });
                 }
             }

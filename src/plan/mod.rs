@@ -114,10 +114,20 @@ pub struct PlanInput<'a> {
     pub only: Option<&'a str>,
 }
 
-fn deltas_for(users: &UsersConfig, d: &Desired, e: &Entry, renamed: bool, rules: &MatchRules) -> Vec<AttrDelta> {
+fn deltas_for(
+    users: &UsersConfig,
+    d: &Desired,
+    e: &Entry,
+    renamed: bool,
+    rules: &MatchRules,
+) -> Vec<AttrDelta> {
     let mut out = Vec::new();
     // object classes the entry lacks
-    let have: BTreeSet<String> = e.get("objectClass").iter().map(|c| c.to_ascii_lowercase()).collect();
+    let have: BTreeSet<String> = e
+        .get("objectClass")
+        .iter()
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
     let missing: Vec<String> = users
         .object_classes
         .iter()
@@ -136,7 +146,11 @@ fn deltas_for(users: &UsersConfig, d: &Desired, e: &Entry, renamed: bool, rules:
     if !rules.same_values(&users.anchor, anchor_now, std::slice::from_ref(&d.key)) {
         out.push(AttrDelta {
             attr: users.anchor.clone(),
-            kind: if anchor_now.is_empty() { DeltaKind::Add } else { DeltaKind::Replace },
+            kind: if anchor_now.is_empty() {
+                DeltaKind::Add
+            } else {
+                DeltaKind::Replace
+            },
             old: anchor_now.to_vec(),
             new: vec![d.key.clone()],
         });
@@ -173,7 +187,12 @@ fn deltas_for(users: &UsersConfig, d: &Desired, e: &Entry, renamed: bool, rules:
 /// Compute the ordered list of changes.
 pub fn plan(input: &PlanInput<'_>) -> Vec<Change> {
     let users = input.users;
-    let by_uuid: HashMap<&str, &Entry> = input.dir.entries.iter().map(|e| (e.uuid.as_str(), e)).collect();
+    let by_uuid: HashMap<&str, &Entry> = input
+        .dir
+        .entries
+        .iter()
+        .map(|e| (e.uuid.as_str(), e))
+        .collect();
     let mut adds = Vec::new();
     let mut renames = Vec::new();
     let mut modifies = Vec::new();
@@ -223,8 +242,15 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<Change> {
             Some(e) => {
                 let renamed = dn::normalize(&e.dn) != dn::normalize(&d.dn);
                 if renamed {
-                    let old_rdn = dn::Dn::parse(&e.dn).ok().and_then(|x| x.first().map(|a| a.value.clone()));
-                    let new_rdn = d.attrs.get(&users.rdn).and_then(|v| v.first()).cloned().unwrap_or_default();
+                    let old_rdn = dn::Dn::parse(&e.dn)
+                        .ok()
+                        .and_then(|x| x.first().map(|a| a.value.clone()));
+                    let new_rdn = d
+                        .attrs
+                        .get(&users.rdn)
+                        .and_then(|v| v.first())
+                        .cloned()
+                        .unwrap_or_default();
                     renames.push(Change {
                         op: Op::Rename,
                         dn: e.dn.clone(),
@@ -237,7 +263,10 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<Change> {
                             old: old_rdn.into_iter().collect(),
                             new: vec![new_rdn],
                         }],
-                        reason: format!("record {} (line {}): {} changes", d.key, d.line, users.rdn),
+                        reason: format!(
+                            "record {} (line {}): {} changes",
+                            d.key, d.line, users.rdn
+                        ),
                         phase: 0,
                     });
                 }
@@ -250,7 +279,12 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<Change> {
                         new_dn: None,
                         key: d.key.clone(),
                         uuid: Some(e.uuid.clone()),
-                        reason: format!("record {} (line {}) differs in {}", d.key, d.line, names.join(", ")),
+                        reason: format!(
+                            "record {} (line {}) differs in {}",
+                            d.key,
+                            d.line,
+                            names.join(", ")
+                        ),
                         attributes,
                         phase: 0,
                     });
@@ -285,7 +319,8 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<Change> {
     modifies.sort_by(by_key);
     deletes.sort_by(by_key);
     let waves = add_waves(&adds, input.rules);
-    let mut out: Vec<Change> = Vec::with_capacity(adds.len() + renames.len() + modifies.len() + deletes.len());
+    let mut out: Vec<Change> =
+        Vec::with_capacity(adds.len() + renames.len() + modifies.len() + deletes.len());
     let mut waved: Vec<(u32, Change)> = adds.into_iter().zip(waves).map(|(c, w)| (w, c)).collect();
     waved.sort_by_key(|(w, _)| *w);
     let mut max_wave = 0;
@@ -294,7 +329,11 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<Change> {
         max_wave = max_wave.max(w);
         out.push(c);
     }
-    for (ops, phase) in [(renames, max_wave + 1), (modifies, max_wave + 2), (deletes, max_wave + 3)] {
+    for (ops, phase) in [
+        (renames, max_wave + 1),
+        (modifies, max_wave + 2),
+        (deletes, max_wave + 3),
+    ] {
         for mut c in ops {
             c.phase = phase;
             out.push(c);
@@ -306,7 +345,11 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<Change> {
 /// Order adds so that an entry another new entry refers to (say, as its `manager`) is added first.
 /// Cycles (and self-references) are broken by putting the rest in the last wave.
 fn add_waves(adds: &[Change], rules: &MatchRules) -> Vec<u32> {
-    let idx: HashMap<String, usize> = adds.iter().enumerate().map(|(i, c)| (dn::normalize(&c.dn), i)).collect();
+    let idx: HashMap<String, usize> = adds
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (dn::normalize(&c.dn), i))
+        .collect();
     let deps: Vec<BTreeSet<usize>> = adds
         .iter()
         .enumerate()
@@ -325,7 +368,9 @@ fn add_waves(adds: &[Change], rules: &MatchRules) -> Vec<u32> {
     let mut w = 0u32;
     while done < adds.len() {
         let ready: Vec<usize> = (0..adds.len())
-            .filter(|&i| wave[i] == u32::MAX && deps[i].iter().all(|&j| wave[j] != u32::MAX && wave[j] < w))
+            .filter(|&i| {
+                wave[i] == u32::MAX && deps[i].iter().all(|&j| wave[j] != u32::MAX && wave[j] < w)
+            })
             .collect();
         if ready.is_empty() {
             for x in wave.iter_mut().filter(|x| **x == u32::MAX) {

@@ -23,7 +23,12 @@ pub fn text(plan: &Plan) -> String {
                 let _ = writeln!(s, "~ modify {}", c.dn);
             }
             Op::Rename => {
-                let _ = writeln!(s, "> rename {} → {}", c.dn, c.new_dn.as_deref().unwrap_or(""));
+                let _ = writeln!(
+                    s,
+                    "> rename {} → {}",
+                    c.dn,
+                    c.new_dn.as_deref().unwrap_or("")
+                );
             }
             Op::Delete => {
                 let _ = writeln!(s, "- delete {}", c.dn);
@@ -34,8 +39,18 @@ pub fn text(plan: &Plan) -> String {
             continue;
         }
         for a in &c.attributes {
-            let old = a.old.iter().map(|v| quote(v)).collect::<Vec<_>>().join(", ");
-            let new = a.new.iter().map(|v| quote(v)).collect::<Vec<_>>().join(", ");
+            let old = a
+                .old
+                .iter()
+                .map(|v| quote(v))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let new = a
+                .new
+                .iter()
+                .map(|v| quote(v))
+                .collect::<Vec<_>>()
+                .join(", ");
             match (c.op, a.kind) {
                 (Op::Add, _) => {
                     let _ = writeln!(s, "    + {}: {new}", a.attr);
@@ -56,7 +71,11 @@ pub fn text(plan: &Plan) -> String {
         }
     }
     for q in &plan.quarantined {
-        let who = q.key.as_deref().map(|k| format!("record {k}")).unwrap_or_else(|| "a record".into());
+        let who = q
+            .key
+            .as_deref()
+            .map(|k| format!("record {k}"))
+            .unwrap_or_else(|| "a record".into());
         let _ = writeln!(s, "! quarantined {who} (line {}): {}", q.line, q.reason);
     }
     for r in &plan.relinked {
@@ -86,7 +105,11 @@ pub fn one_line(plan: &Plan) -> String {
         plan.quarantined.len(),
         plan.records,
         plan.entries_read,
-        if plan.refusals.is_empty() { "" } else { "; REFUSED by a safety gate, nothing written" }
+        if plan.refusals.is_empty() {
+            ""
+        } else {
+            "; REFUSED by a safety gate, nothing written"
+        }
     )
 }
 
@@ -146,14 +169,18 @@ fn safe(v: &str) -> bool {
     if matches!(b[0], b' ' | b':' | b'<') || b[b.len() - 1] == b' ' {
         return false;
     }
-    b.iter().all(|&c| c != 0 && c != b'\n' && c != b'\r' && c.is_ascii())
+    b.iter()
+        .all(|&c| c != 0 && c != b'\n' && c != b'\r' && c.is_ascii())
 }
 
 fn line(out: &mut String, attr: &str, v: &str) {
     let l = if safe(v) {
         format!("{attr}: {v}")
     } else {
-        format!("{attr}:: {}", base64::engine::general_purpose::STANDARD.encode(v.as_bytes()))
+        format!(
+            "{attr}:: {}",
+            base64::engine::general_purpose::STANDARD.encode(v.as_bytes())
+        )
     };
     // fold at 76 columns
     let mut first = true;
@@ -201,8 +228,13 @@ pub fn ldif(plan: &Plan) -> String {
                     .unwrap_or_default();
                 line(&mut s, "newrdn", &rdn);
                 s.push_str("deleteoldrdn: 1\n");
-                let new_parent = parsed.as_ref().map(|d| d.parent().normalized()).unwrap_or_default();
-                let old_parent = crate::dn::Dn::parse(&c.dn).map(|d| d.parent().normalized()).unwrap_or_default();
+                let new_parent = parsed
+                    .as_ref()
+                    .map(|d| d.parent().normalized())
+                    .unwrap_or_default();
+                let old_parent = crate::dn::Dn::parse(&c.dn)
+                    .map(|d| d.parent().normalized())
+                    .unwrap_or_default();
                 if new_parent != old_parent {
                     if let Some(p) = parsed.map(|d| d.parent().to_string()) {
                         line(&mut s, "newsuperior", &p);
@@ -252,6 +284,9 @@ mod tests {
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0].len(), 76);
         assert!(lines[1].starts_with(' '));
-        assert_eq!(lines[0].len() + lines[1].len() - 1, "description: ".len() + 100);
+        assert_eq!(
+            lines[0].len() + lines[1].len() - 1,
+            "description: ".len() + 100
+        );
     }
 }

@@ -1,0 +1,229 @@
+//! Golden tests: records + directory snapshot + links in, the exact plan JSON out.
+//! `UPDATE_GOLDEN=1 cargo test --lib golden` rewrites `expected.json`; review the diff before committing.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+
+use super::gates::{check, GateInput, LastGood};
+use super::*;
+use crate::config::{Encoding, SafetyConfig, SourceConfig, SourceKind};
+use crate::mapping::tests::{header, users};
+use crate::mapping::Mapper;
+use crate::model::{DirSnapshot, Entry, MatchRules};
+
+#[derive(serde::Deserialize)]
+struct DirFile {
+    entries: Vec<Entry>,
+    taken: HashMap<String, HashMap<String, Vec<String>>>,
+}
+
+fn golden(case: &str) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(case);
+    let src = SourceConfig {
+        kind: SourceKind::Csv,
+        path: PathBuf::from("records.csv"),
+        key: "employee_id".into(),
+        delimiter: ',',
+        encoding: Encoding::Utf8,
+    };
+    let export =
+        crate::source::parse(&src, &std::fs::read(dir.join("records.csv")).unwrap()).unwrap();
+    assert_eq!(export.header, header());
+    let d: DirFile =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("directory.json")).unwrap())
+            .unwrap();
+    let snap = DirSnapshot {
+        entries: d.entries,
+        taken: d.taken,
+    };
+    let links: BTreeMap<String, String> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("links.json")).unwrap()).unwrap();
+    let rules = MatchRules::default();
+    let u = users();
+    let present: BTreeSet<String> = export.records.iter().map(|r| r.key.clone()).collect();
+    let linking = crate::mapping::link::link(&present, &snap, &links, &u.anchor, &rules);
+    let mapped = Mapper::new(&u, &export.header).unwrap().map(
+        &export.records,
+        &BTreeSet::new(),
+        &linking,
+        &snap,
+        &rules,
+    );
+    let mut p = Plan {
+        records: export.records.len(),
+        entries_read: snap.entries.len(),
+        managed: linking.managed,
+        relinked: linking.relinked.clone(),
+        ..Default::default()
+    };
+    p.changes = plan(&PlanInput {
+        users: &u,
+        desired: &mapped.desired,
+        dir: &snap,
+        linking: &linking,
+        rules: &rules,
+        no_deletes: false,
+        only: None,
+    });
+    let mut got = output::json(&p);
+    got.push_str("\n# phases: ");
+    got.push_str(
+        &p.changes
+            .iter()
+            .map(|c| format!("{}:{}", c.key, c.phase))
+            .collect::<Vec<_>>()
+            .join(" "),
+    );
+    got.push('\n');
+    let exp_path = dir.join("expected.json");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&exp_path, &got).unwrap();
+    }
+    let expected = std::fs::read_to_string(&exp_path).unwrap_or_default();
+    assert_eq!(
+        got, expected,
+        "golden {case} differs (UPDATE_GOLDEN=1 to rewrite, then review)"
+    );
+}
+
+#[test]
+fn golden_basic() {
+    golden("basic");
+}
+
+fn change(op: Op, key: &str, attrs: Vec<AttrDelta>) -> Change {
+    Change {
+        op,
+        dn: format!("uid={key},ou=people,dc=example,dc=com"),
+        new_dn: None,
+        key: key.into(),
+        uuid: None,
+        attributes: attrs,
+        reason: String::new(),
+        phase: 0,
+    }
+}
+
+fn gate(
+    changes: &[Change],
+    managed: usize,
+    source: usize,
+    last: Option<&LastGood>,
+    header: &[String],
+) -> Vec<&'static str> {
+    check(&GateInput {
+        safety: &SafetyConfig::default(),
+        changes,
+        managed,
+        source_records: source,
+        header,
+        last_good: last,
+        dir_empty: false,
+        links: managed,
+    })
+    .into_iter()
+    .map(|r| r.gate)
+    .collect()
+}
+
+#[test]
+fn delete_gates() {
+    let h: Vec<String> = vec!["id".into()];
+    let dels: Vec<Change> = (0..3)
+        .map(|i| change(Op::Delete, &i.to_string(), vec![]))
+        .collect();
+    assert!(
+        gate(&dels, 100, 97, None, &h).is_empty(),
+        "3% of 100 is under 5%"
+    );
+    assert_eq!(
+        gate(&dels, 50, 47, None, &h),
+        vec!["max-delete-percent"],
+        "6% of 50"
+    );
+    let many: Vec<Change> = (0..51)
+        .map(|i| change(Op::Delete, &i.to_string(), vec![]))
+        .collect();
+    assert_eq!(gate(&many, 10_000, 10_000, None, &h), vec!["max-deletes"]);
+}
+
+#[test]
+fn attribute_removal_gate() {
+    let h: Vec<String> = vec!["id".into()];
+    let rm = |k: &str| {
+        change(
+            Op::Modify,
+            k,
+            vec![AttrDelta {
+                attr: "title".into(),
+                kind: DeltaKind::Delete,
+                old: vec!["x".into()],
+                new: vec![],
+            }],
+        )
+    };
+    let changes: Vec<Change> = (0..11).map(|i| rm(&i.to_string())).collect();
+    assert_eq!(
+        gate(&changes, 100, 100, None, &h),
+        vec!["max-attribute-removal-percent"]
+    );
+    assert!(
+        gate(&changes[..10], 100, 100, None, &h).is_empty(),
+        "10% is not more than 10%"
+    );
+}
+
+#[test]
+fn history_gates_apply_once_there_is_a_last_good_run() {
+    let h: Vec<String> = vec!["id".into(), "name".into()];
+    let last = LastGood {
+        records: 100,
+        header: h.clone(),
+    };
+    assert!(
+        gate(&[], 0, 50, None, &h).is_empty(),
+        "first run: no history"
+    );
+    assert_eq!(
+        gate(&[], 0, 50, Some(&last), &h),
+        vec!["min-source-percent"]
+    );
+    assert!(gate(&[], 0, 90, Some(&last), &h).is_empty());
+    assert_eq!(gate(&[], 0, 100, Some(&last), &h[..1]), vec!["columns"]);
+}
+
+#[test]
+fn empty_directory_with_links_is_refused() {
+    let r = check(&GateInput {
+        safety: &SafetyConfig::default(),
+        changes: &[],
+        managed: 0,
+        source_records: 10,
+        header: &[],
+        last_good: None,
+        dir_empty: true,
+        links: 10,
+    });
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].gate, "empty-directory");
+}
+
+#[test]
+fn protected_entries_are_refused() {
+    let mut s = SafetyConfig::default();
+    s.protected = vec!["uid=boss,ou=people,dc=example,dc=com".into()];
+    let r = check(&GateInput {
+        safety: &s,
+        changes: &[change(Op::Modify, "Boss", vec![])],
+        managed: 100,
+        source_records: 100,
+        header: &[],
+        last_good: None,
+        dir_empty: false,
+        links: 100,
+    });
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].gate, "protected");
+}

@@ -8,10 +8,38 @@ use crate::config::{Encoding, SourceConfig};
 
 /// windows-1252 code points for 0x80..=0x9F; `None` for the five undefined bytes.
 const CP1252_HIGH: [Option<char>; 32] = [
-    Some('€'), None, Some('‚'), Some('ƒ'), Some('„'), Some('…'), Some('†'), Some('‡'),
-    Some('ˆ'), Some('‰'), Some('Š'), Some('‹'), Some('Œ'), None, Some('Ž'), None,
-    None, Some('‘'), Some('’'), Some('“'), Some('”'), Some('•'), Some('–'), Some('—'),
-    Some('˜'), Some('™'), Some('š'), Some('›'), Some('œ'), None, Some('ž'), Some('Ÿ'),
+    Some('€'),
+    None,
+    Some('‚'),
+    Some('ƒ'),
+    Some('„'),
+    Some('…'),
+    Some('†'),
+    Some('‡'),
+    Some('ˆ'),
+    Some('‰'),
+    Some('Š'),
+    Some('‹'),
+    Some('Œ'),
+    None,
+    Some('Ž'),
+    None,
+    None,
+    Some('‘'),
+    Some('’'),
+    Some('“'),
+    Some('”'),
+    Some('•'),
+    Some('–'),
+    Some('—'),
+    Some('˜'),
+    Some('™'),
+    Some('š'),
+    Some('›'),
+    Some('œ'),
+    None,
+    Some('ž'),
+    Some('Ÿ'),
 ];
 
 /// Decode one field; `Err` carries a description of the first bad byte.
@@ -19,7 +47,10 @@ pub(crate) fn decode(enc: Encoding, b: &[u8]) -> Result<String, String> {
     match enc {
         Encoding::Utf8 => String::from_utf8(b.to_vec()).map_err(|e| {
             let at = e.utf8_error().valid_up_to();
-            format!("byte 0x{:02X} at offset {at} is not valid UTF-8", b.get(at).copied().unwrap_or(0))
+            format!(
+                "byte 0x{:02X} at offset {at} is not valid UTF-8",
+                b.get(at).copied().unwrap_or(0)
+            )
         }),
         Encoding::Latin1 => Ok(b.iter().map(|&c| c as char).collect()),
         Encoding::Windows1252 => {
@@ -28,7 +59,11 @@ pub(crate) fn decode(enc: Encoding, b: &[u8]) -> Result<String, String> {
                 if (0x80..=0x9F).contains(&c) {
                     match CP1252_HIGH[(c - 0x80) as usize] {
                         Some(ch) => s.push(ch),
-                        None => return Err(format!("byte 0x{c:02X} at offset {i} is undefined in windows-1252")),
+                        None => {
+                            return Err(format!(
+                                "byte 0x{c:02X} at offset {i} is undefined in windows-1252"
+                            ))
+                        }
                     }
                 } else {
                     s.push(c as char);
@@ -52,7 +87,9 @@ fn reader(cfg: &SourceConfig, bytes: &[u8]) -> ::csv::Reader<std::io::Cursor<Vec
         .delimiter(cfg.delimiter as u8)
         .has_headers(false)
         .flexible(true)
-        .from_reader(std::io::Cursor::new(strip_bom(cfg.encoding, bytes).to_vec()))
+        .from_reader(std::io::Cursor::new(
+            strip_bom(cfg.encoding, bytes).to_vec(),
+        ))
 }
 
 pub(crate) fn header(cfg: &SourceConfig, bytes: &[u8]) -> Result<Vec<String>, SourceError> {
@@ -108,7 +145,11 @@ fn syntax(cfg: &SourceConfig, e: &::csv::Error) -> SourceError {
     }
 }
 
-pub(crate) fn parse(cfg: &SourceConfig, bytes: &[u8], export: &mut Export) -> Result<Vec<RawRow>, SourceError> {
+pub(crate) fn parse(
+    cfg: &SourceConfig,
+    bytes: &[u8],
+    export: &mut Export,
+) -> Result<Vec<RawRow>, SourceError> {
     let cols = header(cfg, bytes)?;
     export.header = cols.clone();
     let key_idx = cols.iter().position(|c| c == &cfg.key);
@@ -116,6 +157,7 @@ pub(crate) fn parse(cfg: &SourceConfig, bytes: &[u8], export: &mut Export) -> Re
     let mut rec = ::csv::ByteRecord::new();
     let mut rows = Vec::new();
     let mut first = true;
+    let mut last_was_row = false;
     loop {
         match rdr.read_byte_record(&mut rec) {
             Ok(false) => break,
@@ -136,11 +178,14 @@ pub(crate) fn parse(cfg: &SourceConfig, bytes: &[u8], export: &mut Export) -> Re
             first = false;
             continue;
         }
+        last_was_row = false;
         let line = rec.position().map(|p| p.line() as usize).unwrap_or(0);
         if rec.len() == 1 && rec.get(0).map(|f| f.is_empty()).unwrap_or(true) {
             continue; // blank line
         }
-        let key_guess = key_idx.and_then(|i| rec.get(i)).and_then(|b| decode(cfg.encoding, b).ok());
+        let key_guess = key_idx
+            .and_then(|i| rec.get(i))
+            .and_then(|b| decode(cfg.encoding, b).ok());
         if rec.len() != cols.len() {
             // Columns may be shifted: the key read from this row cannot be trusted.
             export.keys_uncertain = true;
@@ -171,7 +216,9 @@ pub(crate) fn parse(cfg: &SourceConfig, bytes: &[u8], export: &mut Export) -> Re
             }
         }
         if let Some(reason) = bad {
-            let key = key_guess.map(|k| k.trim().to_string()).filter(|k| !k.is_empty());
+            let key = key_guess
+                .map(|k| k.trim().to_string())
+                .filter(|k| !k.is_empty());
             if key.is_none() {
                 export.keys_uncertain = true;
             }
@@ -184,6 +231,27 @@ pub(crate) fn parse(cfg: &SourceConfig, bytes: &[u8], export: &mut Export) -> Re
             continue;
         }
         rows.push(RawRow { line, fields });
+        last_was_row = true;
+    }
+    // An odd number of quote characters means a quoted field was never closed: the parser read
+    // from there to the end of the file as one field. That record is unusable and the keys after it
+    // are unknown.
+    let quotes = strip_bom(cfg.encoding, bytes)
+        .iter()
+        .filter(|&&b| b == b'"')
+        .count();
+    if quotes % 2 == 1 {
+        export.keys_uncertain = true;
+        if last_was_row {
+            if let Some(r) = rows.pop() {
+                export.quarantined.push(Quarantined {
+                    key: None,
+                    file: cfg.path.clone(),
+                    line: r.line,
+                    reason: "a quoted field is never closed: this record runs to the end of the file; fix the quote".into(),
+                });
+            }
+        }
     }
     Ok(rows)
 }

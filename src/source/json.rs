@@ -9,7 +9,11 @@ use serde_json::Value;
 use super::{Export, Quarantined, RawRow, SourceError};
 
 fn line_of(src: &str, offset: usize) -> usize {
-    src.as_bytes()[..offset.min(src.len())].iter().filter(|&&b| b == b'\n').count() + 1
+    src.as_bytes()[..offset.min(src.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 fn to_text(v: &Value) -> Option<String> {
@@ -81,7 +85,11 @@ fn utf8<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a str, SourceError> {
     })
 }
 
-pub(crate) fn parse_array(path: &Path, bytes: &[u8], export: &mut Export) -> Result<Vec<RawRow>, SourceError> {
+pub(crate) fn parse_array(
+    path: &Path,
+    bytes: &[u8],
+    export: &mut Export,
+) -> Result<Vec<RawRow>, SourceError> {
     let src = utf8(path, bytes)?;
     let items: Vec<&RawValue> = serde_json::from_str(src).map_err(|e| SourceError::Syntax {
         path: path.to_path_buf(),
@@ -107,14 +115,25 @@ pub(crate) fn parse_array(path: &Path, bytes: &[u8], export: &mut Export) -> Res
                 continue;
             }
         };
-        if let Some(r) = object_row(path, line, v, &mut export.header, &mut export.quarantined, &mut export.keys_uncertain) {
+        if let Some(r) = object_row(
+            path,
+            line,
+            v,
+            &mut export.header,
+            &mut export.quarantined,
+            &mut export.keys_uncertain,
+        ) {
             rows.push(r);
         }
     }
     Ok(rows)
 }
 
-pub(crate) fn parse_lines(path: &Path, bytes: &[u8], export: &mut Export) -> Result<Vec<RawRow>, SourceError> {
+pub(crate) fn parse_lines(
+    path: &Path,
+    bytes: &[u8],
+    export: &mut Export,
+) -> Result<Vec<RawRow>, SourceError> {
     let mut rows = Vec::new();
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     for (i, line_bytes) in bytes.split(|&b| b == b'\n').enumerate() {
@@ -137,7 +156,14 @@ pub(crate) fn parse_lines(path: &Path, bytes: &[u8], export: &mut Export) -> Res
         }
         match serde_json::from_str::<Value>(text) {
             Ok(v) => {
-                if let Some(r) = object_row(path, line, v, &mut export.header, &mut export.quarantined, &mut export.keys_uncertain) {
+                if let Some(r) = object_row(
+                    path,
+                    line,
+                    v,
+                    &mut export.header,
+                    &mut export.quarantined,
+                    &mut export.keys_uncertain,
+                ) {
                     rows.push(r);
                 }
             }

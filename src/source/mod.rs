@@ -53,7 +53,10 @@ pub struct Export {
 impl Export {
     /// Keys of quarantined records that could be read: these people are left as they are.
     pub fn quarantined_keys(&self) -> std::collections::BTreeSet<String> {
-        self.quarantined.iter().filter_map(|q| q.key.clone()).collect()
+        self.quarantined
+            .iter()
+            .filter_map(|q| q.key.clone())
+            .collect()
     }
 }
 
@@ -63,7 +66,12 @@ pub enum SourceError {
     #[error("cannot read {}: {err}", path.display())]
     Io { path: PathBuf, err: std::io::Error },
     #[error("{}:{line}:{col}: {msg}", path.display())]
-    Syntax { path: PathBuf, line: usize, col: usize, msg: String },
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        col: usize,
+        msg: String,
+    },
     #[error("{}: {msg}", path.display())]
     Invalid { path: PathBuf, msg: String },
 }
@@ -113,14 +121,21 @@ fn validate(cfg: &SourceConfig, rows: Vec<RawRow>, export: &mut Export) {
     let mut by_key: HashMap<String, Vec<usize>> = HashMap::new();
     let mut ok: Vec<Record> = Vec::with_capacity(rows.len());
     for row in rows {
-        let key = row.fields.get(&cfg.key).map(|k| k.trim().to_string()).unwrap_or_default();
+        let key = row
+            .fields
+            .get(&cfg.key)
+            .map(|k| k.trim().to_string())
+            .unwrap_or_default();
         if key.is_empty() {
             export.keys_uncertain = true;
             export.quarantined.push(Quarantined {
                 key: None,
                 file: cfg.path.clone(),
                 line: row.line,
-                reason: format!("the key column {:?} is missing or empty; fix the export", cfg.key),
+                reason: format!(
+                    "the key column {:?} is missing or empty; fix the export",
+                    cfg.key
+                ),
             });
             continue;
         }
@@ -131,8 +146,11 @@ fn validate(cfg: &SourceConfig, rows: Vec<RawRow>, export: &mut Export) {
             fields: row.fields,
         });
     }
-    let dup: std::collections::HashSet<String> =
-        by_key.into_iter().filter(|(_, v)| v.len() > 1).map(|(k, _)| k).collect();
+    let dup: std::collections::HashSet<String> = by_key
+        .into_iter()
+        .filter(|(_, v)| v.len() > 1)
+        .map(|(k, _)| k)
+        .collect();
     let mut lines_of: HashMap<&str, Vec<usize>> = HashMap::new();
     for r in &ok {
         if dup.contains(&r.key) {
@@ -142,7 +160,11 @@ fn validate(cfg: &SourceConfig, rows: Vec<RawRow>, export: &mut Export) {
     let mut dup_q = Vec::new();
     for r in &ok {
         if let Some(lines) = lines_of.get(r.key.as_str()) {
-            let others: Vec<String> = lines.iter().filter(|l| **l != r.line).map(|l| l.to_string()).collect();
+            let others: Vec<String> = lines
+                .iter()
+                .filter(|l| **l != r.line)
+                .map(|l| l.to_string())
+                .collect();
             dup_q.push(Quarantined {
                 key: Some(r.key.clone()),
                 file: cfg.path.clone(),
@@ -156,9 +178,15 @@ fn validate(cfg: &SourceConfig, rows: Vec<RawRow>, export: &mut Export) {
         }
     }
     export.quarantined.extend(dup_q);
-    let quarantined_keys: std::collections::HashSet<String> =
-        export.quarantined.iter().filter_map(|q| q.key.clone()).collect();
-    export.records = ok.into_iter().filter(|r| !quarantined_keys.contains(&r.key)).collect();
+    let quarantined_keys: std::collections::HashSet<String> = export
+        .quarantined
+        .iter()
+        .filter_map(|q| q.key.clone())
+        .collect();
+    export.records = ok
+        .into_iter()
+        .filter(|r| !quarantined_keys.contains(&r.key))
+        .collect();
     export.quarantined.sort_by_key(|q| q.line);
 }
 

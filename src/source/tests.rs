@@ -44,13 +44,31 @@ fn csv_bad_rows_are_quarantined_with_lines() {
     let e = parse(&cfg(SourceKind::Csv, Encoding::Utf8, ','), &data).unwrap();
     let keys: Vec<&str> = e.records.iter().map(|r| r.key.as_str()).collect();
     assert_eq!(keys, vec!["1"]);
-    let q: Vec<(Option<&str>, usize)> = e.quarantined.iter().map(|q| (q.key.as_deref(), q.line)).collect();
-    assert_eq!(q, vec![(None, 3), (Some("3"), 4), (Some("4"), 5), (Some("4"), 6), (None, 7)]);
-    assert!(e.quarantined[0].reason.contains("has 3 fields, the header has 2"));
+    let q: Vec<(Option<&str>, usize)> = e
+        .quarantined
+        .iter()
+        .map(|q| (q.key.as_deref(), q.line))
+        .collect();
+    assert_eq!(
+        q,
+        vec![
+            (None, 3),
+            (Some("3"), 4),
+            (Some("4"), 5),
+            (Some("4"), 6),
+            (None, 7)
+        ]
+    );
+    assert!(e.quarantined[0]
+        .reason
+        .contains("has 3 fields, the header has 2"));
     assert!(e.quarantined[1].reason.contains("not valid UTF-8"));
     assert!(e.quarantined[2].reason.contains("duplicate key"));
     assert!(e.keys_uncertain);
-    assert_eq!(e.quarantined_keys().into_iter().collect::<Vec<_>>(), vec!["3", "4"]);
+    assert_eq!(
+        e.quarantined_keys().into_iter().collect::<Vec<_>>(),
+        vec!["3", "4"]
+    );
 }
 
 #[test]
@@ -63,7 +81,8 @@ fn csv_missing_closing_quote_stops_deletes() {
 
 #[test]
 fn json_array_with_lines() {
-    let data = "[\n {\"id\": \"1\", \"name\": \"Ann\", \"age\": 3},\n {\"id\": 2, \"name\": null},\n 7\n]";
+    let data =
+        "[\n {\"id\": \"1\", \"name\": \"Ann\", \"age\": 3},\n {\"id\": 2, \"name\": null},\n 7\n]";
     let e = parse(&cfg(SourceKind::Json, Encoding::Utf8, ','), data.as_bytes()).unwrap();
     assert_eq!(e.records.len(), 2);
     assert_eq!(e.records[0].fields["age"], "3");
@@ -77,7 +96,11 @@ fn json_array_with_lines() {
 
 #[test]
 fn json_syntax_error_is_fatal_with_position() {
-    let err = parse(&cfg(SourceKind::Json, Encoding::Utf8, ','), b"[{\"id\": 1},\n{\"id\": }]").unwrap_err();
+    let err = parse(
+        &cfg(SourceKind::Json, Encoding::Utf8, ','),
+        b"[{\"id\": 1},\n{\"id\": }]",
+    )
+    .unwrap_err();
     let msg = err.to_string();
     assert!(msg.starts_with("/srv/hr/export:2:"), "{msg}");
 }
@@ -85,8 +108,15 @@ fn json_syntax_error_is_fatal_with_position() {
 #[test]
 fn jsonl_bad_line() {
     let data = "{\"id\":\"1\"}\n{oops\n\n{\"id\":\"3\"}\n";
-    let e = parse(&cfg(SourceKind::Jsonl, Encoding::Utf8, ','), data.as_bytes()).unwrap();
-    assert_eq!(e.records.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(), vec!["1", "3"]);
+    let e = parse(
+        &cfg(SourceKind::Jsonl, Encoding::Utf8, ','),
+        data.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(
+        e.records.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(),
+        vec!["1", "3"]
+    );
     assert_eq!(e.quarantined[0].line, 2);
     assert!(e.keys_uncertain);
 }

@@ -32,7 +32,17 @@ pub struct OpFailure {
 
 impl std::fmt::Display for OpFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({}){}", result_name(self.rc), self.rc, if self.text.is_empty() { String::new() } else { format!(": {}", self.text) })
+        write!(
+            f,
+            "{} ({}){}",
+            result_name(self.rc),
+            self.rc,
+            if self.text.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", self.text)
+            }
+        )
     }
 }
 
@@ -74,18 +84,31 @@ pub fn result_name(rc: u32) -> &'static str {
 fn tls_config(cfg: &DirectoryConfig) -> Result<Option<Arc<rustls::ClientConfig>>, TargetError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::CertificateDer;
-    let Some(ca) = &cfg.ca_file else { return Ok(None) };
+    let Some(ca) = &cfg.ca_file else {
+        return Ok(None);
+    };
     let mut roots = rustls::RootCertStore::empty();
     let certs = CertificateDer::pem_file_iter(ca)
         .map_err(|e| TargetError::Tls(format!("cannot read ca-file {}: {e}", ca.display())))?;
     for c in certs {
-        let c = c.map_err(|e| TargetError::Tls(format!("ca-file {}: not a PEM certificate: {e}", ca.display())))?;
-        roots
-            .add(c)
-            .map_err(|e| TargetError::Tls(format!("ca-file {}: unusable certificate: {e}", ca.display())))?;
+        let c = c.map_err(|e| {
+            TargetError::Tls(format!(
+                "ca-file {}: not a PEM certificate: {e}",
+                ca.display()
+            ))
+        })?;
+        roots.add(c).map_err(|e| {
+            TargetError::Tls(format!(
+                "ca-file {}: unusable certificate: {e}",
+                ca.display()
+            ))
+        })?;
     }
     if roots.is_empty() {
-        return Err(TargetError::Tls(format!("ca-file {} holds no certificate", ca.display())));
+        return Err(TargetError::Tls(format!(
+            "ca-file {} holds no certificate",
+            ca.display()
+        )));
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
@@ -98,7 +121,11 @@ fn tls_config(cfg: &DirectoryConfig) -> Result<Option<Arc<rustls::ClientConfig>>
 
 fn is_tls_error(msg: &str) -> bool {
     let m = msg.to_ascii_lowercase();
-    m.contains("certificate") || m.contains("tls") || m.contains("handshake") || m.contains("rustls") || m.contains("unknownissuer")
+    m.contains("certificate")
+        || m.contains("tls")
+        || m.contains("handshake")
+        || m.contains("rustls")
+        || m.contains("unknownissuer")
 }
 
 impl LdapTarget {
@@ -116,10 +143,17 @@ impl LdapTarget {
             if cfg.starttls && lower.starts_with("ldap://") {
                 settings = settings.set_starttls(true);
             }
-            let conn = tokio::time::timeout(cfg.connect_timeout + Duration::from_secs(1), LdapConnAsync::with_settings(settings, url)).await;
+            let conn = tokio::time::timeout(
+                cfg.connect_timeout + Duration::from_secs(1),
+                LdapConnAsync::with_settings(settings, url),
+            )
+            .await;
             let (conn, mut ldap) = match conn {
                 Err(_) => {
-                    failures.push(format!("{url}: no answer within {}", humantime::format_duration(cfg.connect_timeout)));
+                    failures.push(format!(
+                        "{url}: no answer within {}",
+                        humantime::format_duration(cfg.connect_timeout)
+                    ));
                     continue;
                 }
                 Ok(Err(e)) => {
@@ -144,7 +178,8 @@ impl LdapTarget {
                 ldap.sasl_external_bind().await
             } else {
                 let pw = cfg.password.as_ref().map(|p| p.expose()).unwrap_or("");
-                ldap.simple_bind(cfg.bind_dn.as_deref().unwrap_or(""), pw).await
+                ldap.simple_bind(cfg.bind_dn.as_deref().unwrap_or(""), pw)
+                    .await
             };
             match bound {
                 Ok(r) if r.rc == 0 => {}
@@ -160,7 +195,10 @@ impl LdapTarget {
                     };
                     return Err(TargetError::Bind(format!(
                         "{url}: bind as {who} refused: {}{hint}",
-                        OpFailure { rc: r.rc, text: r.text }
+                        OpFailure {
+                            rc: r.rc,
+                            text: r.text
+                        }
                     )));
                 }
                 Err(e) => {
@@ -170,7 +208,9 @@ impl LdapTarget {
                             Some(p) => format!("ca-file {}", p.display()),
                             None => "the system's trusted CAs (set directory.ca-file)".into(),
                         };
-                        return Err(TargetError::Tls(format!("StartTLS with {url} failed: {msg}; not verified against {against}")));
+                        return Err(TargetError::Tls(format!(
+                            "StartTLS with {url} failed: {msg}; not verified against {against}"
+                        )));
                     }
                     failures.push(format!("{url}: bind failed: {msg}"));
                     continue;
@@ -191,12 +231,23 @@ impl LdapTarget {
 
     /// Paged subtree search; entries come back with lower-cased attribute names. `uuid` is taken
     /// from entryUUID. A result code other than success fails the read.
-    pub async fn search(&mut self, base: &str, filter: &str, attrs: &[&str]) -> Result<Vec<Entry>, TargetError> {
+    pub async fn search(
+        &mut self,
+        base: &str,
+        filter: &str,
+        attrs: &[&str],
+    ) -> Result<Vec<Entry>, TargetError> {
         let mut ldap = self.ldap.clone();
         ldap.with_timeout(self.op_timeout);
         let attrs_owned: Vec<String> = attrs.iter().map(|s| s.to_string()).collect();
         let mut stream = ldap
-            .streaming_search_with(PagedResults::new(self.page_size), base, Scope::Subtree, filter, attrs_owned)
+            .streaming_search_with(
+                PagedResults::new(self.page_size),
+                base,
+                Scope::Subtree,
+                filter,
+                attrs_owned,
+            )
             .await
             .map_err(|e| TargetError::Read(format!("search of {base} failed: {e}")))?;
         let mut out = Vec::new();
@@ -210,20 +261,22 @@ impl LdapTarget {
                 continue;
             }
             let se = SearchEntry::construct(re);
-            let mut attrs: std::collections::BTreeMap<String, Vec<String>> = std::collections::BTreeMap::new();
+            let mut attrs: std::collections::BTreeMap<String, Vec<String>> =
+                std::collections::BTreeMap::new();
             for (k, v) in se.attrs {
                 attrs.entry(k.to_ascii_lowercase()).or_default().extend(v);
             }
-            let uuid = attrs.remove("entryuuid").and_then(|v| v.into_iter().next()).unwrap_or_default();
+            let uuid = attrs
+                .remove("entryuuid")
+                .and_then(|v| v.into_iter().next())
+                .unwrap_or_default();
             out.push(Entry {
                 uuid,
                 dn: se.dn,
                 attrs,
             });
         }
-        let res = stream
-            .finish()
-            .await;
+        let res = stream.finish().await;
         match res.rc {
             0 => Ok(out),
             32 => Err(TargetError::Read(format!(
@@ -244,7 +297,12 @@ impl LdapTarget {
         let mut ldap = self.ldap.clone();
         ldap.with_timeout(self.op_timeout);
         let (root, _) = ldap
-            .search("", Scope::Base, "(objectClass=*)", vec!["subschemaSubentry"])
+            .search(
+                "",
+                Scope::Base,
+                "(objectClass=*)",
+                vec!["subschemaSubentry"],
+            )
             .await
             .and_then(|r| r.success())
             .map_err(|e| TargetError::Read(format!("reading the root DSE failed: {e}")))?;
@@ -252,12 +310,21 @@ impl LdapTarget {
             .into_iter()
             .next()
             .map(SearchEntry::construct)
-            .and_then(|e| e.attrs.get("subschemaSubentry").and_then(|v| v.first().cloned()))
+            .and_then(|e| {
+                e.attrs
+                    .get("subschemaSubentry")
+                    .and_then(|v| v.first().cloned())
+            })
             .unwrap_or_else(|| "cn=Subschema".to_string());
         let mut ldap = self.ldap.clone();
         ldap.with_timeout(self.op_timeout);
         let (entries, _) = ldap
-            .search(&sub, Scope::Base, "(objectClass=subschema)", vec!["attributeTypes", "objectClasses"])
+            .search(
+                &sub,
+                Scope::Base,
+                "(objectClass=subschema)",
+                vec!["attributeTypes", "objectClasses"],
+            )
             .await
             .and_then(|r| r.success())
             .map_err(|e| TargetError::Read(format!("reading the schema ({sub}) failed: {e}")))?;
@@ -276,14 +343,21 @@ impl LdapTarget {
 
     /// Apply changes with up to `in_flight` operations outstanding on this connection. Results come
     /// back in input order: `Ok(Some(uuid))` for adds (from the Post-Read control), `Ok(None)` else.
-    pub async fn apply(&self, changes: &[&Change], in_flight: usize) -> Vec<Result<Option<String>, OpFailure>> {
+    pub async fn apply(
+        &self,
+        changes: &[&Change],
+        in_flight: usize,
+    ) -> Vec<Result<Option<String>, OpFailure>> {
         let futs = changes.iter().enumerate().map(|(i, c)| {
             let mut ldap = self.ldap.clone();
             let t = self.op_timeout;
             async move { (i, apply_one(&mut ldap, c, t).await) }
         });
         let mut results: Vec<(usize, Result<Option<String>, OpFailure>)> =
-            futures_util::stream::iter(futs).buffer_unordered(in_flight.max(1)).collect().await;
+            futures_util::stream::iter(futs)
+                .buffer_unordered(in_flight.max(1))
+                .collect()
+                .await;
         results.sort_by_key(|(i, _)| *i);
         results.into_iter().map(|(_, r)| r).collect()
     }
@@ -316,14 +390,20 @@ async fn apply_one(ldap: &mut Ldap, c: &Change, t: Duration) -> Result<Option<St
         if r.rc == 0 {
             Ok(r)
         } else {
-            Err(OpFailure { rc: r.rc, text: r.text })
+            Err(OpFailure {
+                rc: r.rc,
+                text: r.text,
+            })
         }
     };
     match c.op {
         Op::Add => {
             let mut attrs: HashMap<String, HashSet<String>> = HashMap::new();
             for a in &c.attributes {
-                attrs.entry(a.attr.clone()).or_default().extend(a.new.iter().cloned());
+                attrs
+                    .entry(a.attr.clone())
+                    .or_default()
+                    .extend(a.new.iter().cloned());
             }
             let attrs: Vec<(String, HashSet<String>)> = attrs.into_iter().collect();
             let r = ldap
@@ -360,12 +440,29 @@ async fn apply_one(ldap: &mut Ldap, c: &Change, t: Duration) -> Result<Option<St
         }
         Op::Rename => {
             let new = c.new_dn.as_deref().unwrap_or("");
-            let nd = Dn::parse(new).map_err(|e| OpFailure { rc: 34, text: e.to_string() })?;
-            let od = Dn::parse(&c.dn).map_err(|e| OpFailure { rc: 34, text: e.to_string() })?;
-            let rdn = nd.first().map(|a| dn::rdn(&a.attr, &a.value)).unwrap_or_default();
+            let nd = Dn::parse(new).map_err(|e| OpFailure {
+                rc: 34,
+                text: e.to_string(),
+            })?;
+            let od = Dn::parse(&c.dn).map_err(|e| OpFailure {
+                rc: 34,
+                text: e.to_string(),
+            })?;
+            let rdn = nd
+                .first()
+                .map(|a| dn::rdn(&a.attr, &a.value))
+                .unwrap_or_default();
             let np = nd.parent();
-            let sup = if np.normalized() != od.parent().normalized() { Some(np.to_string()) } else { None };
-            check(ldap.modifydn(&c.dn, &rdn, true, sup.as_deref()).await.map_err(lerr)?)?;
+            let sup = if np.normalized() != od.parent().normalized() {
+                Some(np.to_string())
+            } else {
+                None
+            };
+            check(
+                ldap.modifydn(&c.dn, &rdn, true, sup.as_deref())
+                    .await
+                    .map_err(lerr)?,
+            )?;
             Ok(None)
         }
         Op::Delete => {

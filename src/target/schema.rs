@@ -90,7 +90,8 @@ impl Schema {
         for def in attribute_types {
             let (names, eq, sup) = parse_def(def);
             for n in names {
-                s.attrs.insert(n.to_ascii_lowercase(), (eq.clone(), sup.clone()));
+                s.attrs
+                    .insert(n.to_ascii_lowercase(), (eq.clone(), sup.clone()));
             }
         }
         for def in object_classes {
@@ -132,10 +133,15 @@ impl Schema {
         let mut m = HashMap::new();
         for a in self.attrs.keys() {
             let rule = match self.equality(a).map(|e| e.to_ascii_lowercase()).as_deref() {
-                Some("caseignorematch" | "caseignoreia5match" | "caseignorelistmatch" | "caseignoreordermatch") => {
-                    Rule::CaseIgnore
+                Some(
+                    "caseignorematch"
+                    | "caseignoreia5match"
+                    | "caseignorelistmatch"
+                    | "caseignoreordermatch",
+                ) => Rule::CaseIgnore,
+                Some("caseexactmatch" | "caseexactia5match" | "caseexactordermatch") => {
+                    Rule::CaseExact
                 }
-                Some("caseexactmatch" | "caseexactia5match" | "caseexactordermatch") => Rule::CaseExact,
                 Some("distinguishednamematch" | "uniquemembermatch") => Rule::Dn,
                 Some("telephonenumbermatch") => Rule::Telephone,
                 Some("numericstringmatch" | "integermatch") => Rule::Numeric,

@@ -1,0 +1,364 @@
+//! The integration test harness: one real slapd per test binary (started on first use, stopped
+//! when the binary exits), one subtree per test, the dirbridge binary run as a user would.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+pub const ADMIN_DN: &str = "cn=admin,dc=example,dc=com";
+pub const ADMIN_PW: &str = "Pw-for-tests-7f3a9c";
+/// The bind password the tests give dirbridge (the server's rootpw); it must never be printed.
+pub const BIND_PW: &str = ADMIN_PW;
+
+pub struct Slapd {
+    pub ldap_uri: String,
+    pub ldaps_uri: String,
+    pub ldapi_uri: String,
+    pub ca: PathBuf,
+}
+
+fn free_pair() -> u16 {
+    // Ports below 32768 (Linux's ephemeral range starts there). Spread by pid, then probe.
+    let start = 20000 + (std::process::id() % 500) as u16 * 20;
+    for p in (start..32000).step_by(2).chain((20000..start).step_by(2)) {
+        let a = std::net::TcpListener::bind(("127.0.0.1", p));
+        let b = std::net::TcpListener::bind(("127.0.0.1", p + 1));
+        if a.is_ok() && b.is_ok() {
+            return p;
+        }
+    }
+    panic!("no free port pair below 32000 on 127.0.0.1");
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The shared server. A server that fails to start fails the test, with the script's output.
+pub fn slapd() -> &'static Slapd {
+    static S: OnceLock<Slapd> = OnceLock::new();
+    S.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("dirbridge-it-slapd-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let port = free_pair();
+        let out = Command::new("bash")
+            .arg(repo().join("tests/support/slapd-up.sh"))
+            .arg(&dir)
+            .arg(port.to_string())
+            .env("SLAPD_DBNOSYNC", "1")
+            .env("SLAPD_ROOTPW", ADMIN_PW)
+            .env("SLAPD_WATCH_PID", std::process::id().to_string())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run tests/support/slapd-up.sh");
+        assert!(
+            out.status.success(),
+            "slapd did not start (install slapd and ldap-utils: .ci/run does):\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let env: BTreeMap<String, String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
+            .collect();
+        Slapd {
+            ldap_uri: env["LDAP_URI"].clone(),
+            ldaps_uri: env["LDAPS_URI"].clone(),
+            ldapi_uri: env["LDAPI_URI"].clone(),
+            ca: PathBuf::from(&env["LDAP_CA"]),
+        }
+    })
+}
+
+/// Count a test that ran against a server (`.ci/run` reports and checks the counts).
+fn count(server: &str, test: &str) {
+    if let Some(dir) = std::env::var_os("DIRBRIDGE_IT_COUNT_DIR") {
+        let _ = std::fs::create_dir_all(&dir);
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(Path::new(&dir).join(server))
+        {
+            let _ = writeln!(f, "{test}");
+        }
+    }
+}
+
+pub fn ldap(args: &[&str], input: Option<&str>) -> Output {
+    let s = slapd();
+    let mut cmd = Command::new(args[0]);
+    cmd.args(["-x", "-H", &s.ldap_uri, "-D", ADMIN_DN, "-w", ADMIN_PW])
+        .args(&args[1..])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn ldap tool");
+    if let Some(i) = input {
+        child.stdin.take().unwrap().write_all(i.as_bytes()).unwrap();
+    } else {
+        drop(child.stdin.take());
+    }
+    child.wait_with_output().unwrap()
+}
+
+pub fn ldapmodify(ldif: &str) {
+    let out = ldap(&["ldapmodify", "-c"], Some(ldif));
+    assert!(
+        out.status.success(),
+        "ldapmodify failed: {}\n{ldif}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// An entry as ldapsearch shows it: attribute names lower-cased, values decoded.
+#[derive(Debug, Clone)]
+pub struct LdapEntry {
+    pub dn: String,
+    pub attrs: BTreeMap<String, Vec<String>>,
+}
+
+impl LdapEntry {
+    pub fn one(&self, a: &str) -> Option<&str> {
+        self.attrs
+            .get(&a.to_ascii_lowercase())
+            .and_then(|v| v.first())
+            .map(String::as_str)
+    }
+}
+
+fn b64(s: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(s.trim())
+        .expect("base64 from ldapsearch")
+}
+
+pub fn search(base: &str, filter: &str) -> Vec<LdapEntry> {
+    let out = ldap(
+        &[
+            "ldapsearch",
+            "-LLL",
+            "-o",
+            "ldif-wrap=no",
+            "-b",
+            base,
+            filter,
+            "*",
+            "entryUUID",
+        ],
+        None,
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    if !out.status.success() && out.status.code() != Some(32) {
+        panic!(
+            "ldapsearch failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut entries = Vec::new();
+    for block in text.split("\n\n") {
+        let mut dn = String::new();
+        let mut attrs: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for line in block.lines() {
+            let (k, v) = if let Some((k, v)) = line.split_once(":: ") {
+                (k, String::from_utf8(b64(v)).unwrap_or_default())
+            } else if let Some((k, v)) = line.split_once(": ") {
+                (k, v.to_string())
+            } else {
+                continue;
+            };
+            if k == "dn" {
+                dn = v;
+            } else {
+                attrs.entry(k.to_ascii_lowercase()).or_default().push(v);
+            }
+        }
+        if !dn.is_empty() {
+            entries.push(LdapEntry { dn, attrs });
+        }
+    }
+    entries
+}
+
+/// One test's world: its own subtree `ou=<name>,dc=example,dc=com` with `ou=people` under it, a
+/// working directory with the export, the configuration, the password file and the mirror.
+pub struct TestEnv {
+    pub dir: PathBuf,
+    pub base_dn: String,
+    pub people: String,
+    pub config: PathBuf,
+}
+
+pub const HEADER: &str = "employee_id,given_name,preferred_name,surname,title,email,manager_id";
+
+impl TestEnv {
+    pub fn new(name: &str) -> TestEnv {
+        let s = slapd();
+        count("slapd", name);
+        let dir = std::env::temp_dir().join(format!("dirbridge-it-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let base_dn = format!("ou={name},dc=example,dc=com");
+        let people = format!("ou=people,{base_dn}");
+        ldapmodify(&format!(
+            "dn: {base_dn}\nchangetype: add\nobjectClass: organizationalUnit\nou: {name}\n\n\
+             dn: {people}\nchangetype: add\nobjectClass: organizationalUnit\nou: people\n\n"
+        ));
+        std::fs::write(dir.join("bind.password"), format!("{BIND_PW}\n")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            dir.join("bind.password"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        let env = TestEnv {
+            config: dir.join("dirbridge.toml"),
+            dir,
+            base_dn,
+            people,
+        };
+        env.write_config(&env.default_config(&s.ldaps_uri));
+        env
+    }
+
+    pub fn default_config(&self, url: &str) -> String {
+        let s = slapd();
+        format!(
+            r#"# test configuration
+[source]
+kind = "csv"
+path = "export.csv"
+key = "employee_id"
+
+[directory]
+url = "{url}"
+bind-dn = "{ADMIN_DN}"
+password-file = "bind.password"
+ca-file = "{ca}"
+base-dn = "{base}"
+
+[state]
+path = "state/mirror.db"
+
+[users]
+base = "{people}"
+rdn = "uid"
+object-classes = ["inetOrgPerson"]
+anchor = "employeeNumber"
+
+[users.attributes]
+uid = "{{{{ (given_name[:1] ~ surname) | ascii | lower }}}}{{{{ n }}}}"
+cn = "{{{{ preferred_name or given_name }}}} {{{{ surname }}}}"
+givenName = "{{{{ given_name }}}}"
+sn = "{{{{ surname }}}}"
+title = "{{{{ title }}}}"
+mail = "{{{{ email }}}}"
+manager = "{{{{ manager_id | person_dn }}}}"
+
+[users.unique]
+uid = true
+"#,
+            ca = s.ca.display(),
+            base = self.base_dn,
+            people = self.people,
+        )
+    }
+
+    pub fn write_config(&self, text: &str) {
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    pub fn write_export(&self, rows: &[&str]) {
+        let mut s = String::from(HEADER);
+        s.push('\n');
+        for r in rows {
+            s.push_str(r);
+            s.push('\n');
+        }
+        std::fs::write(self.dir.join("export.csv"), s).unwrap();
+    }
+
+    pub fn write_export_raw(&self, bytes: &[u8]) {
+        std::fs::write(self.dir.join("export.csv"), bytes).unwrap();
+    }
+
+    /// Run the dirbridge binary with `-c <config>` and the given arguments.
+    pub fn run(&self, args: &[&str]) -> Run {
+        let out = Command::new(env!("CARGO_BIN_EXE_dirbridge"))
+            .arg("-c")
+            .arg(&self.config)
+            .args(args)
+            .current_dir(&self.dir)
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let r = Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+        };
+        assert!(
+            !r.stdout.contains(BIND_PW) && !r.stderr.contains(BIND_PW),
+            "the bind password appeared in the output of {args:?}:\n{}\n{}",
+            r.stdout,
+            r.stderr
+        );
+        r
+    }
+
+    /// `sync` that must succeed with exit 0.
+    pub fn sync_ok(&self) -> Run {
+        let r = self.run(&["sync"]);
+        assert_eq!(r.code, 0, "sync failed:\n{}\n{}", r.stdout, r.stderr);
+        r
+    }
+
+    /// `plan --format json`, parsed.
+    pub fn plan_json(&self) -> (i32, serde_json::Value) {
+        let r = self.run(&["plan", "--format", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap_or_else(|e| {
+            panic!("plan JSON did not parse ({e}):\n{}\n{}", r.stdout, r.stderr)
+        });
+        (r.code, v)
+    }
+
+    pub fn people(&self) -> BTreeMap<String, LdapEntry> {
+        search(&self.people, "(employeeNumber=*)")
+            .into_iter()
+            .map(|e| (e.one("employeeNumber").unwrap_or_default().to_string(), e))
+            .collect()
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+pub fn changes(plan: &serde_json::Value) -> Vec<serde_json::Value> {
+    plan["changes"].as_array().cloned().unwrap_or_default()
+}

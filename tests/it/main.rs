@@ -1,0 +1,8 @@
+//! Integration tests: one binary, one shared slapd (started by the harness on loopback), one
+//! subtree per test. See tests/it/common.rs.
+
+mod check_config;
+mod common;
+mod safety;
+mod security;
+mod sync;

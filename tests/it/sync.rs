@@ -1,0 +1,380 @@
+//! Core sync against a real slapd: creates, converges, modifies, renames, deletes, relinks.
+
+use crate::common::*;
+
+const PEOPLE: &[&str] = &[
+    "1,Ann,,Boss,CEO,ann@example.com,",
+    "2,Bob,Bobby,Worker,Developer,bob@example.com,1",
+    "3,Cy,,Lone,QA,cy@example.com,1",
+    "4,Dan,,Gone,Ops,dan@example.com,2",
+];
+
+#[test]
+fn first_sync_creates_everyone_then_second_is_empty() {
+    let t = TestEnv::new("first");
+    t.write_export(PEOPLE);
+    let r = t.sync_ok();
+    assert!(
+        r.stdout
+            .contains("sync: 4 add, 0 modify, 0 rename, 0 delete applied"),
+        "{r:?}"
+    );
+    let p = t.people();
+    assert_eq!(p.len(), 4);
+    let bob = &p["2"];
+    assert_eq!(bob.dn, format!("uid=bworker,{}", t.people));
+    assert_eq!(bob.one("cn"), Some("Bobby Worker"));
+    assert_eq!(bob.one("givenName"), Some("Bob"));
+    assert_eq!(bob.one("sn"), Some("Worker"));
+    assert_eq!(bob.one("title"), Some("Developer"));
+    assert_eq!(bob.one("mail"), Some("bob@example.com"));
+    assert_eq!(
+        bob.one("manager"),
+        Some(format!("uid=aboss,{}", t.people).as_str())
+    );
+    assert_eq!(
+        p["4"].one("manager"),
+        Some(format!("uid=bworker,{}", t.people).as_str())
+    );
+    assert!(
+        p["1"].one("manager").is_none(),
+        "an empty render is an absent attribute"
+    );
+    // The second run plans and applies nothing.
+    let (code, plan) = t.plan_json();
+    assert_eq!(code, 0);
+    assert!(changes(&plan).is_empty(), "{plan:#}");
+    let r = t.sync_ok();
+    assert!(
+        r.stdout
+            .contains("0 add, 0 modify, 0 rename, 0 delete applied"),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn changes_give_exact_modify_rename_and_delete() {
+    let t = TestEnv::new("churn");
+    t.write_export(PEOPLE);
+    t.sync_ok();
+    let before = t.people();
+    // Bob: new title and manager; Cy: new surname (uid is forced: rename); Dan leaves.
+    t.write_export(&[
+        "1,Ann,,Boss,CEO,ann@example.com,",
+        "2,Bob,Bobby,Worker,Senior Developer,bob@example.com,3",
+        "3,Cy,,Lane,QA,cy@example.com,1",
+    ]);
+    // Allow one delete out of four (the default gates refuse 25%).
+    let cfg = std::fs::read_to_string(&t.config).unwrap()
+        + "\n[safety]\nmax-delete-percent = 30\nmin-source-percent = 70\n";
+    t.write_config(&cfg);
+    let (code, plan) = t.plan_json();
+    assert_eq!(code, 0, "{plan:#}");
+    let ch = changes(&plan);
+    let ops: Vec<(String, String)> = ch
+        .iter()
+        .map(|c| {
+            (
+                c["op"].as_str().unwrap().to_string(),
+                c["key"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ops,
+        vec![
+            ("rename".to_string(), "3".to_string()),
+            ("modify".to_string(), "2".to_string()),
+            ("modify".to_string(), "3".to_string()),
+            ("delete".to_string(), "4".to_string()),
+        ]
+    );
+    let bob = &ch[1]["attributes"];
+    assert_eq!(bob.as_object().unwrap().len(), 2, "{bob:#}");
+    assert_eq!(bob["title"]["old"][0], "Developer");
+    assert_eq!(bob["title"]["new"][0], "Senior Developer");
+    assert_eq!(bob["manager"]["new"][0], format!("uid=clane,{}", t.people));
+    assert_eq!(ch[0]["new-dn"], format!("uid=clane,{}", t.people));
+    let cy: Vec<&String> = ch[2]["attributes"].as_object().unwrap().keys().collect();
+    assert_eq!(cy, vec!["cn", "sn"]);
+    t.sync_ok();
+    let after = t.people();
+    assert_eq!(after.len(), 3);
+    assert!(!after.contains_key("4"));
+    assert_eq!(after["3"].dn, format!("uid=clane,{}", t.people));
+    // The rename kept the entry (same entryUUID): the link is the id, not the DN.
+    assert_eq!(after["3"].one("entryUUID"), before["3"].one("entryUUID"));
+    assert_eq!(after["3"].one("uid"), Some("clane"));
+    assert_eq!(after["2"].one("title"), Some("Senior Developer"));
+    assert_eq!(
+        after["2"].one("manager"),
+        Some(format!("uid=clane,{}", t.people).as_str())
+    );
+    let (_, plan) = t.plan_json();
+    assert!(changes(&plan).is_empty(), "converged: {plan:#}");
+}
+
+#[test]
+fn homonyms_keep_their_uids_across_runs() {
+    let t = TestEnv::new("homonyms");
+    t.write_export(&[
+        "20,John,,Smith,A,,",
+        "30,Jane,,Smith,B,,",
+        "40,Jim,,Smith,C,,",
+    ]);
+    t.sync_ok();
+    let uids = |t: &TestEnv| -> Vec<(String, String)> {
+        t.people()
+            .into_iter()
+            .map(|(k, e)| (k, e.one("uid").unwrap().to_string()))
+            .collect()
+    };
+    assert_eq!(
+        uids(&t),
+        vec![
+            ("20".into(), "jsmith".into()),
+            ("30".into(), "jsmith2".into()),
+            ("40".into(), "jsmith3".into())
+        ]
+    );
+    // A new homonym with a lower key, and the first one leaves: nobody is renumbered.
+    t.write_export(&[
+        "10,Joe,,Smith,D,,",
+        "30,Jane,,Smith,B,,",
+        "40,Jim,,Smith,C,,",
+        "50,Jo,,Smith,E,,",
+    ]);
+    let cfg = std::fs::read_to_string(&t.config).unwrap()
+        + "\n[safety]\nmax-delete-percent = 50\nmin-source-percent = 10\n";
+    t.write_config(&cfg);
+    t.sync_ok();
+    let u = uids(&t);
+    assert_eq!(
+        u,
+        vec![
+            ("10".into(), "jsmith4".into()),
+            ("30".into(), "jsmith2".into()),
+            ("40".into(), "jsmith3".into()),
+            ("50".into(), "jsmith5".into())
+        ],
+        "jsmith is still held by the leaver's entry until it is deleted in this run"
+    );
+    let (_, plan) = t.plan_json();
+    assert!(changes(&plan).is_empty(), "{plan:#}");
+}
+
+#[test]
+fn hard_names_round_trip_through_dns() {
+    let t = TestEnv::new("hardnames");
+    // cn is the RDN here, so every special character reaches a DN.
+    let cfg = t
+        .default_config(&slapd().ldaps_uri)
+        .replace("rdn = \"uid\"", "rdn = \"cn\"")
+        .replace(
+            "cn = \"{{ preferred_name or given_name }} {{ surname }}\"",
+            "cn = \"{{ given_name }}{{ surname }}\"",
+        );
+    t.write_config(&cfg);
+    let names = [
+        ("1", "Doe, ", "John"),
+        ("2", "a+b", "=c"),
+        ("3", "\"\"Quoted\"\"", "\\Back"),
+        ("4", "<angle>", ";semi"),
+        ("5", "#hash", "Tag"),
+        ("6", " lead", "ing"),
+        ("7", "trail", "ing "),
+        ("8", "Zoë", " Ørsted"),
+        ("9", "Łukasz", " Żółć"),
+        ("10", "Σωκράτης", " 北京"),
+    ];
+    let rows: Vec<String> = names
+        .iter()
+        .map(|(k, g, s)| format!("{k},\"{g}\",,\"{s}\",,,"))
+        .collect();
+    let rows: Vec<&str> = rows.iter().map(String::as_str).collect();
+    t.write_export(&rows);
+    t.sync_ok();
+    let p = t.people();
+    assert_eq!(p.len(), names.len(), "{p:#?}");
+    for (k, g, s) in names {
+        let want = format!("{}{}", g.replace("\"\"", "\""), s);
+        assert_eq!(p[k].one("cn"), Some(want.as_str()), "record {k}");
+        let parsed = dirbridge::dn::Dn::parse(&p[k].dn).unwrap();
+        assert_eq!(
+            parsed.first().unwrap().value,
+            want,
+            "record {k}: DN {}",
+            p[k].dn
+        );
+    }
+    let (_, plan) = t.plan_json();
+    assert!(
+        changes(&plan).is_empty(),
+        "hard names must not cause changes on the next run: {plan:#}"
+    );
+}
+
+#[test]
+fn lost_mirror_relinks_without_changes() {
+    let t = TestEnv::new("relink");
+    t.write_export(PEOPLE);
+    t.sync_ok();
+    std::fs::remove_dir_all(t.dir.join("state")).unwrap();
+    let (code, plan) = t.plan_json();
+    assert_eq!(code, 0);
+    assert!(changes(&plan).is_empty(), "{plan:#}");
+    assert_eq!(plan["relinked"].as_array().unwrap().len(), 4);
+    let r = t.sync_ok();
+    assert!(
+        r.stdout.contains("0 add, 0 modify, 0 rename, 0 delete"),
+        "{r:?}"
+    );
+    assert_eq!(t.people().len(), 4);
+    // and the links are back: the next plan relinks nobody
+    let (_, plan) = t.plan_json();
+    assert!(plan["relinked"].as_array().unwrap().is_empty(), "{plan:#}");
+}
+
+#[test]
+fn entries_without_the_anchor_are_never_touched() {
+    let t = TestEnv::new("unanchored");
+    ldapmodify(&format!(
+        "dn: uid=admin,{}\nchangetype: add\nobjectClass: inetOrgPerson\nuid: admin\ncn: Admin\nsn: Admin\n\n",
+        t.people
+    ));
+    t.write_export(&["1,Ann,,Admin,,,"]);
+    t.sync_ok();
+    let all = search(&t.people, "(uid=*)");
+    assert_eq!(all.len(), 2);
+    let ann = all
+        .iter()
+        .find(|e| e.one("employeeNumber") == Some("1"))
+        .unwrap();
+    assert_eq!(ann.one("uid"), Some("aadmin"));
+    // the hand-made entry survives an export without it
+    t.write_export(&["1,Ann,,Admin,,,"]);
+    t.sync_ok();
+    assert!(search(&t.people, "(uid=admin)").len() == 1);
+}
+
+#[test]
+fn a_refused_entry_is_quarantined_and_the_rest_goes_on() {
+    let t = TestEnv::new("opfail");
+    // mail is IA5String: a non-ASCII address is refused by the server (invalidAttributeSyntax).
+    t.write_export(&[
+        "1,Ann,,Able,,ann@example.com,",
+        "2,Bea,,Bad,,bé@exämple.com,",
+        "3,Cal,,Cool,,cal@example.com,",
+    ]);
+    let r = t.run(&["sync"]);
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(r.stderr.contains("invalidAttributeSyntax (21)"), "{r:?}");
+    assert!(r.stderr.contains("record 2"), "{r:?}");
+    let p = t.people();
+    assert_eq!(p.keys().collect::<Vec<_>>(), vec!["1", "3"]);
+}
+
+#[test]
+fn only_key_is_a_canary() {
+    let t = TestEnv::new("canary");
+    t.write_export(PEOPLE);
+    let r = t.run(&["sync", "--only", "3"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(t.people().keys().collect::<Vec<_>>(), vec!["3"]);
+    let (_, plan) = t.plan_json();
+    assert_eq!(changes(&plan).len(), 3);
+}
+
+#[test]
+fn ldif_output_replays_with_ldapmodify() {
+    let t = TestEnv::new("ldif");
+    t.write_export(PEOPLE);
+    let r = t.run(&["plan", "--format", "ldif"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.stdout.matches("changetype: add").count(), 4);
+    ldapmodify(&r.stdout);
+    let p = t.people();
+    assert_eq!(p.len(), 4);
+    assert_eq!(p["2"].one("cn"), Some("Bobby Worker"));
+    // what ldapmodify wrote is what dirbridge wants: nothing left to do
+    let (_, plan) = t.plan_json();
+    assert!(changes(&plan).is_empty(), "{plan:#}");
+    assert_eq!(plan["relinked"].as_array().unwrap().len(), 4);
+}
+
+#[test]
+fn json_and_jsonl_sources() {
+    let t = TestEnv::new("jsonsrc");
+    let json = r#"[
+  {"employee_id": "1", "given_name": "Ann", "preferred_name": null, "surname": "Boss", "title": "CEO", "email": "", "manager_id": ""},
+  {"employee_id": 2, "given_name": "Bob", "surname": "Worker", "title": "Dev", "email": "bob@example.com", "manager_id": "1"}
+]"#;
+    std::fs::write(t.dir.join("export.json"), json).unwrap();
+    let cfg = std::fs::read_to_string(&t.config)
+        .unwrap()
+        .replace("kind = \"csv\"", "kind = \"json\"")
+        .replace("path = \"export.csv\"", "path = \"export.json\"");
+    t.write_config(&cfg);
+    t.sync_ok();
+    let p = t.people();
+    assert_eq!(
+        p["2"].one("manager"),
+        Some(format!("uid=aboss,{}", t.people).as_str())
+    );
+    assert_eq!(p["2"].one("cn"), Some("Bob Worker"));
+    let jsonl = "{\"employee_id\":\"1\",\"given_name\":\"Ann\",\"surname\":\"Boss\",\"title\":\"CEO\",\"email\":\"\",\"manager_id\":\"\",\"preferred_name\":\"\"}\n\
+                 {\"employee_id\":\"2\",\"given_name\":\"Bob\",\"surname\":\"Worker\",\"title\":\"Lead\",\"email\":\"bob@example.com\",\"manager_id\":\"1\",\"preferred_name\":\"\"}\n";
+    std::fs::write(t.dir.join("export.jsonl"), jsonl).unwrap();
+    let cfg = cfg
+        .replace("kind = \"json\"", "kind = \"jsonl\"")
+        .replace("export.json\"", "export.jsonl\"");
+    t.write_config(&cfg);
+    t.sync_ok();
+    assert_eq!(t.people()["2"].one("title"), Some("Lead"));
+}
+
+#[test]
+fn failover_and_ldapi_sasl_external() {
+    let t = TestEnv::new("failover");
+    t.write_export(PEOPLE);
+    let s = slapd();
+    // a dead server first, then the real one
+    let cfg = t.default_config(&s.ldaps_uri).replace(
+        &format!("url = \"{}\"", s.ldaps_uri),
+        &format!(
+            "url = [\"ldaps://127.0.0.1:1\", \"{}\"]\nconnect-timeout = \"2s\"",
+            s.ldaps_uri
+        ),
+    );
+    t.write_config(&cfg);
+    t.sync_ok();
+    assert_eq!(t.people().len(), 4);
+    // ldapi:// with SASL EXTERNAL, no bind-dn and no password
+    let cfg = t
+        .default_config(&s.ldapi_uri)
+        .lines()
+        .filter(|l| {
+            !l.starts_with("bind-dn")
+                && !l.starts_with("password-file")
+                && !l.starts_with("ca-file")
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    t.write_config(&cfg);
+    let (code, plan) = t.plan_json();
+    assert_eq!(code, 0, "{plan:#}");
+    assert!(changes(&plan).is_empty(), "{plan:#}");
+}
+
+#[test]
+fn starttls_is_verified() {
+    let t = TestEnv::new("starttls");
+    t.write_export(PEOPLE);
+    let s = slapd();
+    let cfg = t
+        .default_config(&s.ldap_uri)
+        .replace("base-dn =", "starttls = true\nbase-dn =");
+    t.write_config(&cfg);
+    t.sync_ok();
+    assert_eq!(t.people().len(), 4);
+}
