@@ -77,9 +77,7 @@ impl Default for MatchRules {
         for a in ["uidnumber", "gidnumber"] {
             rules.insert(a.to_string(), Rule::Numeric);
         }
-        for a in ["userpassword"] {
-            rules.insert(a.to_string(), Rule::Octet);
-        }
+        rules.insert("userpassword".to_string(), Rule::Octet);
         for a in ["homedirectory", "loginshell", "memberuid"] {
             rules.insert(a.to_string(), Rule::CaseExact);
         }

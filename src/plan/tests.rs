@@ -212,8 +212,10 @@ fn empty_directory_with_links_is_refused() {
 
 #[test]
 fn protected_entries_are_refused() {
-    let mut s = SafetyConfig::default();
-    s.protected = vec!["uid=boss,ou=people,dc=example,dc=com".into()];
+    let s = SafetyConfig {
+        protected: vec!["uid=boss,ou=people,dc=example,dc=com".into()],
+        ..SafetyConfig::default()
+    };
     let r = check(&GateInput {
         safety: &s,
         changes: &[change(Op::Modify, "Boss", vec![])],

@@ -1,6 +1,7 @@
 //! Integration tests: one binary, one shared slapd (started by the harness on loopback), one
 //! subtree per test. See tests/it/common.rs.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 mod check_config;
 mod common;
 mod safety;
