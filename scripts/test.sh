@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The whole test suite: unit, golden and integration tests (against a real slapd the harness starts
+# on 127.0.0.1), the demo as a smoke test of the shipped example, and format/lint checks.
+#
+#   bash scripts/test.sh
+#
+# Installs what the tests need when it is missing: Debian's slapd, ldap-utils, openssl, util-linux
+# (needs root or sudo).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v /usr/sbin/slapd >/dev/null || need+=(slapd)
+command -v ldapsearch >/dev/null || need+=(ldap-utils)
+command -v openssl >/dev/null || need+=(openssl)
+command -v flock >/dev/null || need+=(util-linux)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "==> installing ${need[*]} (Debian packages)"
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy -- -D warnings"
+cargo clippy --all-targets --quiet -- -D warnings
+
+COUNTS=$(mktemp -d "${TMPDIR:-/tmp}/dirbridge-it-counts.XXXXXX")
+trap 'rm -rf "$COUNTS"' EXIT
+export DIRBRIDGE_IT_COUNT_DIR="$COUNTS"
+
+echo "==> cargo test (unit, golden, integration)"
+cargo test --all-targets
+
+echo "==> demo (the shipped example against a throwaway slapd)"
+bash scripts/demo.sh > "$COUNTS/demo.log" 2>&1 || { cat "$COUNTS/demo.log"; echo "the demo failed"; exit 1; }
+grep -q "50 add, 0 modify, 0 rename, 0 delete applied" "$COUNTS/demo.log" || { cat "$COUNTS/demo.log"; echo "the demo did not create the 50 sample people"; exit 1; }
+grep -q "^0 add, 0 modify, 0 rename, 0 delete; 0 quarantined" "$COUNTS/demo.log" || { cat "$COUNTS/demo.log"; echo "the demo's second plan was not empty"; exit 1; }
+echo "demo: ok"
+
+echo "==> integration tests per server"
+total=0
+for server in slapd; do
+    n=0
+    [ -f "$COUNTS/$server" ] && n=$(sort -u "$COUNTS/$server" | wc -l)
+    echo "integration tests against $server: $n"
+    if [ "$n" -eq 0 ]; then
+        echo "no integration test ran against $server: failing"
+        exit 1
+    fi
+    total=$((total + n))
+done
+echo "all checks passed ($total integration tests against real servers)"
