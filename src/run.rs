@@ -170,10 +170,38 @@ pub async fn check_online(cfg: &Config) -> Result<String, RunError> {
     Ok(url)
 }
 
-async fn read_directory(cfg: &Config, t: &mut LdapTarget) -> Result<DirSnapshot, RunError> {
-    let base_norm = crate::dn::normalize(&cfg.users.base);
+/// The users section with every attribute named as the server names it.
+fn canonical_users(
+    u: &crate::config::UsersConfig,
+    schema: &crate::target::schema::Schema,
+) -> crate::config::UsersConfig {
+    if schema.is_empty() {
+        return u.clone();
+    }
+    let c = |a: &String| schema.canonical(a);
+    crate::config::UsersConfig {
+        base: u.base.clone(),
+        rdn: c(&u.rdn),
+        object_classes: u.object_classes.clone(),
+        anchor: c(&u.anchor),
+        attributes: u
+            .attributes
+            .iter()
+            .map(|(k, v)| (c(k), v.clone()))
+            .collect(),
+        unique: u.unique.iter().map(c).collect(),
+        policy: u.policy.iter().map(|(k, v)| (c(k), *v)).collect(),
+    }
+}
+
+async fn read_directory(
+    cfg: &Config,
+    users: &crate::config::UsersConfig,
+    t: &mut LdapTarget,
+) -> Result<DirSnapshot, RunError> {
+    let base_norm = crate::dn::normalize(&users.base);
     let entries: Vec<_> = t
-        .search(&cfg.users.base, "(objectClass=*)", &["*", "entryUUID"])
+        .search(&users.base, "(objectClass=*)", &["*", "entryUUID"])
         .await?
         .into_iter()
         .filter(|e| crate::dn::normalize(&e.dn) != base_norm)
@@ -182,9 +210,9 @@ async fn read_directory(cfg: &Config, t: &mut LdapTarget) -> Result<DirSnapshot,
         String,
         std::collections::HashMap<String, Vec<String>>,
     > = Default::default();
-    if !cfg.users.unique.is_empty() {
+    if !users.unique.is_empty() {
         let rules_default = crate::model::MatchRules::default();
-        let names: Vec<&str> = cfg.users.unique.iter().map(String::as_str).collect();
+        let names: Vec<&str> = users.unique.iter().map(String::as_str).collect();
         let filter = format!(
             "(|{})",
             names.iter().map(|a| format!("({a}=*)")).collect::<String>()
@@ -219,7 +247,18 @@ pub async fn run(
     } else {
         Some(RunLock::acquire(&cfg.state)?)
     };
-    let mut mirror = Mirror::open(&cfg.state)?;
+    // A preview works without a writable mirror (say, run by a user who cannot write the state
+    // directory): it then plans as if the mirror were new, and says so.
+    let (mirror, mirror_warning) = match Mirror::open(&cfg.state) {
+        Ok(m) => (Some(m), None),
+        Err(e) if opts.dry_run => (
+            None,
+            Some(format!(
+                "{e}; planning as if the mirror were empty (links are remade from the anchor)"
+            )),
+        ),
+        Err(e) => return Err(e.into()),
+    };
     let export = source::read(&cfg.source)?;
     for q in &export.quarantined {
         tracing::warn!(target: "dirbridge::source", "quarantined {q}");
@@ -237,7 +276,6 @@ pub async fn run(
     if !problems.is_empty() {
         return Err(RunError::Config(problems.join("\n")));
     }
-    let mapper = Mapper::new(&cfg.users, &export.header).map_err(RunError::Config)?;
 
     let mut target = LdapTarget::connect(&cfg.directory).await?;
     tracing::info!(url = %target.url, "bound");
@@ -248,7 +286,10 @@ pub async fn run(
     } else {
         schema.match_rules()
     };
-    let mut dir = read_directory(cfg, &mut target).await?;
+    // Entries come back with the server's names for attributes (`sn`, not `surname`).
+    let users = canonical_users(&cfg.users, &schema);
+    let mapper = Mapper::new(&users, &export.header).map_err(RunError::Config)?;
+    let mut dir = read_directory(cfg, &users, &mut target).await?;
     // Re-fold the unique values with the server's rules.
     for (attr, vals) in dir.taken.iter_mut() {
         let refolded: std::collections::HashMap<String, Vec<String>> =
@@ -261,7 +302,10 @@ pub async fn run(
         *vals = refolded;
     }
 
-    let links = mirror.links()?;
+    let links = match &mirror {
+        Some(m) => m.links()?,
+        None => Default::default(),
+    };
     let quarantined_keys = export.quarantined_keys();
     let present: BTreeSet<String> = export
         .records
@@ -269,7 +313,7 @@ pub async fn run(
         .map(|r| r.key.clone())
         .chain(quarantined_keys.iter().cloned())
         .collect();
-    let linking = link::link(&present, &dir, &links, &cfg.users.anchor, &rules);
+    let linking = link::link(&present, &dir, &links, &users.anchor, &rules);
     let mapped = mapper.map(&export.records, &quarantined_keys, &linking, &dir, &rules);
 
     let mut plan = Plan {
@@ -309,7 +353,7 @@ pub async fn run(
     }
     // A record that failed mapping is left alone: its entry is neither changed nor deleted.
     plan.changes = plan::plan(&PlanInput {
-        users: &cfg.users,
+        users: &users,
         desired: &mapped.desired,
         dir: &dir,
         linking: &linking,
@@ -317,7 +361,14 @@ pub async fn run(
         no_deletes: export.keys_uncertain,
         only: opts.only.as_deref(),
     });
-    let last_good = mirror.last_good()?;
+    let last_good = match &mirror {
+        Some(m) => m.last_good()?,
+        None => None,
+    };
+    if let Some(w) = mirror_warning {
+        tracing::warn!("{w}");
+        plan.warnings.push(w);
+    }
     plan.refusals = gates::check(&GateInput {
         safety: &cfg.safety,
         changes: &plan.changes,
@@ -345,6 +396,11 @@ pub async fn run(
         return Ok(outcome);
     }
 
+    let Some(mut mirror) = mirror else {
+        return Err(RunError::Config(
+            "internal: no mirror for a writing run".into(),
+        ));
+    };
     let now = clock.rfc3339();
     let run_id = mirror.begin_run("sync", &now)?;
     let q: Vec<(Option<String>, usize, String)> = outcome

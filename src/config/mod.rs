@@ -315,11 +315,25 @@ pub fn load_str(file: &Path, src: &str, mode: Check) -> Result<(Config, Diagnost
         src,
         diags: Diagnostics::default(),
     };
-    let raw: RawConfig = match toml::from_str(src) {
-        Ok(r) => r,
-        Err(e) => {
-            cx.err(e.span(), e.message().trim().to_string());
-            return Err(cx.diags);
+    // serde stops at the first problem. An unknown key is blanked out (offsets unchanged) and the
+    // file parsed again, so that every unknown key is reported, along with the other problems.
+    let mut work = src.as_bytes().to_vec();
+    let raw: RawConfig = loop {
+        let text = String::from_utf8_lossy(&work).into_owned();
+        match toml::from_str(&text) {
+            Ok(r) => break r,
+            Err(e) => {
+                let msg = e.message().trim().to_string();
+                cx.err(e.span(), msg.clone());
+                match e.span() {
+                    Some(span)
+                        if msg.starts_with("unknown field") && cx.diags.items.len() < 100 =>
+                    {
+                        blank_key(&mut work, span.start)
+                    }
+                    _ => return Err(cx.diags),
+                }
+            }
         }
     };
     let base_dir = file.parent().unwrap_or(Path::new(".")).to_path_buf();
@@ -801,6 +815,47 @@ pub fn load_str(file: &Path, src: &str, mode: Check) -> Result<(Config, Diagnost
     ))
 }
 
+/// Replace the line holding `at` with spaces; if it is a table header, the whole table.
+fn blank_key(work: &mut [u8], at: usize) {
+    let at = at.min(work.len());
+    let start = work[..at]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map(|i| i + 1)
+        .unwrap_or(0);
+    let line_end = |from: usize, w: &[u8]| {
+        w[from..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map(|i| from + i)
+            .unwrap_or(w.len())
+    };
+    let mut end = line_end(start, work);
+    let is_header = work[start..end].iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+    if is_header {
+        // up to the next header
+        let mut pos = end;
+        while pos < work.len() {
+            let next = pos + 1;
+            let e = line_end(next.min(work.len()), work);
+            if work[next.min(work.len())..e]
+                .iter()
+                .find(|b| !b.is_ascii_whitespace())
+                == Some(&b'[')
+            {
+                break;
+            }
+            end = e;
+            pos = e;
+        }
+    }
+    for b in &mut work[start..end] {
+        if *b != b'\n' {
+            *b = b' ';
+        }
+    }
+}
+
 fn is_attr_name(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic())
@@ -820,5 +875,124 @@ fn check_private(cx: &mut Ctx<'_>, p: &Path, span: Option<std::ops::Range<usize>
                 ),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup(name: &str, cfg: &str) -> (PathBuf, Result<(Config, Diagnostics), Diagnostics>) {
+        let dir = std::env::temp_dir().join(format!("dirbridge-cfg-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("export.csv"), "id,given,sn\n1,A,B\n").unwrap();
+        std::fs::write(dir.join("pw"), "x\n").unwrap();
+        let file = dir.join("dirbridge.toml");
+        std::fs::write(&file, cfg).unwrap();
+        let r = load(&file, Check::Strict);
+        (dir, r)
+    }
+
+    const GOOD: &str = r#"
+[source]
+kind = "csv"
+path = "export.csv"
+key = "id"
+
+[directory]
+url = "ldaps://ldap.example.com"
+bind-dn = "cn=x,dc=example,dc=com"
+password-file = "pw"
+base-dn = "dc=example,dc=com"
+
+[state]
+path = "m.db"
+
+[users]
+base = "ou=people,dc=example,dc=com"
+rdn = "uid"
+object-classes = ["inetOrgPerson"]
+anchor = "employeeNumber"
+
+[users.attributes]
+uid = "{{ given | lower }}{{ n }}"
+sn = "{{ sn }}"
+
+[users.unique]
+uid = true
+"#;
+
+    #[test]
+    fn good_config_resolves_with_defaults() {
+        let (dir, r) = setup("good", GOOD);
+        let (cfg, _) = r.unwrap();
+        assert_eq!(cfg.safety, SafetyConfig::default());
+        assert_eq!(cfg.header, vec!["id", "given", "sn"]);
+        assert_eq!(cfg.directory.password.as_ref().unwrap().expose(), "x");
+        assert_eq!(cfg.state, dir.join("m.db"));
+        assert_eq!(cfg.directory.connect_timeout, Duration::from_secs(10));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let bad = GOOD
+            .replace("[state]\n", "[state]\nbogus = 1\n")
+            .replace("anchor = ", "colour = \"blue\"\nanchor = ")
+            .replace("sn = \"{{ sn }}\"", "sn = \"{{ surname }}\"")
+            .replace(
+                "[users.unique]",
+                "[nonsense]\nx = 1\ny = 2\n\n[users.unique]",
+            );
+        let (dir, r) = setup("bad", &bad);
+        let d = r.unwrap_err();
+        let msgs: Vec<String> = d
+            .errors()
+            .map(|e| format!("{}: {}", e.line, e.message))
+            .collect();
+        let line = |needle: &str| bad.lines().position(|l| l.contains(needle)).unwrap() + 1;
+        assert!(
+            msgs.contains(&format!(
+                "{}: unknown field `bogus`, expected `path`",
+                line("bogus")
+            )),
+            "{msgs:#?}"
+        );
+        assert!(
+            msgs.iter()
+                .any(|m| m.starts_with(&format!("{}: unknown field `colour`", line("colour")))),
+            "{msgs:#?}"
+        );
+        assert!(
+            msgs.iter()
+                .any(|m| m.starts_with(&format!("{}: unknown field `nonsense`", line("nonsense")))),
+            "{msgs:#?}"
+        );
+        assert!(
+            msgs.iter().any(|m| m.starts_with(&format!(
+                "{}: users.attributes.sn: unknown variable `surname`",
+                line("surname")
+            ))),
+            "{msgs:#?}"
+        );
+        assert_eq!(msgs.len(), 4, "{msgs:#?}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn clear_text_bind_needs_opt_in() {
+        let (dir, r) = setup("plain", &GOOD.replace("ldaps://", "ldap://"));
+        let d = r.unwrap_err();
+        assert!(d.to_string().contains("clear text"), "{d}");
+        let (dir2, r) = setup(
+            "plain2",
+            &GOOD
+                .replace("ldaps://", "ldap://")
+                .replace("base-dn", "starttls = true\nbase-dn"),
+        );
+        assert!(r.is_ok());
+        let _ = std::fs::remove_dir_all(dir);
+        let _ = std::fs::remove_dir_all(dir2);
     }
 }

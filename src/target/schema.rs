@@ -9,6 +9,8 @@ use crate::model::{MatchRules, Rule};
 pub struct Schema {
     /// lower-cased attribute name → (equality rule name, superior type)
     attrs: HashMap<String, (Option<String>, Option<String>)>,
+    /// lower-cased attribute name (any alias) → the type's first NAME, as the server returns it.
+    canonical: HashMap<String, String>,
     classes: HashSet<String>,
 }
 
@@ -89,7 +91,11 @@ impl Schema {
         let mut s = Schema::default();
         for def in attribute_types {
             let (names, eq, sup) = parse_def(def);
+            let first = names.first().cloned();
             for n in names {
+                if let Some(f) = &first {
+                    s.canonical.insert(n.to_ascii_lowercase(), f.clone());
+                }
                 s.attrs
                     .insert(n.to_ascii_lowercase(), (eq.clone(), sup.clone()));
             }
@@ -111,6 +117,24 @@ impl Schema {
         // attribute options (`cn;lang-de`) name the base type
         let base = a.split(';').next().unwrap_or(a);
         self.attrs.contains_key(&base.to_ascii_lowercase())
+    }
+
+    /// The name the server uses for an attribute given by any of its names (`surname` → `sn`);
+    /// unknown names are returned as given.
+    pub fn canonical(&self, a: &str) -> String {
+        let (base, opts) = match a.split_once(';') {
+            Some((b, o)) => (b, Some(o)),
+            None => (a, None),
+        };
+        let c = self
+            .canonical
+            .get(&base.to_ascii_lowercase())
+            .cloned()
+            .unwrap_or_else(|| base.to_string());
+        match opts {
+            Some(o) => format!("{c};{o}"),
+            None => c,
+        }
     }
 
     pub fn has_class(&self, c: &str) -> bool {
@@ -170,6 +194,9 @@ mod tests {
         assert!(s.has_attr("commonName") && s.has_attr("CN") && s.has_attr("cn;lang-de"));
         assert!(!s.has_attr("titel"));
         assert!(s.has_class("inetorgperson"));
+        assert_eq!(s.canonical("commonName"), "cn");
+        assert_eq!(s.canonical("COMMONNAME;lang-de"), "cn;lang-de");
+        assert_eq!(s.canonical("unknownThing"), "unknownThing");
         let r = s.match_rules();
         assert_eq!(r.rule("cn"), Rule::CaseIgnore);
         assert_eq!(r.rule("manager"), Rule::Dn);

@@ -378,3 +378,19 @@ fn starttls_is_verified() {
     t.sync_ok();
     assert_eq!(t.people().len(), 4);
 }
+
+#[test]
+fn attribute_aliases_do_not_cause_changes() {
+    let t = TestEnv::new("aliases");
+    t.write_export(PEOPLE);
+    let cfg = t
+        .default_config(&slapd().ldaps_uri)
+        .replace("\nsn = ", "\nsurname = ")
+        .replace("\ncn = ", "\ncommonName = ")
+        .replace("\nmail = ", "\nrfc822Mailbox = ");
+    t.write_config(&cfg);
+    t.sync_ok();
+    assert_eq!(t.people()["2"].one("sn"), Some("Worker"));
+    let (_, plan) = t.plan_json();
+    assert!(changes(&plan).is_empty(), "{plan:#}");
+}
