@@ -314,7 +314,13 @@ pub async fn run(
         .chain(quarantined_keys.iter().cloned())
         .collect();
     let linking = link::link(&present, &dir, &links, &users.anchor, &rules);
-    let mapped = mapper.map(&export.records, &quarantined_keys, &linking, &dir, &rules);
+    // When some keys could not be read, people missing from the export may only be unreadable:
+    // references to them (person_dn) keep pointing at their entries.
+    let mut keep = quarantined_keys.clone();
+    if export.keys_uncertain {
+        keep.extend(linking.gone.values().cloned());
+    }
+    let mapped = mapper.map(&export.records, &keep, &linking, &dir, &rules);
 
     let mut plan = Plan {
         records: export.records.len() + export.quarantined.len(),
@@ -380,7 +386,7 @@ pub async fn run(
         links: links.len(),
     });
     for r in &plan.refusals {
-        tracing::error!(target: "dirbridge::safety", gate = r.gate, "refused: {}", r.message);
+        tracing::warn!(target: "dirbridge::safety", gate = r.gate, "refused: {}", r.message);
     }
 
     let mut outcome = RunOutcome {

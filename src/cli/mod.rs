@@ -115,14 +115,17 @@ fn parse_date(s: &str) -> Result<String, String> {
 
 fn init_logging(verbose: u8, format: LogFormat) {
     use tracing_subscriber::EnvFilter;
+    // The commands print their own report on stderr; the log adds detail with -v.
     let default = match verbose {
-        0 => "warn",
+        0 => "error",
         1 => "info",
         _ => "debug",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.with_target(false).try_init(),

@@ -382,8 +382,19 @@ impl Mapper {
                     map.insert(order[i].key.clone(), dns[i].clone());
                 }
             }
+            // A quarantined person keeps the entry they have (also one the linker took as gone).
+            let gone_by_key: HashMap<&str, &str> = linking
+                .gone
+                .iter()
+                .map(|(u, k)| (k.as_str(), u.as_str()))
+                .collect();
             for k in quarantined {
-                if let Some(e) = linking.by_key.get(k).and_then(|u| by_uuid.get(u.as_str())) {
+                let uuid = linking
+                    .by_key
+                    .get(k)
+                    .map(String::as_str)
+                    .or_else(|| gone_by_key.get(k.as_str()).copied());
+                if let Some(e) = uuid.and_then(|u| by_uuid.get(u)) {
                     map.insert(k.clone(), e.dn.clone());
                 }
             }

@@ -246,3 +246,30 @@ fn key_order_is_numeric_for_numbers() {
     v.sort_by(|a, b| key_order(a, b));
     assert_eq!(v, vec!["9", "10", "011", "a", "b"]);
 }
+
+#[test]
+fn person_dn_keeps_pointing_at_quarantined_people() {
+    let mut dir = DirSnapshot::default();
+    dir.entries.push(entry(
+        "u1",
+        "uid=aboss,ou=people,dc=example,dc=com",
+        &[("uid", "aboss"), ("employeeNumber", "1")],
+    ));
+    let recs = vec![rec("2", "Bob", "Worker", "", "1")];
+    let rules = MatchRules::default();
+    let u = users();
+    let present: BTreeSet<String> = recs.iter().map(|r| r.key.clone()).collect();
+    let linking = link::link(&present, &dir, &BTreeMap::new(), &u.anchor, &rules);
+    assert_eq!(linking.gone.values().collect::<Vec<_>>(), vec!["1"]);
+    let m = Mapper::new(&u, &header()).unwrap();
+    // record 1 is simply gone: its reports lose the manager
+    let out = m.map(&recs, &BTreeSet::new(), &linking, &dir, &rules);
+    assert!(!out.desired[0].attrs.contains_key("manager"));
+    // record 1 could not be read: its reports keep pointing at its entry
+    let keep: BTreeSet<String> = ["1".to_string()].into_iter().collect();
+    let out = m.map(&recs, &keep, &linking, &dir, &rules);
+    assert_eq!(
+        out.desired[0].attrs["manager"],
+        vec!["uid=aboss,ou=people,dc=example,dc=com"]
+    );
+}
