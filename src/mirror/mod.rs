@@ -122,14 +122,23 @@ impl RunLock {
                 let mut pid = String::new();
                 let _ = f.read_to_string(&mut pid);
                 let pid = pid.trim().to_string();
-                return Err(MirrorError::Locked {
-                    path,
-                    pid: if pid.is_empty() {
-                        "unknown".into()
-                    } else {
-                        pid
-                    },
-                });
+                // Name the holder: its command line, when /proc shows it.
+                let cmd = std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .ok()
+                    .map(|c| {
+                        c.split(|&b| b == 0)
+                            .filter(|a| !a.is_empty())
+                            .map(|a| String::from_utf8_lossy(a).into_owned())
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    })
+                    .filter(|c| !c.is_empty());
+                let pid = match (pid.is_empty(), cmd) {
+                    (true, _) => "unknown".to_string(),
+                    (false, Some(c)) => format!("{pid}: {c}"),
+                    (false, None) => pid,
+                };
+                return Err(MirrorError::Locked { path, pid });
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
         }
@@ -509,7 +518,12 @@ mod tests {
         assert_eq!(m.links().unwrap().len(), 2);
         let lock = RunLock::acquire(&db).unwrap();
         match RunLock::acquire(&db) {
-            Err(MirrorError::Locked { pid, .. }) => assert_eq!(pid, std::process::id().to_string()),
+            Err(MirrorError::Locked { pid, .. }) => {
+                assert!(
+                    pid.starts_with(&format!("{}: ", std::process::id())),
+                    "{pid}"
+                )
+            }
             other => panic!("expected Locked, got {:?}", other.map(|_| ())),
         }
         drop(lock);
