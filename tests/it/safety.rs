@@ -154,9 +154,11 @@ fn a_second_run_waits_for_the_lock_and_exits_75() {
     t.write_export(&["1,Ann,,Boss,,,"]);
     t.sync_ok();
     let lock = t.dir.join("state/mirror.db.lock");
+    // The holder writes its pid into the lock file, as dirbridge does.
     let mut holder = std::process::Command::new("flock")
         .arg(&lock)
-        .args(["sleep", "30"])
+        .args(["sh", "-c", "echo $$ > \"$0\"; exec sleep 30"])
+        .arg(&lock)
         .spawn()
         .expect("flock(1) from util-linux");
     // wait until the holder has it
@@ -182,6 +184,10 @@ fn a_second_run_waits_for_the_lock_and_exits_75() {
     assert!(
         r.stderr.contains("another dirbridge run holds the lock"),
         "{r:?}"
+    );
+    assert!(
+        r.stderr.contains(": sleep 30)"),
+        "the holder is named by pid and command: {r:?}"
     );
     // plan does not write, so it does not need the lock
     let (code, _) = t.plan_json();
