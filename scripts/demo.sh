@@ -12,16 +12,7 @@ PORT=${DEMO_PORT:-20389}
 
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
-need=()
-command -v /usr/sbin/slapd >/dev/null || need+=(slapd)
-command -v ldapsearch >/dev/null || need+=(ldap-utils)
-command -v openssl >/dev/null || need+=(openssl)
-if [ ${#need[@]} -gt 0 ]; then
-    step "installing ${need[*]} (Debian packages)"
-    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+bash scripts/need-packages.sh /usr/sbin/slapd=slapd ldapsearch=ldap-utils openssl=openssl
 
 step "building dirbridge"
 cargo build --quiet --bin dirbridge

@@ -9,17 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need=()
-command -v /usr/sbin/slapd >/dev/null || need+=(slapd)
-command -v ldapsearch >/dev/null || need+=(ldap-utils)
-command -v openssl >/dev/null || need+=(openssl)
-command -v flock >/dev/null || need+=(util-linux)
-if [ ${#need[@]} -gt 0 ]; then
-    echo "==> installing ${need[*]} (Debian packages)"
-    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+bash scripts/need-packages.sh /usr/sbin/slapd=slapd ldapsearch=ldap-utils openssl=openssl flock=util-linux
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
