@@ -31,6 +31,10 @@ pub struct DirSnapshot {
     pub entries: Vec<Entry>,
     /// lower-cased attribute → folded value → the uuids of the entries holding it.
     pub taken: HashMap<String, HashMap<String, Vec<String>>>,
+    /// Managed groups (entries under the groups' parents).
+    pub groups: Vec<Entry>,
+    /// Normalised DNs of configured bases (placement, group parents) that do not exist.
+    pub missing_bases: std::collections::BTreeSet<String>,
 }
 
 /// The equality matching rule of an attribute, as far as comparing values needs it.

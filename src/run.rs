@@ -13,7 +13,7 @@ use crate::mapping::{link, Mapper};
 use crate::mirror::{Mirror, MirrorError, RunLock};
 use crate::model::DirSnapshot;
 use crate::plan::gates::{self, GateInput};
-use crate::plan::{self, Change, Op, Plan, PlanInput, QuarantineNote};
+use crate::plan::{self, Change, Op, Plan, PlanInput, QuarantineNote, Subject};
 use crate::source::{self, SourceError};
 use crate::target::ldap::{LdapTarget, OpFailure};
 use crate::target::TargetError;
@@ -191,6 +191,7 @@ fn canonical_users(
             .collect(),
         unique: u.unique.iter().map(c).collect(),
         policy: u.policy.iter().map(|(k, v)| (c(k), *v)).collect(),
+        placement: u.placement.clone(),
     }
 }
 
@@ -199,13 +200,61 @@ async fn read_directory(
     users: &crate::config::UsersConfig,
     t: &mut LdapTarget,
 ) -> Result<DirSnapshot, RunError> {
-    let base_norm = crate::dn::normalize(&users.base);
-    let entries: Vec<_> = t
-        .search(&users.base, "(objectClass=*)", &["*", "entryUUID"])
-        .await?
-        .into_iter()
-        .filter(|e| crate::dn::normalize(&e.dn) != base_norm)
-        .collect();
+    use crate::dn::{normalize, Dn};
+    // Every managed subtree: users.base and the placement bases outside it.
+    let mut missing_bases = BTreeSet::new();
+    let mut subtrees: Vec<String> = vec![users.base.clone()];
+    let mut configured: BTreeSet<String> = [normalize(&users.base)].into_iter().collect();
+    for p in &users.placement {
+        configured.insert(normalize(&p.base));
+        if !t.exists(&p.base).await? {
+            missing_bases.insert(normalize(&p.base));
+            continue;
+        }
+        let pd = Dn::parse(&p.base).map_err(|e| RunError::Config(e.to_string()))?;
+        let covered = subtrees
+            .iter()
+            .filter_map(|s| Dn::parse(s).ok())
+            .any(|s| pd.is_within(&s));
+        if !covered {
+            subtrees.push(p.base.clone());
+        }
+    }
+    let mut seen = BTreeSet::new();
+    let mut entries = Vec::new();
+    for base in &subtrees {
+        for e in t
+            .search(base, "(objectClass=*)", &["*", "entryUUID"])
+            .await?
+        {
+            if configured.contains(&normalize(&e.dn)) || !seen.insert(e.uuid.clone()) {
+                continue;
+            }
+            entries.push(e);
+        }
+    }
+    // Managed groups: everything group-like under the rules' parents.
+    let mut groups = Vec::new();
+    let parents: BTreeSet<String> = cfg.groups.iter().map(|g| g.parent.clone()).collect();
+    let mut seen_groups = BTreeSet::new();
+    for parent in parents {
+        if !t.exists(&parent).await? {
+            missing_bases.insert(normalize(&parent));
+            continue;
+        }
+        for e in t
+            .search(
+                &parent,
+                "(|(objectClass=groupOfNames)(objectClass=groupOfUniqueNames)(objectClass=posixGroup))",
+                &["objectClass", "cn", "member", "uniqueMember", "memberUid", "gidNumber", "entryUUID"],
+            )
+            .await?
+        {
+            if seen_groups.insert(e.uuid.clone()) {
+                groups.push(e);
+            }
+        }
+    }
     let mut taken: std::collections::HashMap<
         String,
         std::collections::HashMap<String, Vec<String>>,
@@ -232,7 +281,12 @@ async fn read_directory(
             }
         }
     }
-    Ok(DirSnapshot { entries, taken })
+    Ok(DirSnapshot {
+        entries,
+        taken,
+        groups,
+        missing_bases,
+    })
 }
 
 /// Perform one run. `plan` and `sync --dry-run` pass `dry_run`; nothing is written then.
@@ -288,7 +342,9 @@ pub async fn run(
     };
     // Entries come back with the server's names for attributes (`sn`, not `surname`).
     let users = canonical_users(&cfg.users, &schema);
-    let mapper = Mapper::new(&users, &export.header).map_err(RunError::Config)?;
+    let mapper = Mapper::new(&users, &export.header)
+        .and_then(|m| m.with_groups(&cfg.groups))
+        .map_err(RunError::Config)?;
     let mut dir = read_directory(cfg, &users, &mut target).await?;
     // Re-fold the unique values with the server's rules.
     for (attr, vals) in dir.taken.iter_mut() {
@@ -358,7 +414,7 @@ pub async fn run(
         tracing::warn!(target: "dirbridge::link", key = %r.key, dn = %r.dn, "{}", r.why);
     }
     // A record that failed mapping is left alone: its entry is neither changed nor deleted.
-    plan.changes = plan::plan(&PlanInput {
+    let mut changes = plan::plan(&PlanInput {
         users: &users,
         desired: &mapped.desired,
         dir: &dir,
@@ -367,6 +423,51 @@ pub async fn run(
         no_deletes: export.keys_uncertain,
         only: opts.only.as_deref(),
     });
+    changes.extend(plan::containers(&users, &mapped.desired, &dir));
+    // Groups: what the rules grant, against what the groups hold.
+    let groups_out = mapper.groups(&cfg.groups, &mapped.desired, &BTreeSet::new());
+    for e in &groups_out.errors {
+        plan.quarantined.push(QuarantineNote {
+            key: Some(e.key.clone()),
+            line: e.line,
+            reason: e.reason.clone(),
+        });
+    }
+    let created = match &mirror {
+        Some(m) => m.created_groups()?,
+        None => BTreeSet::new(),
+    };
+    let mut managed_members: BTreeSet<String> = BTreeSet::new();
+    for e in dir
+        .entries
+        .iter()
+        .filter(|e| !e.get(&users.anchor).is_empty())
+    {
+        managed_members.insert(rules.fold("member", &e.dn));
+        for u in e.get("uid") {
+            managed_members.insert(rules.fold("memberUid", u));
+        }
+    }
+    for d in &mapped.desired {
+        managed_members.insert(rules.fold("member", &d.dn));
+        for u in d.attrs.get("uid").into_iter().flatten() {
+            managed_members.insert(rules.fold("memberUid", u));
+        }
+    }
+    let mut group_changes = plan::groups::plan_groups(&plan::groups::GroupPlanInput {
+        rules: &cfg.groups,
+        desired: &groups_out.groups,
+        existing: &dir.groups,
+        created: &created,
+        managed_members: &managed_members,
+        rules_match: &rules,
+    });
+    if let Some(only) = &opts.only {
+        group_changes =
+            plan::groups::only_person(group_changes, only, &mapped.desired, &dir, &linking, &rules);
+    }
+    changes.extend(group_changes);
+    plan.changes = plan::order(changes, &rules);
     let last_good = match &mirror {
         Some(m) => m.last_good()?,
         None => None,
@@ -382,7 +483,7 @@ pub async fn run(
         source_records: plan.records,
         header: &export.header,
         last_good: last_good.as_ref(),
-        dir_empty: dir.entries.is_empty(),
+        dir_empty: linking.managed == 0,
         links: links.len(),
     });
     for r in &plan.refusals {
@@ -436,6 +537,8 @@ pub async fn run(
     for (k, u) in &linking.by_key {
         new_links.insert(k.clone(), u.clone());
     }
+    let mut groups_created = Vec::new();
+    let mut groups_deleted = Vec::new();
     let changes = outcome.plan.changes.clone();
     let mut phases: BTreeMap<u32, Vec<&Change>> = BTreeMap::new();
     for c in &changes {
@@ -450,15 +553,17 @@ pub async fn run(
                 Ok(uuid) => {
                     *outcome.applied.entry(c.op.as_str()).or_default() += 1;
                     tracing::info!(target: "dirbridge::apply", op = c.op.as_str(), dn = %c.dn, key = %c.key, "{}", c.reason);
-                    match c.op {
-                        Op::Add => {
+                    match (c.subject, c.op) {
+                        (Subject::Person, Op::Add) => {
                             if let Some(u) = uuid {
                                 new_links.insert(c.key.clone(), u);
                             }
                         }
-                        Op::Delete => {
+                        (Subject::Person, Op::Delete) => {
                             new_links.remove(&c.key);
                         }
+                        (Subject::Group, Op::Add) => groups_created.push(c.dn.clone()),
+                        (Subject::Group, Op::Delete) => groups_deleted.push(c.dn.clone()),
                         _ => {}
                     }
                     outcomes.push((id, true, "success".to_string()));
@@ -477,6 +582,7 @@ pub async fn run(
     }
     target.unbind().await;
     mirror.save_links(&new_links, &now)?;
+    mirror.note_groups(&groups_created, &groups_deleted, &now)?;
     mirror.save_snapshot(&dir)?;
     if !export.keys_uncertain && opts.only.is_none() {
         mirror.save_hr(&export)?;

@@ -29,7 +29,8 @@ struct RawConfig {
     #[serde(default)]
     safety: RawSafety,
     // Sections of capabilities that are not built yet: refused by name, not as unknown keys.
-    groups: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    groups: Vec<Spanned<RawGroup>>,
     lifecycle: Option<Spanned<toml::Value>>,
     apps: Option<Spanned<toml::Value>>,
     daemon: Option<Spanned<toml::Value>>,
@@ -91,7 +92,31 @@ struct RawUsers {
     #[serde(default)]
     policy: BTreeMap<String, Spanned<String>>,
     correlate: Option<Spanned<toml::Value>>,
-    placement: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    placement: Vec<Spanned<RawPlacement>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RawGroup {
+    dn: Spanned<String>,
+    when: Option<Spanned<String>>,
+    for_each: Option<Spanned<String>>,
+    object_class: Option<Spanned<String>>,
+    members: Option<Spanned<String>>,
+    empty: Option<Spanned<String>>,
+    placeholder: Option<Spanned<String>>,
+    gid_number: Option<Spanned<i64>>,
+    create: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RawPlacement {
+    when: Option<Spanned<String>>,
+    base: Spanned<String>,
+    #[serde(default)]
+    create: bool,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy)]
@@ -200,6 +225,8 @@ pub struct UsersConfig {
     pub attributes: BTreeMap<String, String>,
     pub unique: BTreeSet<String>,
     pub policy: BTreeMap<String, Policy>,
+    /// First match wins; none matching (or none configured) means `base`.
+    pub placement: Vec<PlacementRule>,
 }
 
 impl UsersConfig {
@@ -207,6 +234,87 @@ impl UsersConfig {
         self.policy.get(attr).copied().unwrap_or(Policy::Force)
     }
 }
+
+/// The object class of a managed group, which decides its member attribute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum GroupKind {
+    #[serde(rename = "groupOfNames")]
+    GroupOfNames,
+    #[serde(rename = "groupOfUniqueNames")]
+    GroupOfUniqueNames,
+    #[serde(rename = "posixGroup")]
+    PosixGroup,
+}
+
+impl GroupKind {
+    pub fn object_class(self) -> &'static str {
+        match self {
+            GroupKind::GroupOfNames => "groupOfNames",
+            GroupKind::GroupOfUniqueNames => "groupOfUniqueNames",
+            GroupKind::PosixGroup => "posixGroup",
+        }
+    }
+    /// The attribute that lists members.
+    pub fn member_attr(self) -> &'static str {
+        match self {
+            GroupKind::GroupOfNames => "member",
+            GroupKind::GroupOfUniqueNames => "uniqueMember",
+            GroupKind::PosixGroup => "memberUid",
+        }
+    }
+    /// Whether the schema requires at least one member.
+    pub fn member_required(self) -> bool {
+        !matches!(self, GroupKind::PosixGroup)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberPolicy {
+    /// The group holds exactly the people its rule grants (hand-added members are removed).
+    Exact,
+    /// Members added by hand are kept; only people dirbridge manages are added and removed.
+    Merge,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmptyPolicy {
+    /// Keep the group with a placeholder member.
+    Placeholder,
+    /// Delete the group (only one dirbridge created; others keep the placeholder).
+    Delete,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct GroupRule {
+    /// Position in the file (`groups[0]` is the first `[[groups]]`).
+    pub index: usize,
+    /// The DN, a template when `for-each` is set.
+    pub dn: String,
+    /// The DN's parent (fixed: only the first RDN may vary).
+    pub parent: String,
+    pub when: Option<String>,
+    pub for_each: Option<String>,
+    pub kind: GroupKind,
+    pub members: MemberPolicy,
+    pub empty: EmptyPolicy,
+    pub placeholder: String,
+    pub gid_number: Option<i64>,
+    pub create: bool,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct PlacementRule {
+    pub index: usize,
+    pub when: Option<String>,
+    pub base: String,
+    pub create: bool,
+}
+
+pub const DEFAULT_PLACEHOLDER: &str = "cn=dirbridge-empty-group";
 
 #[derive(Clone, Debug, serde::Serialize, PartialEq)]
 #[serde(rename_all = "kebab-case")]
@@ -242,6 +350,7 @@ pub struct Config {
     pub directory: DirectoryConfig,
     pub state: PathBuf,
     pub users: UsersConfig,
+    pub groups: Vec<GroupRule>,
     pub safety: SafetyConfig,
     /// The export's columns as read while checking the templates.
     pub header: Vec<String>,
@@ -346,12 +455,10 @@ pub fn load_str(file: &Path, src: &str, mode: Check) -> Result<(Config, Diagnost
     };
 
     for (name, sec) in [
-        ("[[groups]]", &raw.groups),
         ("[lifecycle]", &raw.lifecycle),
         ("[[apps]]", &raw.apps),
         ("[daemon]", &raw.daemon),
         ("users.correlate", &raw.users.get_ref().correlate),
-        ("[[users.placement]]", &raw.users.get_ref().placement),
     ] {
         if let Some(v) = sec {
             cx.err(
@@ -718,7 +825,44 @@ pub fn load_str(file: &Path, src: &str, mode: Check) -> Result<(Config, Diagnost
         }
         policy.insert(name.clone(), p);
     }
+    let mut placement = Vec::new();
+    for (index, p) in u.placement.iter().enumerate() {
+        let pr = p.get_ref();
+        if let Some(w) = &pr.when {
+            if let Err(msg) =
+                crate::mapping::check_expression(w.get_ref(), &header, !header.is_empty())
+            {
+                cx.err(
+                    Some(w.span()),
+                    format!("users.placement[{index}].when: {msg}"),
+                );
+            }
+        }
+        match Dn::parse(pr.base.get_ref()) {
+            Ok(b) => {
+                if let Some(bd) = &base_parsed {
+                    if !b.is_within(bd) {
+                        cx.err(
+                            Some(pr.base.span()),
+                            format!("users.placement[{index}].base is not under directory.base-dn"),
+                        );
+                    }
+                }
+            }
+            Err(e) => cx.err(
+                Some(pr.base.span()),
+                format!("users.placement[{index}].base: {e}"),
+            ),
+        }
+        placement.push(PlacementRule {
+            index,
+            when: pr.when.as_ref().map(|w| w.get_ref().clone()),
+            base: pr.base.get_ref().clone(),
+            create: pr.create,
+        });
+    }
     let users = UsersConfig {
+        placement,
         base: u.base.get_ref().clone(),
         rdn,
         object_classes: u.object_classes.get_ref().clone(),
@@ -727,6 +871,137 @@ pub fn load_str(file: &Path, src: &str, mode: Check) -> Result<(Config, Diagnost
         unique,
         policy,
     };
+
+    // ---- [[groups]]
+    let mut groups = Vec::new();
+    for (index, g) in raw.groups.iter().enumerate() {
+        let gr = g.get_ref();
+        let name = format!("groups[{index}]");
+        let dn_src = gr.dn.get_ref().clone();
+        // Only the first RDN may vary: the parent must be a fixed DN.
+        let parent = split_parent(&dn_src);
+        match &parent {
+            Some(p) if !p.contains("{{") && !p.contains("{%") => match Dn::parse(p) {
+                Ok(pd) => {
+                    if let Some(bd) = &base_parsed {
+                        if !pd.is_within(bd) {
+                            cx.err(Some(gr.dn.span()), format!("{name}.dn is not under directory.base-dn"));
+                        }
+                    }
+                }
+                Err(e) => cx.err(Some(gr.dn.span()), format!("{name}.dn: {e}")),
+            },
+            _ => cx.err(
+                Some(gr.dn.span()),
+                format!("{name}.dn must be `<attr>=<value>,<fixed parent DN>`; only the first RDN may use the record's fields"),
+            ),
+        }
+        let templated = dn_src.contains("{{") || dn_src.contains("{%");
+        if let Some(f) = &gr.for_each {
+            if !header.is_empty() && !header.contains(f.get_ref()) {
+                cx.err(
+                    Some(f.span()),
+                    format!(
+                        "{name}.for-each = {:?} is not a column of the export (columns: {})",
+                        f.get_ref(),
+                        header.join(", ")
+                    ),
+                );
+            }
+            if !templated {
+                cx.err(Some(gr.dn.span()), format!("{name}.dn must use the record (e.g. {{{{ {} | slug }}}}) when for-each is set", f.get_ref()));
+            }
+        } else if templated {
+            cx.err(Some(gr.dn.span()), format!("{name}.dn uses a template: set for-each to the column that makes one group per value"));
+        }
+        if templated {
+            if let Err(msg) = crate::mapping::check_template(&dn_src, &header, !header.is_empty()) {
+                cx.err(Some(gr.dn.span()), format!("{name}.dn: {msg}"));
+            }
+        } else if let Err(e) = Dn::parse(&dn_src) {
+            cx.err(Some(gr.dn.span()), format!("{name}.dn: {e}"));
+        }
+        if let Some(w) = &gr.when {
+            if let Err(msg) =
+                crate::mapping::check_expression(w.get_ref(), &header, !header.is_empty())
+            {
+                cx.err(Some(w.span()), format!("{name}.when: {msg}"));
+            }
+        }
+        let kind = match gr
+            .object_class
+            .as_ref()
+            .map(|o| (o.get_ref().to_ascii_lowercase(), o.span()))
+        {
+            None => GroupKind::GroupOfNames,
+            Some((o, _)) if o == "groupofnames" => GroupKind::GroupOfNames,
+            Some((o, _)) if o == "groupofuniquenames" => GroupKind::GroupOfUniqueNames,
+            Some((o, _)) if o == "posixgroup" => GroupKind::PosixGroup,
+            Some((o, span)) => {
+                cx.err(Some(span), format!("{name}.object-class = {o:?} is not groupOfNames, groupOfUniqueNames or posixGroup"));
+                GroupKind::GroupOfNames
+            }
+        };
+        if kind == GroupKind::PosixGroup {
+            if gr.gid_number.is_none() {
+                cx.err(
+                    Some(g.span()),
+                    format!("{name}: a posixGroup needs gid-number"),
+                );
+            }
+            if gr.for_each.is_some() {
+                cx.err(Some(g.span()), format!("{name}: posixGroup with for-each needs gidNumber allocation, which is not supported yet"));
+            }
+        }
+        let members = match gr
+            .members
+            .as_ref()
+            .map(|m| (m.get_ref().as_str(), m.span()))
+        {
+            None | Some(("exact", _)) => MemberPolicy::Exact,
+            Some(("merge", _)) => MemberPolicy::Merge,
+            Some((other, span)) => {
+                cx.err(
+                    Some(span),
+                    format!("{name}.members = {other:?} is not \"exact\" or \"merge\""),
+                );
+                MemberPolicy::Exact
+            }
+        };
+        let empty = match gr.empty.as_ref().map(|m| (m.get_ref().as_str(), m.span())) {
+            None | Some(("placeholder", _)) => EmptyPolicy::Placeholder,
+            Some(("delete", _)) => EmptyPolicy::Delete,
+            Some((other, span)) => {
+                cx.err(
+                    Some(span),
+                    format!("{name}.empty = {other:?} is not \"placeholder\" or \"delete\""),
+                );
+                EmptyPolicy::Placeholder
+            }
+        };
+        let placeholder = match &gr.placeholder {
+            Some(p) => {
+                if let Err(e) = Dn::parse(p.get_ref()) {
+                    cx.err(Some(p.span()), format!("{name}.placeholder: {e}"));
+                }
+                p.get_ref().clone()
+            }
+            None => DEFAULT_PLACEHOLDER.to_string(),
+        };
+        groups.push(GroupRule {
+            index,
+            dn: dn_src,
+            parent: parent.unwrap_or_default(),
+            when: gr.when.as_ref().map(|w| w.get_ref().clone()),
+            for_each: gr.for_each.as_ref().map(|f| f.get_ref().clone()),
+            kind,
+            members,
+            empty,
+            placeholder,
+            gid_number: gr.gid_number.as_ref().map(|g| *g.get_ref()),
+            create: gr.create.unwrap_or(true),
+        });
+    }
 
     // ---- [safety]
     let sf = &raw.safety;
@@ -808,6 +1083,7 @@ pub fn load_str(file: &Path, src: &str, mode: Check) -> Result<(Config, Diagnost
             directory,
             state,
             users,
+            groups,
             safety,
             header,
         },
@@ -854,6 +1130,30 @@ fn blank_key(work: &mut [u8], at: usize) {
             *b = b' ';
         }
     }
+}
+
+/// The part of a DN (or DN template) after its first unescaped comma.
+fn split_parent(dn: &str) -> Option<String> {
+    let b = dn.as_bytes();
+    let mut i = 0;
+    let mut depth = 0; // inside {{ }}
+    while i < b.len() {
+        match b[i] {
+            b'\\' => i += 1,
+            b'{' if b.get(i + 1) == Some(&b'{') => {
+                depth += 1;
+                i += 1;
+            }
+            b'}' if b.get(i + 1) == Some(&b'}') => {
+                depth -= 1;
+                i += 1;
+            }
+            b',' if depth == 0 => return Some(dn[i + 1..].trim().to_string()),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 fn is_attr_name(s: &str) -> bool {

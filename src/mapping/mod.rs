@@ -1,6 +1,7 @@
 //! Mapping (pure): HR records → desired directory entries, through strict MiniJinja templates.
 
 pub mod filters;
+pub mod groups;
 pub mod link;
 
 use std::cmp::Ordering;
@@ -26,6 +27,12 @@ pub struct Desired {
     pub dn: String,
     /// attribute (as configured) → values; absent attributes are not listed.
     pub attrs: BTreeMap<String, Vec<String>>,
+    /// The `[[users.placement]]` rule that chose the parent, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub placement: Option<usize>,
+    /// The record's fields (for group rules and explain).
+    #[serde(skip)]
+    pub fields: BTreeMap<String, String>,
 }
 
 /// A record that could not be mapped: it is quarantined for this run.
@@ -72,47 +79,76 @@ pub fn check_template(src: &str, header: &[String], header_known: bool) -> Resul
     let env = new_env(Arc::new(RwLock::new(HashMap::new())));
     let tmpl = env.template_from_str(src).map_err(|e| describe(&e))?;
     if header_known {
-        let mut unknown: Vec<String> = tmpl
-            .undeclared_variables(false)
-            .into_iter()
-            .filter(|v| !KNOWN_VARIABLES.contains(&v.as_str()) && !header.contains(v))
-            .collect();
-        unknown.sort();
-        if let Some(v) = unknown.first() {
-            let close = header
-                .iter()
-                .map(|h| (levenshtein(v, h), h))
-                .filter(|(d, _)| *d <= 2)
-                .min()
-                .map(|(_, h)| format!(" (did you mean `{h}`?)"))
-                .unwrap_or_default();
-            return Err(format!(
-                "unknown variable{} `{}`{close}: not a column of the export (columns: {}) and not a known variable ({})",
-                if unknown.len() > 1 { "s" } else { "" },
-                unknown.join("`, `"),
-                header.join(", "),
-                KNOWN_VARIABLES.join(", ")
-            ));
-        }
-        // A trial render finds unknown filters and functions.
-        let mut ctx: BTreeMap<String, Value> = header
-            .iter()
-            .map(|h| (h.clone(), Value::from("Sample")))
-            .collect();
-        ctx.insert("n".into(), Value::from(""));
-        if let Err(e) = tmpl.render(Value::from_object(ctx)) {
+        unknown_variables(tmpl.undeclared_variables(false), header)?;
+        trial(tmpl.render(Value::from_object(sample(header))).map(|_| ()))?;
+    }
+    Ok(())
+}
+
+/// Check a condition (`when`): the same rules as [`check_template`], for an expression.
+pub fn check_expression(src: &str, header: &[String], header_known: bool) -> Result<(), String> {
+    let env = new_env(Arc::new(RwLock::new(HashMap::new())));
+    let expr = env.compile_expression(src).map_err(|e| describe(&e))?;
+    if header_known {
+        unknown_variables(expr.undeclared_variables(false), header)?;
+        trial(expr.eval(Value::from_object(sample(header))).map(|_| ()))?;
+    }
+    Ok(())
+}
+
+fn sample(header: &[String]) -> BTreeMap<String, Value> {
+    let mut ctx: BTreeMap<String, Value> = header
+        .iter()
+        .map(|h| (h.clone(), Value::from("Sample")))
+        .collect();
+    ctx.insert("n".into(), Value::from(""));
+    ctx
+}
+
+/// A trial evaluation finds unknown filters, tests and functions.
+fn trial(r: Result<(), minijinja::Error>) -> Result<(), String> {
+    match r {
+        Err(e)
             if matches!(
                 e.kind(),
                 ErrorKind::UnknownFilter
                     | ErrorKind::UnknownFunction
                     | ErrorKind::UnknownTest
                     | ErrorKind::UnknownMethod
-            ) {
-                return Err(describe(&e));
-            }
+            ) =>
+        {
+            Err(describe(&e))
         }
+        _ => Ok(()),
     }
-    Ok(())
+}
+
+fn unknown_variables(
+    vars: std::collections::HashSet<String>,
+    header: &[String],
+) -> Result<(), String> {
+    let mut unknown: Vec<String> = vars
+        .into_iter()
+        .filter(|v| !KNOWN_VARIABLES.contains(&v.as_str()) && !header.contains(v))
+        .collect();
+    unknown.sort();
+    let Some(v) = unknown.first() else {
+        return Ok(());
+    };
+    let close = header
+        .iter()
+        .map(|h| (levenshtein(v, h), h))
+        .filter(|(d, _)| *d <= 2)
+        .min()
+        .map(|(_, h)| format!(" (did you mean `{h}`?)"))
+        .unwrap_or_default();
+    Err(format!(
+        "unknown variable{} `{}`{close}: not a column of the export (columns: {}) and not a known variable ({})",
+        if unknown.len() > 1 { "s" } else { "" },
+        unknown.join("`, `"),
+        header.join(", "),
+        KNOWN_VARIABLES.join(", ")
+    ))
 }
 
 fn describe(e: &minijinja::Error) -> String {
@@ -141,6 +177,35 @@ pub fn key_order(a: &str, b: &str) -> Ordering {
 }
 
 const SENTINEL: &str = "\u{E000}";
+
+/// Evaluate a condition for a record: true when it is truthy.
+pub fn truthy(
+    expr: &minijinja::Expression<'_, '_>,
+    ctx: &BTreeMap<String, Value>,
+) -> Result<bool, String> {
+    expr.eval(Value::from_object(ctx.clone()))
+        .map(|v| v.is_true())
+        .map_err(|e| describe(&e))
+}
+
+/// The index of the first placement rule whose condition holds.
+fn place(
+    exprs: &[Option<Result<minijinja::Expression<'_, '_>, String>>],
+    ctx: &BTreeMap<String, Value>,
+) -> Result<Option<usize>, String> {
+    for (i, e) in exprs.iter().enumerate() {
+        match e {
+            None => return Ok(Some(i)),
+            Some(Err(msg)) => return Err(msg.clone()),
+            Some(Ok(x)) => {
+                if truthy(x, ctx).map_err(|m| format!("users.placement[{i}].when: {m}"))? {
+                    return Ok(Some(i));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
 
 pub struct Mapper {
     env: Environment<'static>,
@@ -174,6 +239,16 @@ impl Mapper {
             header: header.to_vec(),
             person_dns,
         })
+    }
+
+    /// Register the group rules' DN templates.
+    pub fn with_groups(mut self, rules: &[crate::config::GroupRule]) -> Result<Mapper, String> {
+        for r in rules.iter().filter(|r| r.for_each.is_some()) {
+            self.env
+                .add_template_owned(groups::template_name(r.index), r.dn.clone())
+                .map_err(|e| format!("groups[{}].dn: {}", r.index, describe(&e)))?;
+        }
+        Ok(self)
     }
 
     fn context(&self, r: &Record) -> BTreeMap<String, Value> {
@@ -238,6 +313,18 @@ impl Mapper {
                 });
             }
         }
+        let placement_exprs: Vec<Option<Result<minijinja::Expression<'_, '_>, String>>> = self
+            .users
+            .placement
+            .iter()
+            .map(|p| {
+                p.when.as_ref().map(|w| {
+                    self.env
+                        .compile_expression(w)
+                        .map_err(|e| format!("users.placement[{}].when: {}", p.index, describe(&e)))
+                })
+            })
+            .collect();
         let mut ctxs: Vec<BTreeMap<String, Value>> =
             order.iter().map(|r| self.context(r)).collect();
         let existing: Vec<Option<&Entry>> = order
@@ -323,6 +410,7 @@ impl Mapper {
         // The RDN and the DN.
         let rdn = self.users.rdn.clone();
         let mut dns: Vec<String> = vec![String::new(); order.len()];
+        let mut placements: Vec<Option<usize>> = vec![None; order.len()];
         for i in 0..order.len() {
             if failed[i].is_some() {
                 continue;
@@ -343,34 +431,62 @@ impl Mapper {
                 }
             }
             let want = values[i][&rdn][0].clone();
-            dns[i] = match existing[i] {
-                None => dn::child(&rdn, &want, &self.users.base),
-                Some(e) => {
-                    let parsed = Dn::parse(&e.dn).ok();
-                    let same = parsed
-                        .as_ref()
-                        .and_then(|d| d.first().cloned())
-                        .map(|a| {
-                            a.attr.eq_ignore_ascii_case(&rdn)
-                                && rules.fold(&rdn, &a.value) == rules.fold(&rdn, &want)
-                        })
-                        .unwrap_or(false);
-                    if same {
-                        e.dn.clone()
-                    } else if self.users.policy_of(&rdn) == Policy::Initial && parsed.is_some() {
-                        // dirbridge does not own the name: keep it, and keep the attribute as it is.
-                        let cur = parsed.as_ref().and_then(|d| d.first().cloned());
-                        if let Some(a) = cur.filter(|a| a.attr.eq_ignore_ascii_case(&rdn)) {
-                            values[i].insert(rdn.clone(), vec![a.value]);
-                        }
-                        e.dn.clone()
-                    } else {
-                        let parent = parsed
-                            .map(|d| d.parent().to_string())
-                            .unwrap_or_else(|| self.users.base.clone());
-                        dn::child(&rdn, &want, &parent)
+            // Placement: the first matching rule, else users.base. Without rules, an existing entry
+            // stays where it is.
+            let placed = match place(&placement_exprs, &ctxs[i]) {
+                Ok(p) => p,
+                Err(e) => {
+                    failed[i] = Some(e);
+                    continue;
+                }
+            };
+            let cur = existing[i].and_then(|e| Dn::parse(&e.dn).ok());
+            let parent = match (placed, &cur) {
+                (Some(r), _) => self.users.placement[r].base.clone(),
+                (None, Some(d)) if self.users.placement.is_empty() => d.parent().to_string(),
+                _ => self.users.base.clone(),
+            };
+            placements[i] = placed;
+            if dir.missing_bases.contains(&dn::normalize(&parent)) {
+                match placed.map(|r| &self.users.placement[r]) {
+                    Some(rule) if rule.create => {}
+                    Some(rule) => {
+                        failed[i] = Some(format!(
+                            "users.placement[{}] puts this person under {parent}, which does not exist: create it, or set create = true in that rule",
+                            rule.index
+                        ));
+                        continue;
+                    }
+                    None => {
+                        failed[i] = Some(format!("{parent} does not exist"));
+                        continue;
                     }
                 }
+            }
+            let same_parent = cur
+                .as_ref()
+                .map(|d| d.parent().normalized() == dn::normalize(&parent))
+                .unwrap_or(false);
+            let cur_rdn = cur.as_ref().and_then(|d| d.first().cloned());
+            let same_rdn = cur_rdn
+                .as_ref()
+                .map(|a| {
+                    a.attr.eq_ignore_ascii_case(&rdn)
+                        && rules.fold(&rdn, &a.value) == rules.fold(&rdn, &want)
+                })
+                .unwrap_or(false);
+            dns[i] = match (existing[i], cur_rdn) {
+                (None, _) => dn::child(&rdn, &want, &parent),
+                (Some(e), _) if same_rdn && same_parent => e.dn.clone(),
+                (Some(_), Some(a))
+                    if self.users.policy_of(&rdn) == Policy::Initial
+                        && a.attr.eq_ignore_ascii_case(&rdn) =>
+                {
+                    // dirbridge does not own the name: keep it (a move keeps it too).
+                    values[i].insert(rdn.clone(), vec![a.value.clone()]);
+                    dn::child(&a.attr, &a.value, &parent)
+                }
+                (Some(_), _) => dn::child(&rdn, &want, &parent),
             };
         }
 
@@ -441,6 +557,8 @@ impl Mapper {
                 uuid: existing[i].map(|e| e.uuid.clone()),
                 dn: std::mem::take(&mut dns[i]),
                 attrs: std::mem::take(&mut values[i]),
+                placement: placements[i],
+                fields: r.fields.clone(),
             });
         }
         errors.sort_by(|a, b| key_order(&a.key, &b.key));

@@ -24,6 +24,7 @@ pub(crate) fn users() -> UsersConfig {
         attributes,
         unique: ["uid".to_string()].into_iter().collect(),
         policy: BTreeMap::new(),
+        placement: vec![],
     }
 }
 

@@ -81,6 +81,14 @@ const MIGRATIONS: &[&str] = &[
         reason TEXT NOT NULL
     );
     "#,
+    // 2: groups dirbridge created (only those may be deleted when empty)
+    r#"
+    CREATE TABLE created_groups (
+        dn_norm TEXT PRIMARY KEY,
+        dn TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    "#,
 ];
 
 pub struct Mirror {
@@ -279,6 +287,44 @@ impl Mirror {
                 del_uuid.execute(params![u, k]).map_err(sq(&p))?;
                 ins.execute(params![k, u, now]).map_err(sq(&p))?;
             }
+        }
+        tx.commit().map_err(sq(&p))
+    }
+
+    /// Normalised DNs of the groups dirbridge created.
+    pub fn created_groups(&self) -> Result<std::collections::BTreeSet<String>, MirrorError> {
+        let p = self.path.clone();
+        let mut st = self
+            .conn
+            .prepare("SELECT dn_norm FROM created_groups")
+            .map_err(sq(&p))?;
+        let rows = st
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(sq(&p))?;
+        rows.collect::<Result<_, _>>().map_err(sq(&p))
+    }
+
+    pub fn note_groups(
+        &mut self,
+        created: &[String],
+        deleted: &[String],
+        now: &str,
+    ) -> Result<(), MirrorError> {
+        let p = self.path.clone();
+        let tx = self.conn.transaction().map_err(sq(&p))?;
+        for dn in created {
+            tx.execute(
+                "INSERT OR REPLACE INTO created_groups (dn_norm, dn, created_at) VALUES (?1, ?2, ?3)",
+                params![crate::dn::normalize(dn), dn, now],
+            )
+            .map_err(sq(&p))?;
+        }
+        for dn in deleted {
+            tx.execute(
+                "DELETE FROM created_groups WHERE dn_norm = ?1",
+                params![crate::dn::normalize(dn)],
+            )
+            .map_err(sq(&p))?;
         }
         tx.commit().map_err(sq(&p))
     }

@@ -89,6 +89,21 @@ pub fn check(g: &GateInput<'_>) -> Vec<Refusal> {
             });
         }
     }
+    for c in g.changes.iter().filter(|c| c.op == Op::RemoveMember) {
+        let n: usize = c.attributes.iter().map(|a| a.old.len()).sum();
+        if pct(n, g.managed) > s.max_attribute_removal_percent {
+            out.push(Refusal {
+                gate: "max-attribute-removal-percent",
+                message: format!(
+                    "{n} members would be removed from {} ({:.1}% of {} managed entries), more than safety.max-attribute-removal-percent = {}%; a group rule may be wrong",
+                    c.dn,
+                    pct(n, g.managed),
+                    g.managed,
+                    s.max_attribute_removal_percent
+                ),
+            });
+        }
+    }
     if let Some(last) = g.last_good {
         if last.records > 0 && pct(g.source_records, last.records) < s.min_source_percent {
             out.push(Refusal {

@@ -2,6 +2,7 @@
 //! with the reason that caused it.
 
 pub mod gates;
+pub mod groups;
 pub mod output;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -19,19 +20,46 @@ use crate::model::{DirSnapshot, Entry, MatchRules, Rule};
 pub enum Op {
     Add,
     Rename,
+    Move,
     Modify,
+    AddMember,
+    RemoveMember,
     Delete,
 }
 
 impl Op {
+    pub const ALL: [Op; 7] = [
+        Op::Add,
+        Op::Modify,
+        Op::Rename,
+        Op::Move,
+        Op::AddMember,
+        Op::RemoveMember,
+        Op::Delete,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Op::Add => "add",
             Op::Rename => "rename",
+            Op::Move => "move",
             Op::Modify => "modify",
+            Op::AddMember => "add-member",
+            Op::RemoveMember => "remove-member",
             Op::Delete => "delete",
         }
     }
+}
+
+/// What a change is about: it decides the order of application.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Subject {
+    #[default]
+    Person,
+    Group,
+    /// An OU created for placement.
+    Container,
 }
 
 /// How one attribute changes.
@@ -72,6 +100,8 @@ pub struct Change {
     /// run concurrently.
     #[serde(skip)]
     pub phase: u32,
+    #[serde(skip)]
+    pub subject: Subject,
 }
 
 /// A record left alone in this run, and why.
@@ -237,6 +267,7 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<Change> {
                     attributes,
                     reason: format!("new in the export (record {}, line {})", d.key, d.line),
                     phase: 0,
+                    subject: Subject::Person,
                 });
             }
             Some(e) => {
@@ -251,8 +282,10 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<Change> {
                         .and_then(|v| v.first())
                         .cloned()
                         .unwrap_or_default();
+                    let moved = dn::Dn::parse(&e.dn).map(|x| x.parent().normalized()).ok()
+                        != dn::Dn::parse(&d.dn).map(|x| x.parent().normalized()).ok();
                     renames.push(Change {
-                        op: Op::Rename,
+                        op: if moved { Op::Move } else { Op::Rename },
                         dn: e.dn.clone(),
                         new_dn: Some(d.dn.clone()),
                         key: d.key.clone(),
@@ -268,6 +301,7 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<Change> {
                             d.key, d.line, users.rdn
                         ),
                         phase: 0,
+                        subject: Subject::Person,
                     });
                 }
                 let attributes = deltas_for(users, d, e, renamed, input.rules);
@@ -287,6 +321,7 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<Change> {
                         ),
                         attributes,
                         phase: 0,
+                        subject: Subject::Person,
                     });
                 }
             }
@@ -309,36 +344,108 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<Change> {
                     attributes: vec![],
                     reason: format!("record {key} is no longer in the export"),
                     phase: 0,
+                    subject: Subject::Person,
                 });
             }
         }
     }
-    let by_key = |a: &Change, b: &Change| key_order(&a.key, &b.key);
-    adds.sort_by(by_key);
-    renames.sort_by(by_key);
-    modifies.sort_by(by_key);
-    deletes.sort_by(by_key);
-    let waves = add_waves(&adds, input.rules);
-    let mut out: Vec<Change> =
-        Vec::with_capacity(adds.len() + renames.len() + modifies.len() + deletes.len());
-    let mut waved: Vec<(u32, Change)> = adds.into_iter().zip(waves).map(|(c, w)| (w, c)).collect();
-    waved.sort_by_key(|(w, _)| *w);
-    let mut max_wave = 0;
-    for (w, mut c) in waved {
-        c.phase = w;
-        max_wave = max_wave.max(w);
+    let mut out = adds;
+    out.extend(renames);
+    out.extend(modifies);
+    out.extend(deletes);
+    out
+}
+
+/// OUs to create: placement bases that do not exist, for rules that say `create = true`, when
+/// someone is placed there.
+pub fn containers(users: &UsersConfig, desired: &[Desired], dir: &DirSnapshot) -> Vec<Change> {
+    let mut out: BTreeMap<String, Change> = BTreeMap::new();
+    for d in desired {
+        let Some(rule) = d.placement.and_then(|p| users.placement.get(p)) else {
+            continue;
+        };
+        let norm = dn::normalize(&rule.base);
+        if !rule.create || !dir.missing_bases.contains(&norm) || out.contains_key(&norm) {
+            continue;
+        }
+        let Some(first) = dn::Dn::parse(&rule.base)
+            .ok()
+            .and_then(|x| x.first().cloned())
+        else {
+            continue;
+        };
+        let class = if first.attr.eq_ignore_ascii_case("ou") {
+            "organizationalUnit"
+        } else {
+            "extensibleObject"
+        };
+        out.insert(
+            norm,
+            Change {
+                op: Op::Add,
+                dn: rule.base.clone(),
+                new_dn: None,
+                key: format!("users.placement[{}]", rule.index),
+                uuid: None,
+                attributes: vec![
+                    AttrDelta {
+                        attr: "objectClass".into(),
+                        kind: DeltaKind::Add,
+                        old: vec![],
+                        new: vec![class.into()],
+                    },
+                    AttrDelta {
+                        attr: first.attr.clone(),
+                        kind: DeltaKind::Add,
+                        old: vec![],
+                        new: vec![first.value.clone()],
+                    },
+                ],
+                reason: format!(
+                    "users.placement[{}] places people under it and says create = true",
+                    rule.index
+                ),
+                phase: 0,
+                subject: Subject::Container,
+            },
+        );
+    }
+    out.into_values().collect()
+}
+
+/// Put changes in the order they are applied and number their phases: new OUs; people's adds (a
+/// manager's entry before the references to it); renames and moves; modifies; new groups;
+/// member adds; member removals; group deletes; people's deletes last.
+pub fn order(changes: Vec<Change>, rules: &MatchRules) -> Vec<Change> {
+    let (mut adds, rest): (Vec<Change>, Vec<Change>) = changes
+        .into_iter()
+        .partition(|c| c.op == Op::Add && c.subject == Subject::Person);
+    adds.sort_by(|a, b| key_order(&a.key, &b.key));
+    let waves = add_waves(&adds, rules);
+    let max_wave = waves.iter().copied().max().unwrap_or(0);
+    for (c, w) in adds.iter_mut().zip(waves) {
+        c.phase = 1 + w;
+    }
+    let w = max_wave + 1;
+    let mut out = adds;
+    for mut c in rest {
+        c.phase = match (c.subject, c.op) {
+            (Subject::Container, _) => 0,
+            (Subject::Person, Op::Rename | Op::Move) => w + 1,
+            (Subject::Person, Op::Delete) => w + 7,
+            (Subject::Person, _) => w + 2,
+            (Subject::Group, Op::Add) => w + 3,
+            (Subject::Group, Op::AddMember | Op::Modify) => w + 4,
+            (Subject::Group, Op::RemoveMember) => w + 5,
+            (Subject::Group, _) => w + 6,
+        };
         out.push(c);
     }
-    for (ops, phase) in [
-        (renames, max_wave + 1),
-        (modifies, max_wave + 2),
-        (deletes, max_wave + 3),
-    ] {
-        for mut c in ops {
-            c.phase = phase;
-            out.push(c);
-        }
-    }
+    out.sort_by(|a, b| {
+        a.phase
+            .cmp(&b.phase)
+            .then_with(|| key_order(&a.key, &b.key))
+    });
     out
 }
 
@@ -390,7 +497,7 @@ fn add_waves(adds: &[Change], rules: &MatchRules) -> Vec<u32> {
 /// Summary counts for output.
 pub fn summary(plan: &Plan) -> BTreeMap<&'static str, usize> {
     let mut m = BTreeMap::new();
-    for op in [Op::Add, Op::Modify, Op::Rename, Op::Delete] {
+    for op in Op::ALL {
         m.insert(op.as_str(), plan.count(op));
     }
     m.insert("quarantined", plan.quarantined.len());

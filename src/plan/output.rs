@@ -22,20 +22,24 @@ pub fn text(plan: &Plan) -> String {
             Op::Modify => {
                 let _ = writeln!(s, "~ modify {}", c.dn);
             }
-            Op::Rename => {
+            Op::Rename | Op::Move => {
                 let _ = writeln!(
                     s,
-                    "> rename {} → {}",
+                    "> {} {} → {}",
+                    c.op.as_str(),
                     c.dn,
                     c.new_dn.as_deref().unwrap_or("")
                 );
+            }
+            Op::AddMember | Op::RemoveMember => {
+                let _ = writeln!(s, "~ {} {}", c.op.as_str(), c.dn);
             }
             Op::Delete => {
                 let _ = writeln!(s, "- delete {}", c.dn);
             }
         }
         let _ = writeln!(s, "    why: {}", c.reason);
-        if c.op == Op::Rename {
+        if matches!(c.op, Op::Rename | Op::Move) {
             continue;
         }
         for a in &c.attributes {
@@ -96,8 +100,13 @@ pub fn text(plan: &Plan) -> String {
 
 /// `Plan: 3 add, 1 modify, 0 rename, 1 delete; 2 quarantined; 58 records, 60 entries read`
 pub fn one_line(plan: &Plan) -> String {
+    let extra: String = [Op::Move, Op::AddMember, Op::RemoveMember]
+        .iter()
+        .filter(|op| plan.count(**op) > 0)
+        .map(|op| format!(", {} {}", plan.count(*op), op.as_str()))
+        .collect();
     format!(
-        "{} add, {} modify, {} rename, {} delete; {} quarantined; {} records, {} entries read{}",
+        "{} add, {} modify, {} rename, {} delete{extra}; {} quarantined; {} records, {} entries read{}",
         plan.count(Op::Add),
         plan.count(Op::Modify),
         plan.count(Op::Rename),
@@ -217,7 +226,7 @@ pub fn ldif(plan: &Plan) -> String {
                 }
             }
             Op::Delete => s.push_str("changetype: delete\n"),
-            Op::Rename => {
+            Op::Rename | Op::Move => {
                 s.push_str("changetype: modrdn\n");
                 let new = c.new_dn.as_deref().unwrap_or("");
                 let parsed = crate::dn::Dn::parse(new).ok();
@@ -241,7 +250,7 @@ pub fn ldif(plan: &Plan) -> String {
                     }
                 }
             }
-            Op::Modify => {
+            Op::Modify | Op::AddMember | Op::RemoveMember => {
                 s.push_str("changetype: modify\n");
                 for a in &c.attributes {
                     match a.kind {
@@ -253,6 +262,11 @@ pub fn ldif(plan: &Plan) -> String {
                         }
                         DeltaKind::Delete => {
                             let _ = writeln!(s, "delete: {}", a.attr);
+                            if c.op == Op::RemoveMember {
+                                for v in &a.old {
+                                    line(&mut s, &a.attr, v);
+                                }
+                            }
                         }
                         DeltaKind::Replace => {
                             let _ = writeln!(s, "replace: {}", a.attr);

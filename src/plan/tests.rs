@@ -37,6 +37,7 @@ fn golden(case: &str) {
     let snap = DirSnapshot {
         entries: d.entries,
         taken: d.taken,
+        ..Default::default()
     };
     let links: BTreeMap<String, String> =
         serde_json::from_str(&std::fs::read_to_string(dir.join("links.json")).unwrap()).unwrap();
@@ -58,15 +59,18 @@ fn golden(case: &str) {
         relinked: linking.relinked.clone(),
         ..Default::default()
     };
-    p.changes = plan(&PlanInput {
-        users: &u,
-        desired: &mapped.desired,
-        dir: &snap,
-        linking: &linking,
-        rules: &rules,
-        no_deletes: false,
-        only: None,
-    });
+    p.changes = order(
+        plan(&PlanInput {
+            users: &u,
+            desired: &mapped.desired,
+            dir: &snap,
+            linking: &linking,
+            rules: &rules,
+            no_deletes: false,
+            only: None,
+        }),
+        &rules,
+    );
     let mut got = output::json(&p);
     got.push_str("\n# phases: ");
     got.push_str(
@@ -103,6 +107,7 @@ fn change(op: Op, key: &str, attrs: Vec<AttrDelta>) -> Change {
         attributes: attrs,
         reason: String::new(),
         phase: 0,
+        subject: Subject::Person,
     }
 }
 

@@ -293,6 +293,24 @@ impl LdapTarget {
         }
     }
 
+    /// Whether an entry exists (a base-scope search; noSuchObject is `false`).
+    pub async fn exists(&mut self, dn: &str) -> Result<bool, TargetError> {
+        let mut ldap = self.ldap.clone();
+        ldap.with_timeout(self.op_timeout);
+        let r = ldap
+            .search(dn, Scope::Base, "(objectClass=*)", vec!["1.1"])
+            .await
+            .map_err(|e| TargetError::Read(format!("reading {dn} failed: {e}")))?;
+        match r.1.rc {
+            0 => Ok(!r.0.is_empty()),
+            32 => Ok(false),
+            rc => Err(TargetError::Read(format!(
+                "reading {dn} failed: {}",
+                OpFailure { rc, text: r.1.text }
+            ))),
+        }
+    }
+
     pub async fn read_schema(&mut self) -> Result<Schema, TargetError> {
         let mut ldap = self.ldap.clone();
         ldap.with_timeout(self.op_timeout);
@@ -438,7 +456,31 @@ async fn apply_one(ldap: &mut Ldap, c: &Change, t: Duration) -> Result<Option<St
             check(ldap.modify(&c.dn, mods).await.map_err(lerr)?)?;
             Ok(None)
         }
-        Op::Rename => {
+        Op::AddMember | Op::RemoveMember => {
+            // Permissive modify: adding a value that is there (refint may have renamed it already)
+            // or deleting one that is gone is not an error.
+            let permissive = ldap3::controls::RawControl {
+                ctype: "1.2.840.113556.1.4.1413".to_string(),
+                crit: false,
+                val: None,
+            };
+            let mods: Vec<Mod<String>> = c
+                .attributes
+                .iter()
+                .map(|a| match a.kind {
+                    DeltaKind::Delete => Mod::Delete(a.attr.clone(), set(&a.old)),
+                    _ => Mod::Add(a.attr.clone(), set(&a.new)),
+                })
+                .collect();
+            check(
+                ldap.with_controls(permissive)
+                    .modify(&c.dn, mods)
+                    .await
+                    .map_err(lerr)?,
+            )?;
+            Ok(None)
+        }
+        Op::Rename | Op::Move => {
             let new = c.new_dn.as_deref().unwrap_or("");
             let nd = Dn::parse(new).map_err(|e| OpFailure {
                 rc: 34,

@@ -21,7 +21,7 @@ fn reports_several_errors_with_lines() {
             "key = \"employee_id\"",
             "key = \"employee_id\"\nencoding = \"ebcdic\"",
         )
-        + "\n[[groups]]\ndn = \"cn=x,ou=groups,dc=example,dc=com\"\nwhen = \"true\"\n";
+        + "\n[daemon]\nschedule = \"every 15m\"\n";
     t.write_config(&cfg);
     let line_of = |needle: &str| cfg.lines().position(|l| l.contains(needle)).unwrap() + 1;
     let r = t.run(&["check-config"]);
@@ -32,7 +32,7 @@ fn reports_several_errors_with_lines() {
         ("nosuchfilter", "unknown filter"),
         ("missing.password", "cannot read password file"),
         ("ebcdic", "source.encoding = \"ebcdic\""),
-        ("[[groups]]", "[[groups]] is not supported yet"),
+        ("[daemon]", "[daemon] is not supported yet"),
     ] {
         let prefix = format!("{file}:{}:", line_of(needle));
         let hit = r
