@@ -61,16 +61,21 @@ impl RunOutcome {
         } else {
             "applied"
         };
-        let ops: Vec<String> = ["add", "modify", "rename", "delete"]
+        let planned = self.dry_run || !p.refusals.is_empty();
+        let ops: Vec<String> = plan::Op::ALL
             .iter()
             .map(|op| {
-                let n = if self.dry_run || !p.refusals.is_empty() {
-                    p.changes.iter().filter(|c| c.op.as_str() == *op).count()
+                let n = if planned {
+                    p.count(*op)
                 } else {
-                    self.applied.get(op).copied().unwrap_or(0)
+                    self.applied.get(op.as_str()).copied().unwrap_or(0)
                 };
-                format!("{n} {op}")
+                (op, n)
             })
+            .filter(|(op, n)| {
+                *n > 0 || matches!(op, Op::Add | Op::Modify | Op::Rename | Op::Delete)
+            })
+            .map(|(op, n)| format!("{n} {}", op.as_str()))
             .collect();
         format!(
             "{}: {} {verb}; {} failed; {} quarantined; {} records, {} entries read (full read); {:.2} s{}",

@@ -5,6 +5,7 @@
 mod check_config;
 mod common;
 mod docs;
+mod groups;
 mod safety;
 mod security;
 mod sync;
