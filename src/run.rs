@@ -24,6 +24,29 @@ pub struct RunOptions {
     pub dry_run: bool,
     /// Limit the run to one person (a canary).
     pub only: Option<String>,
+    /// Evaluate the lifecycle as of this day (YYYY-MM-DD) instead of today.
+    pub as_of: Option<String>,
+}
+
+/// Today, in the lifecycle's time zone (or the system's), or the `--as-of` day.
+pub fn today(
+    cfg: &Config,
+    as_of: Option<&str>,
+    clock: &dyn Clock,
+) -> Result<jiff::civil::Date, RunError> {
+    if let Some(d) = as_of {
+        return d
+            .parse::<jiff::civil::Date>()
+            .map_err(|e| RunError::Config(format!("--as-of {d}: {e}")));
+    }
+    let tz = match cfg.lifecycle.as_ref().and_then(|l| l.timezone.as_deref()) {
+        Some(name) => jiff::tz::TimeZone::get(name)
+            .map_err(|e| RunError::Config(format!("lifecycle.timezone: {e}")))?,
+        None => jiff::tz::TimeZone::system(),
+    };
+    let ts = jiff::Timestamp::try_from(clock.now())
+        .map_err(|e| RunError::Config(format!("the clock: {e}")))?;
+    Ok(ts.to_zoned(tz).date())
 }
 
 /// A change the server refused.
@@ -149,6 +172,17 @@ pub fn check_schema(cfg: &Config, schema: &crate::target::schema::Schema) -> Res
             problems.push(format!("attribute {a} (users.attributes / users.anchor)"));
         }
     }
+    if let Some(lc) = &cfg.lifecycle {
+        for a in lc.disabled_attrs().keys() {
+            if !schema.has_attr(a) {
+                problems.push(if lc.disable_method == crate::config::DisableMethod::Ppolicy {
+                    format!("attribute {a} (lifecycle.disable-method = \"ppolicy\" needs slapd's ppolicy overlay; load it, or use disable-method = \"attributes\")")
+                } else {
+                    format!("attribute {a} (lifecycle.disable-attributes)")
+                });
+            }
+        }
+    }
     for c in &u.object_classes {
         if !schema.has_class(c) {
             problems.push(format!("object class {c} (users.object-classes)"));
@@ -210,26 +244,34 @@ async fn read_directory(
     let mut missing_bases = BTreeSet::new();
     let mut subtrees: Vec<String> = vec![users.base.clone()];
     let mut configured: BTreeSet<String> = [normalize(&users.base)].into_iter().collect();
-    for p in &users.placement {
-        configured.insert(normalize(&p.base));
-        if !t.exists(&p.base).await? {
-            missing_bases.insert(normalize(&p.base));
+    let mut bases: Vec<String> = users.placement.iter().map(|p| p.base.clone()).collect();
+    if let Some(b) = cfg.lifecycle.as_ref().and_then(|l| l.disabled_base.clone()) {
+        bases.push(b);
+    }
+    for base in &bases {
+        configured.insert(normalize(base));
+        if !t.exists(base).await? {
+            missing_bases.insert(normalize(base));
             continue;
         }
-        let pd = Dn::parse(&p.base).map_err(|e| RunError::Config(e.to_string()))?;
+        let pd = Dn::parse(base).map_err(|e| RunError::Config(e.to_string()))?;
         let covered = subtrees
             .iter()
             .filter_map(|s| Dn::parse(s).ok())
             .any(|s| pd.is_within(&s));
         if !covered {
-            subtrees.push(p.base.clone());
+            subtrees.push(base.clone());
         }
     }
     let mut seen = BTreeSet::new();
     let mut entries = Vec::new();
     for base in &subtrees {
         for e in t
-            .search(base, "(objectClass=*)", &["*", "entryUUID"])
+            .search(
+                base,
+                "(objectClass=*)",
+                &["*", "entryUUID", crate::config::PPOLICY_LOCK_ATTR],
+            )
             .await?
         {
             if configured.contains(&normalize(&e.dn)) || !seen.insert(e.uuid.clone()) {
@@ -349,6 +391,7 @@ pub async fn run(
     let users = canonical_users(&cfg.users, &schema);
     let mapper = Mapper::new(&users, &export.header)
         .and_then(|m| m.with_groups(&cfg.groups))
+        .map(|m| m.with_disabled_base(cfg.lifecycle.as_ref().and_then(|l| l.disabled_base.clone())))
         .map_err(RunError::Config)?;
     let mut dir = read_directory(cfg, &users, &mut target).await?;
     // Re-fold the unique values with the server's rules.
@@ -381,7 +424,41 @@ pub async fn run(
     if export.keys_uncertain {
         keep.extend(linking.gone.values().cloned());
     }
-    let mapped = mapper.map(&export.records, &keep, &linking, &dir, &rules);
+    // The lifecycle: states from the records and today, before mapping.
+    let today = today(cfg, opts.as_of.as_deref(), clock)?;
+    let departures = match &mirror {
+        Some(m) => m.departures()?,
+        None => BTreeMap::new(),
+    };
+    let overlay = match &cfg.lifecycle {
+        Some(lc) => crate::lifecycle::evaluate(&crate::lifecycle::Input {
+            cfg: lc,
+            today,
+            records: &export.records,
+            gone: &linking.gone,
+            linked: &linking.by_key,
+            departures: &departures,
+            uncertain: export.keys_uncertain,
+        }),
+        None => Default::default(),
+    };
+    let lifecycle_errors: BTreeSet<String> = overlay.errors.iter().map(|e| e.key.clone()).collect();
+    let to_map: Vec<crate::source::Record> = export
+        .records
+        .iter()
+        .filter(|r| {
+            !overlay.skip.contains(&r.key)
+                && !overlay.purged.contains(&r.key)
+                && !lifecycle_errors.contains(&r.key)
+        })
+        .cloned()
+        .collect();
+    keep.extend(lifecycle_errors.iter().cloned());
+    let mut mapped = mapper.map_with(&to_map, &keep, &linking, &dir, &rules, &overlay.parents);
+    mapped.errors.extend(overlay.errors.iter().cloned());
+    if let Some(lc) = &cfg.lifecycle {
+        crate::lifecycle::finish(&mut mapped.desired, &overlay, lc, &users, &dir);
+    }
 
     let mut plan = Plan {
         records: export.records.len() + export.quarantined.len(),
@@ -389,6 +466,9 @@ pub async fn run(
         managed: linking.managed,
         deletes_suppressed: export.keys_uncertain,
         relinked: linking.relinked.clone(),
+        today: cfg.lifecycle.as_ref().map(|_| today.to_string()),
+        next_change: overlay.next_change.map(|d| d.to_string()),
+        not_yet: overlay.skip.len(),
         ..Default::default()
     };
     for q in &export.quarantined {
@@ -427,10 +507,12 @@ pub async fn run(
         rules: &rules,
         no_deletes: export.keys_uncertain,
         only: opts.only.as_deref(),
+        lifecycle: cfg.lifecycle.is_some(),
+        purge: &overlay.purge,
     });
     changes.extend(plan::containers(&users, &mapped.desired, &dir));
     // Groups: what the rules grant, against what the groups hold.
-    let groups_out = mapper.groups(&cfg.groups, &mapped.desired, &BTreeSet::new());
+    let groups_out = mapper.groups(&cfg.groups, &mapped.desired, &overlay.drop_groups);
     for e in &groups_out.errors {
         plan.quarantined.push(QuarantineNote {
             key: Some(e.key.clone()),
@@ -459,7 +541,13 @@ pub async fn run(
             managed_members.insert(rules.fold("memberUid", u));
         }
     }
+    let renamed: std::collections::HashMap<String, String> = changes
+        .iter()
+        .filter(|c| matches!(c.op, Op::Rename | Op::Move))
+        .filter_map(|c| c.new_dn.clone().map(|n| (crate::dn::normalize(&c.dn), n)))
+        .collect();
     let mut group_changes = plan::groups::plan_groups(&plan::groups::GroupPlanInput {
+        renamed: &renamed,
         rules: &cfg.groups,
         desired: &groups_out.groups,
         existing: &dir.groups,
@@ -588,6 +676,9 @@ pub async fn run(
     target.unbind().await;
     mirror.save_links(&new_links, &now)?;
     mirror.note_groups(&groups_created, &groups_deleted, &now)?;
+    if cfg.lifecycle.is_some() && opts.only.is_none() && !export.keys_uncertain {
+        mirror.save_departures(&overlay.departures)?;
+    }
     mirror.save_snapshot(&dir)?;
     if !export.keys_uncertain && opts.only.is_none() {
         mirror.save_hr(&export)?;

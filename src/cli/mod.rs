@@ -243,7 +243,7 @@ fn run_command(
         Ok(c) => c,
         Err(code) => return code,
     };
-    if let Some(d) = as_of {
+    if let (Some(d), None) = (&as_of, &cfg.lifecycle) {
         eprintln!(
             "note: --as-of {d} changes nothing here: the configuration has no [lifecycle] section"
         );
@@ -252,7 +252,11 @@ fn run_command(
         Ok(r) => r,
         Err(c) => return c,
     };
-    let opts = RunOptions { dry_run, only };
+    let opts = RunOptions {
+        dry_run,
+        only,
+        as_of,
+    };
     let outcome = match rt.block_on(run::run(&cfg, &opts, &SystemClock)) {
         Ok(o) => o,
         Err(e) => {

@@ -31,7 +31,7 @@ struct RawConfig {
     // Sections of capabilities that are not built yet: refused by name, not as unknown keys.
     #[serde(default)]
     groups: Vec<Spanned<RawGroup>>,
-    lifecycle: Option<Spanned<toml::Value>>,
+    lifecycle: Option<Spanned<RawLifecycle>>,
     apps: Option<Spanned<toml::Value>>,
     daemon: Option<Spanned<toml::Value>>,
 }
@@ -108,6 +108,27 @@ struct RawGroup {
     placeholder: Option<Spanned<String>>,
     gid_number: Option<Spanned<i64>>,
     create: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RawLifecycle {
+    start_date: Option<Spanned<String>>,
+    end_date: Option<Spanned<String>>,
+    status: Option<Spanned<String>>,
+    terminated: Option<Vec<String>>,
+    on_leave: Option<Vec<String>>,
+    leave: Option<Spanned<String>>,
+    pre_hire: Option<Spanned<String>>,
+    pre_hire_days: Option<Spanned<i64>>,
+    timezone: Option<Spanned<String>>,
+    disable: Option<Spanned<String>>,
+    disable_method: Option<Spanned<String>>,
+    #[serde(default)]
+    disable_attributes: BTreeMap<String, String>,
+    drop_groups: Option<bool>,
+    disabled_base: Option<Spanned<String>>,
+    delete_after: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -316,6 +337,93 @@ pub struct PlacementRule {
 
 pub const DEFAULT_PLACEHOLDER: &str = "cn=dirbridge-empty-group";
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LeavePolicy {
+    #[default]
+    Keep,
+    Disable,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PreHirePolicy {
+    /// Created disabled `pre-hire-days` before the start date.
+    #[default]
+    Disabled,
+    /// Not created before the start date.
+    Skip,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DisableMethod {
+    /// ppolicy's pwdAccountLockedTime = 000001010000Z (needs the ppolicy overlay).
+    #[default]
+    Ppolicy,
+    /// A configured set of attributes (`disable-attributes`).
+    Attributes,
+}
+
+pub const PPOLICY_LOCK_ATTR: &str = "pwdAccountLockedTime";
+pub const PPOLICY_LOCK_VALUE: &str = "000001010000Z";
+
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct LifecycleConfig {
+    pub start_date: Option<String>,
+    pub end_date: Option<String>,
+    pub status: Option<String>,
+    pub terminated: Vec<String>,
+    pub on_leave: Vec<String>,
+    pub leave: LeavePolicy,
+    pub pre_hire: PreHirePolicy,
+    pub pre_hire_days: u32,
+    pub timezone: Option<String>,
+    pub disable_method: DisableMethod,
+    pub disable_attributes: BTreeMap<String, String>,
+    pub drop_groups: bool,
+    pub disabled_base: Option<String>,
+    /// None: never deleted.
+    pub delete_after_days: Option<u32>,
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        LifecycleConfig {
+            start_date: None,
+            end_date: None,
+            status: None,
+            terminated: vec!["terminated".into()],
+            on_leave: vec!["leave".into()],
+            leave: LeavePolicy::Keep,
+            pre_hire: PreHirePolicy::Disabled,
+            pre_hire_days: 0,
+            timezone: None,
+            disable_method: DisableMethod::Ppolicy,
+            disable_attributes: BTreeMap::new(),
+            drop_groups: true,
+            disabled_base: None,
+            delete_after_days: Some(90),
+        }
+    }
+}
+
+impl LifecycleConfig {
+    /// The attributes a disabled entry carries (attribute → value).
+    pub fn disabled_attrs(&self) -> BTreeMap<String, String> {
+        match self.disable_method {
+            DisableMethod::Ppolicy => [(
+                PPOLICY_LOCK_ATTR.to_string(),
+                PPOLICY_LOCK_VALUE.to_string(),
+            )]
+            .into_iter()
+            .collect(),
+            DisableMethod::Attributes => self.disable_attributes.clone(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, serde::Serialize, PartialEq)]
 #[serde(rename_all = "kebab-case")]
 pub struct SafetyConfig {
@@ -351,6 +459,7 @@ pub struct Config {
     pub state: PathBuf,
     pub users: UsersConfig,
     pub groups: Vec<GroupRule>,
+    pub lifecycle: Option<LifecycleConfig>,
     pub safety: SafetyConfig,
     /// The export's columns as read while checking the templates.
     pub header: Vec<String>,
@@ -455,7 +564,6 @@ pub fn load_str(file: &Path, src: &str, mode: Check) -> Result<(Config, Diagnost
     };
 
     for (name, sec) in [
-        ("[lifecycle]", &raw.lifecycle),
         ("[[apps]]", &raw.apps),
         ("[daemon]", &raw.daemon),
         ("users.correlate", &raw.users.get_ref().correlate),
@@ -1003,6 +1111,112 @@ pub fn load_str(file: &Path, src: &str, mode: Check) -> Result<(Config, Diagnost
         });
     }
 
+    // ---- [lifecycle]
+    let lifecycle = raw.lifecycle.as_ref().map(|l| {
+        let lr = l.get_ref();
+        let mut lc = LifecycleConfig::default();
+        let mut column = |c: &Option<Spanned<String>>, key: &str| -> Option<String> {
+            let c = c.as_ref()?;
+            if !header.is_empty() && !header.contains(c.get_ref()) {
+                cx.err(Some(c.span()), format!("lifecycle.{key} = {:?} is not a column of the export (columns: {})", c.get_ref(), header.join(", ")));
+            }
+            Some(c.get_ref().clone())
+        };
+        lc.start_date = column(&lr.start_date, "start-date");
+        lc.end_date = column(&lr.end_date, "end-date");
+        lc.status = column(&lr.status, "status");
+        if let Some(t) = &lr.terminated {
+            lc.terminated = t.clone();
+        }
+        if let Some(t) = &lr.on_leave {
+            lc.on_leave = t.clone();
+        }
+        if let Some(v) = &lr.leave {
+            lc.leave = match v.get_ref().as_str() {
+                "keep" => LeavePolicy::Keep,
+                "disable" => LeavePolicy::Disable,
+                other => {
+                    cx.err(Some(v.span()), format!("lifecycle.leave = {other:?} is not \"keep\" or \"disable\""));
+                    LeavePolicy::Keep
+                }
+            };
+        }
+        if let Some(v) = &lr.pre_hire {
+            lc.pre_hire = match v.get_ref().as_str() {
+                "disabled" => PreHirePolicy::Disabled,
+                "skip" => PreHirePolicy::Skip,
+                other => {
+                    cx.err(Some(v.span()), format!("lifecycle.pre-hire = {other:?} is not \"disabled\" or \"skip\""));
+                    PreHirePolicy::Disabled
+                }
+            };
+        }
+        if let Some(v) = &lr.pre_hire_days {
+            if *v.get_ref() < 0 || *v.get_ref() > 3650 {
+                cx.err(Some(v.span()), "lifecycle.pre-hire-days must be between 0 and 3650");
+            } else {
+                lc.pre_hire_days = *v.get_ref() as u32;
+            }
+        }
+        if let Some(tz) = &lr.timezone {
+            if jiff::tz::TimeZone::get(tz.get_ref()).is_err() {
+                cx.err(Some(tz.span()), format!("lifecycle.timezone = {:?} is not a known time zone (e.g. \"Europe/Berlin\", \"UTC\")", tz.get_ref()));
+            }
+            lc.timezone = Some(tz.get_ref().clone());
+        }
+        if let Some(v) = &lr.disable {
+            if v.get_ref() != "on-end-date" {
+                cx.err(Some(v.span()), format!("lifecycle.disable = {:?}: only \"on-end-date\" is supported", v.get_ref()));
+            }
+        }
+        if let Some(v) = &lr.disable_method {
+            lc.disable_method = match v.get_ref().as_str() {
+                "ppolicy" => DisableMethod::Ppolicy,
+                "attributes" => DisableMethod::Attributes,
+                other => {
+                    cx.err(Some(v.span()), format!("lifecycle.disable-method = {other:?} is not \"ppolicy\" or \"attributes\""));
+                    DisableMethod::Ppolicy
+                }
+            };
+        }
+        lc.disable_attributes = lr.disable_attributes.clone();
+        if lc.disable_method == DisableMethod::Attributes && lc.disable_attributes.is_empty() {
+            cx.err(Some(l.span()), "lifecycle: disable-method = \"attributes\" needs disable-attributes, e.g. { loginShell = \"/usr/sbin/nologin\" }");
+        }
+        if let Some(b) = lr.drop_groups {
+            lc.drop_groups = b;
+        }
+        if let Some(b) = &lr.disabled_base {
+            match Dn::parse(b.get_ref()) {
+                Ok(d) => {
+                    if let Some(bd) = &base_parsed {
+                        if !d.is_within(bd) {
+                            cx.err(Some(b.span()), "lifecycle.disabled-base is not under directory.base-dn");
+                        }
+                    }
+                }
+                Err(e) => cx.err(Some(b.span()), format!("lifecycle.disabled-base: {e}")),
+            }
+            lc.disabled_base = Some(b.get_ref().clone());
+        }
+        if let Some(v) = &lr.delete_after {
+            lc.delete_after_days = match v.get_ref().as_str() {
+                "never" => None,
+                text => match humantime::parse_duration(text) {
+                    Ok(d) => Some((d.as_secs() / 86_400) as u32),
+                    Err(_) => {
+                        cx.err(Some(v.span()), format!("lifecycle.delete-after = {text:?} is not a duration such as \"90d\" (or \"never\")"));
+                        None
+                    }
+                },
+            };
+        }
+        if lc.start_date.is_none() && lc.end_date.is_none() && lc.status.is_none() {
+            cx.warn(Some(l.span()), "[lifecycle] names no start-date, end-date or status column: only people who vanish from the export become leavers");
+        }
+        lc
+    });
+
     // ---- [safety]
     let sf = &raw.safety;
     let def = SafetyConfig::default();
@@ -1084,6 +1298,7 @@ pub fn load_str(file: &Path, src: &str, mode: Check) -> Result<(Config, Diagnost
             state,
             users,
             groups,
+            lifecycle,
             safety,
             header,
         },

@@ -33,6 +33,12 @@ pub struct Desired {
     /// The record's fields (for group rules and explain).
     #[serde(skip)]
     pub fields: BTreeMap<String, String>,
+    /// Attributes the lifecycle owns (the disable attributes) → wanted values (empty: absent).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub lifecycle_attrs: BTreeMap<String, Vec<String>>,
+    /// The lifecycle state, when `[lifecycle]` is configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<crate::lifecycle::State>,
 }
 
 /// A record that could not be mapped: it is quarantined for this run.
@@ -214,6 +220,8 @@ pub struct Mapper {
     person_dns: filters::PersonDns,
     /// Attributes whose template uses `n`.
     uses_n: BTreeSet<String>,
+    /// `lifecycle.disabled-base`: people found there who are not leavers go back to `users.base`.
+    disabled_base: Option<String>,
 }
 
 impl Mapper {
@@ -233,12 +241,18 @@ impl Mapper {
             }
         }
         Ok(Mapper {
+            disabled_base: None,
             uses_n,
             env,
             users: users.clone(),
             header: header.to_vec(),
             person_dns,
         })
+    }
+
+    pub fn with_disabled_base(mut self, base: Option<String>) -> Mapper {
+        self.disabled_base = base;
+        self
     }
 
     /// Register the group rules' DN templates.
@@ -291,6 +305,19 @@ impl Mapper {
         linking: &Linking,
         dir: &DirSnapshot,
         rules: &MatchRules,
+    ) -> MapOutput {
+        self.map_with(records, quarantined, linking, dir, rules, &BTreeMap::new())
+    }
+
+    /// [`Mapper::map`] with forced parents (HR key → parent DN), e.g. `disabled-base` for leavers.
+    pub fn map_with(
+        &self,
+        records: &[Record],
+        quarantined: &BTreeSet<String>,
+        linking: &Linking,
+        dir: &DirSnapshot,
+        rules: &MatchRules,
+        parents: &BTreeMap<String, String>,
     ) -> MapOutput {
         let by_uuid: HashMap<&str, &Entry> =
             dir.entries.iter().map(|e| (e.uuid.as_str(), e)).collect();
@@ -442,8 +469,18 @@ impl Mapper {
             };
             let cur = existing[i].and_then(|e| Dn::parse(&e.dn).ok());
             let parent = match (placed, &cur) {
+                _ if parents.contains_key(&order[i].key) => parents[&order[i].key].clone(),
                 (Some(r), _) => self.users.placement[r].base.clone(),
-                (None, Some(d)) if self.users.placement.is_empty() => d.parent().to_string(),
+                (None, Some(d))
+                    if self.users.placement.is_empty()
+                        && !self
+                            .disabled_base
+                            .as_ref()
+                            .and_then(|b| Dn::parse(b).ok())
+                            .is_some_and(|b| d.parent().is_within(&b)) =>
+                {
+                    d.parent().to_string()
+                }
                 _ => self.users.base.clone(),
             };
             placements[i] = placed;
@@ -559,6 +596,8 @@ impl Mapper {
                 attrs: std::mem::take(&mut values[i]),
                 placement: placements[i],
                 fields: r.fields.clone(),
+                lifecycle_attrs: BTreeMap::new(),
+                state: None,
             });
         }
         errors.sort_by(|a, b| key_order(&a.key, &b.key));

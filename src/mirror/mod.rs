@@ -89,6 +89,13 @@ const MIGRATIONS: &[&str] = &[
         created_at TEXT NOT NULL
     );
     "#,
+    // 3: the day each departed person was first seen gone (vanished or terminated)
+    r#"
+    CREATE TABLE departures (
+        hr_key TEXT PRIMARY KEY,
+        since TEXT NOT NULL
+    );
+    "#,
 ];
 
 pub struct Mirror {
@@ -287,6 +294,43 @@ impl Mirror {
                 del_uuid.execute(params![u, k]).map_err(sq(&p))?;
                 ins.execute(params![k, u, now]).map_err(sq(&p))?;
             }
+        }
+        tx.commit().map_err(sq(&p))
+    }
+
+    pub fn departures(&self) -> Result<BTreeMap<String, jiff::civil::Date>, MirrorError> {
+        let p = self.path.clone();
+        let mut st = self
+            .conn
+            .prepare("SELECT hr_key, since FROM departures")
+            .map_err(sq(&p))?;
+        let rows = st
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(sq(&p))?;
+        let mut out = BTreeMap::new();
+        for row in rows {
+            let (k, s) = row.map_err(sq(&p))?;
+            if let Ok(d) = s.parse() {
+                out.insert(k, d);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Replace the departures with these (people who came back are dropped).
+    pub fn save_departures(
+        &mut self,
+        d: &BTreeMap<String, jiff::civil::Date>,
+    ) -> Result<(), MirrorError> {
+        let p = self.path.clone();
+        let tx = self.conn.transaction().map_err(sq(&p))?;
+        tx.execute("DELETE FROM departures", []).map_err(sq(&p))?;
+        for (k, since) in d {
+            tx.execute(
+                "INSERT INTO departures (hr_key, since) VALUES (?1, ?2)",
+                params![k, since.to_string()],
+            )
+            .map_err(sq(&p))?;
         }
         tx.commit().map_err(sq(&p))
     }

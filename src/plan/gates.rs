@@ -68,6 +68,27 @@ pub fn check(g: &GateInput<'_>) -> Vec<Refusal> {
             ),
         });
     }
+    let disables = g.changes.iter().filter(|c| c.op == Op::Disable).count();
+    if disables as u64 > s.max_disables {
+        out.push(Refusal {
+            gate: "max-disables",
+            message: format!(
+                "{disables} entries would be disabled, more than safety.max-disables = {}; check the export's dates and statuses",
+                s.max_disables
+            ),
+        });
+    }
+    if disables > 0 && pct(disables, g.managed) > s.max_disable_percent {
+        out.push(Refusal {
+            gate: "max-disable-percent",
+            message: format!(
+                "{disables} of {} managed entries ({:.1}%) would be disabled, more than safety.max-disable-percent = {}%",
+                g.managed,
+                pct(disables, g.managed),
+                s.max_disable_percent
+            ),
+        });
+    }
     let mut removed: BTreeMap<String, usize> = BTreeMap::new();
     for c in g.changes.iter().filter(|c| c.op == Op::Modify) {
         for a in &c.attributes {

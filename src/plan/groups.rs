@@ -21,6 +21,9 @@ pub struct GroupPlanInput<'a> {
     /// under `members = "merge"` only these are ever removed.
     pub managed_members: &'a BTreeSet<String>,
     pub rules_match: &'a MatchRules,
+    /// People renamed or moved in this run: normalised old DN → new DN. The server's referential
+    /// integrity may rename their member values before the group changes are applied.
+    pub renamed: &'a HashMap<String, String>,
 }
 
 fn fold(kind: GroupKind, rules: &MatchRules, v: &str) -> String {
@@ -174,11 +177,20 @@ pub fn plan_groups(i: &GroupPlanInput<'_>) -> Vec<Change> {
                     .filter(|(f, _)| !current.contains_key(*f))
                     .map(|(_, v)| v.clone())
                     .collect();
-                let removes: Vec<String> = current
+                let mut removes: Vec<String> = current
                     .iter()
                     .filter(|(f, _)| !keep.contains_key(*f))
                     .map(|(_, v)| v.clone())
                     .collect();
+                if kind != GroupKind::PosixGroup {
+                    let extra: Vec<String> = removes
+                        .iter()
+                        .filter_map(|v| i.renamed.get(&dn::normalize(v)))
+                        .filter(|new| !keep.contains_key(&fold(kind, i.rules_match, new)))
+                        .cloned()
+                        .collect();
+                    removes.extend(extra);
+                }
                 if !adds.is_empty() {
                     let who: Vec<&str> = keep
                         .keys()

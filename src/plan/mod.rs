@@ -22,17 +22,21 @@ pub enum Op {
     Rename,
     Move,
     Modify,
+    Disable,
+    Enable,
     AddMember,
     RemoveMember,
     Delete,
 }
 
 impl Op {
-    pub const ALL: [Op; 7] = [
+    pub const ALL: [Op; 9] = [
         Op::Add,
         Op::Modify,
         Op::Rename,
         Op::Move,
+        Op::Disable,
+        Op::Enable,
         Op::AddMember,
         Op::RemoveMember,
         Op::Delete,
@@ -44,6 +48,8 @@ impl Op {
             Op::Rename => "rename",
             Op::Move => "move",
             Op::Modify => "modify",
+            Op::Disable => "disable",
+            Op::Enable => "enable",
             Op::AddMember => "add-member",
             Op::RemoveMember => "remove-member",
             Op::Delete => "delete",
@@ -126,6 +132,14 @@ pub struct Plan {
     pub records: usize,
     pub entries_read: usize,
     pub managed: usize,
+    /// The day the lifecycle was evaluated for (with `[lifecycle]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub today: Option<String>,
+    /// The next day on which the lifecycle changes anything.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_change: Option<String>,
+    /// Records before their pre-hire window: no entry yet.
+    pub not_yet: usize,
 }
 
 impl Plan {
@@ -142,6 +156,10 @@ pub struct PlanInput<'a> {
     pub rules: &'a MatchRules,
     pub no_deletes: bool,
     pub only: Option<&'a str>,
+    /// With `[lifecycle]`, people who vanish are leavers (disabled, then purged): entries are
+    /// deleted only through `purge`.
+    pub lifecycle: bool,
+    pub purge: &'a [crate::lifecycle::Purge],
 }
 
 fn deltas_for(
@@ -189,6 +207,12 @@ fn deltas_for(
         if users.policy_of(attr) == Policy::Initial {
             continue;
         }
+        if d.lifecycle_attrs
+            .keys()
+            .any(|a| a.eq_ignore_ascii_case(attr))
+        {
+            continue; // the lifecycle owns it (a disable attribute)
+        }
         if renamed && attr.eq_ignore_ascii_case(&users.rdn) {
             continue; // the rename sets it
         }
@@ -212,6 +236,71 @@ fn deltas_for(
         });
     }
     out
+}
+
+fn move_reason(d: &Desired, moved: bool, rdn: &str) -> String {
+    use crate::lifecycle::State;
+    match (&d.state, d.placement, moved) {
+        (Some(State::Leaver { since, why, .. }), _, true) => {
+            format!("record {}: leaver since {since} ({why}); moved to lifecycle.disabled-base", d.key)
+        }
+        (_, Some(p), true) => format!(
+            "record {} (line {}): users.placement[{p}] places it under {}",
+            d.key,
+            d.line,
+            dn::Dn::parse(&d.dn).map(|x| x.parent().to_string()).unwrap_or_default()
+        ),
+        (_, None, true) => format!(
+            "record {} (line {}): back under users.base (no placement rule matches, or no longer a leaver)",
+            d.key, d.line
+        ),
+        (_, _, false) => format!("record {} (line {}): {rdn} changes", d.key, d.line),
+    }
+}
+
+/// Disable / enable: the lifecycle's own attributes, as a change of its own.
+fn lock_change(d: &Desired, e: &Entry, rules: &MatchRules) -> Option<Change> {
+    use crate::lifecycle::State;
+    let mut lock = Vec::new();
+    for (attr, want) in &d.lifecycle_attrs {
+        let have = e.get(attr);
+        if rules.same_values(attr, have, want) {
+            continue;
+        }
+        lock.push(AttrDelta {
+            attr: attr.clone(),
+            kind: if have.is_empty() {
+                DeltaKind::Add
+            } else if want.is_empty() {
+                DeltaKind::Delete
+            } else {
+                DeltaKind::Replace
+            },
+            old: have.to_vec(),
+            new: want.clone(),
+        });
+    }
+    if lock.is_empty() {
+        return None;
+    }
+    let st = d.state.as_ref()?;
+    let disabled =
+        !matches!(st, State::Active) && d.lifecycle_attrs.values().any(|v| !v.is_empty());
+    let why = match st {
+        State::Leaver { since, why, .. } => format!("leaver since {since} ({why})"),
+        other => format!("lifecycle state {}", other.name()),
+    };
+    Some(Change {
+        op: if disabled { Op::Disable } else { Op::Enable },
+        dn: d.dn.clone(),
+        new_dn: None,
+        key: d.key.clone(),
+        uuid: Some(e.uuid.clone()),
+        reason: format!("record {}: {why}", d.key),
+        attributes: lock,
+        phase: 0,
+        subject: Subject::Person,
+    })
 }
 
 /// Compute the ordered list of changes.
@@ -250,7 +339,10 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<Change> {
                         new: vec![d.key.clone()],
                     },
                 ];
-                for (attr, vals) in &d.attrs {
+                for (attr, vals) in d.attrs.iter().chain(d.lifecycle_attrs.iter()) {
+                    if vals.is_empty() {
+                        continue;
+                    }
                     attributes.push(AttrDelta {
                         attr: attr.clone(),
                         kind: DeltaKind::Add,
@@ -296,13 +388,13 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<Change> {
                             old: old_rdn.into_iter().collect(),
                             new: vec![new_rdn],
                         }],
-                        reason: format!(
-                            "record {} (line {}): {} changes",
-                            d.key, d.line, users.rdn
-                        ),
+                        reason: move_reason(d, moved, &users.rdn),
                         phase: 0,
                         subject: Subject::Person,
                     });
+                }
+                if let Some(c) = lock_change(d, e, input.rules) {
+                    modifies.push(c);
                 }
                 let attributes = deltas_for(users, d, e, renamed, input.rules);
                 if !attributes.is_empty() {
@@ -328,6 +420,26 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<Change> {
         }
     }
     if !input.no_deletes {
+        for p in input.purge {
+            if input.only.is_some_and(|o| o != p.key) {
+                continue;
+            }
+            if let Some(e) = by_uuid.get(p.uuid.as_str()) {
+                deletes.push(Change {
+                    op: Op::Delete,
+                    dn: e.dn.clone(),
+                    new_dn: None,
+                    key: p.key.clone(),
+                    uuid: Some(p.uuid.clone()),
+                    attributes: vec![],
+                    reason: p.reason.clone(),
+                    phase: 0,
+                    subject: Subject::Person,
+                });
+            }
+        }
+    }
+    if !input.no_deletes && !input.lifecycle {
         for (uuid, key) in &input.linking.gone {
             if let Some(only) = input.only {
                 if key != only {

@@ -19,8 +19,8 @@ pub fn text(plan: &Plan) -> String {
             Op::Add => {
                 let _ = writeln!(s, "+ add {}", c.dn);
             }
-            Op::Modify => {
-                let _ = writeln!(s, "~ modify {}", c.dn);
+            Op::Modify | Op::Disable | Op::Enable => {
+                let _ = writeln!(s, "~ {} {}", c.op.as_str(), c.dn);
             }
             Op::Rename | Op::Move => {
                 let _ = writeln!(
@@ -100,11 +100,17 @@ pub fn text(plan: &Plan) -> String {
 
 /// `Plan: 3 add, 1 modify, 0 rename, 1 delete; 2 quarantined; 58 records, 60 entries read`
 pub fn one_line(plan: &Plan) -> String {
-    let extra: String = [Op::Move, Op::AddMember, Op::RemoveMember]
-        .iter()
-        .filter(|op| plan.count(**op) > 0)
-        .map(|op| format!(", {} {}", plan.count(*op), op.as_str()))
-        .collect();
+    let extra: String = [
+        Op::Move,
+        Op::Disable,
+        Op::Enable,
+        Op::AddMember,
+        Op::RemoveMember,
+    ]
+    .iter()
+    .filter(|op| plan.count(**op) > 0)
+    .map(|op| format!(", {} {}", plan.count(*op), op.as_str()))
+    .collect();
     format!(
         "{} add, {} modify, {} rename, {} delete{extra}; {} quarantined; {} records, {} entries read{}",
         plan.count(Op::Add),
@@ -250,7 +256,7 @@ pub fn ldif(plan: &Plan) -> String {
                     }
                 }
             }
-            Op::Modify | Op::AddMember | Op::RemoveMember => {
+            Op::Modify | Op::Disable | Op::Enable | Op::AddMember | Op::RemoveMember => {
                 s.push_str("changetype: modify\n");
                 for a in &c.attributes {
                     match a.kind {

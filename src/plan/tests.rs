@@ -68,6 +68,8 @@ fn golden(case: &str) {
             rules: &rules,
             no_deletes: false,
             only: None,
+            lifecycle: false,
+            purge: &[],
         }),
         &rules,
     );

@@ -385,6 +385,47 @@ impl LdapTarget {
     }
 }
 
+fn member_fold(attr: &str, v: &str) -> String {
+    if attr.eq_ignore_ascii_case("memberUid") {
+        v.to_lowercase()
+    } else {
+        dn::normalize(v)
+    }
+}
+
+/// Member adds/removes of a change; with `current`, only the values still to add or remove.
+fn member_mods(c: &Change, current: Option<&HashSet<String>>) -> Vec<Mod<String>> {
+    let mut mods = Vec::new();
+    for a in &c.attributes {
+        let keep = |v: &&String| match current {
+            None => true,
+            Some(cur) => {
+                let present = cur.contains(&member_fold(&a.attr, v));
+                if a.kind == DeltaKind::Delete {
+                    present
+                } else {
+                    !present
+                }
+            }
+        };
+        match a.kind {
+            DeltaKind::Delete => {
+                let vals: HashSet<String> = a.old.iter().filter(keep).cloned().collect();
+                if !vals.is_empty() {
+                    mods.push(Mod::Delete(a.attr.clone(), vals));
+                }
+            }
+            _ => {
+                let vals: HashSet<String> = a.new.iter().filter(keep).cloned().collect();
+                if !vals.is_empty() {
+                    mods.push(Mod::Add(a.attr.clone(), vals));
+                }
+            }
+        }
+    }
+    mods
+}
+
 fn set(v: &[String]) -> HashSet<String> {
     v.iter().cloned().collect()
 }
@@ -443,7 +484,7 @@ async fn apply_one(ldap: &mut Ldap, c: &Change, t: Duration) -> Result<Option<St
                 });
             Ok(uuid)
         }
-        Op::Modify => {
+        Op::Modify | Op::Disable | Op::Enable => {
             let mods: Vec<Mod<String>> = c
                 .attributes
                 .iter()
@@ -457,27 +498,54 @@ async fn apply_one(ldap: &mut Ldap, c: &Change, t: Duration) -> Result<Option<St
             Ok(None)
         }
         Op::AddMember | Op::RemoveMember => {
-            // Permissive modify: adding a value that is there (refint may have renamed it already)
-            // or deleting one that is gone is not an error.
+            // Permissive modify (where the server knows it): adding a value that is there or
+            // deleting one that is gone is not an error.
             let permissive = ldap3::controls::RawControl {
                 ctype: "1.2.840.113556.1.4.1413".to_string(),
                 crit: false,
                 val: None,
             };
-            let mods: Vec<Mod<String>> = c
-                .attributes
-                .iter()
-                .map(|a| match a.kind {
-                    DeltaKind::Delete => Mod::Delete(a.attr.clone(), set(&a.old)),
-                    _ => Mod::Add(a.attr.clone(), set(&a.new)),
-                })
-                .collect();
-            check(
-                ldap.with_controls(permissive)
-                    .modify(&c.dn, mods)
+            let mods = member_mods(c, None);
+            let r = ldap
+                .with_controls(permissive)
+                .modify(&c.dn, mods)
+                .await
+                .map_err(lerr)?;
+            if r.rc == 16 || r.rc == 20 {
+                // The server's referential integrity may have renamed a member already (a person
+                // moved in this run): re-read the group and send only what is still needed.
+                let attr = c
+                    .attributes
+                    .first()
+                    .map(|a| a.attr.clone())
+                    .unwrap_or_default();
+                let (entries, _) = ldap
+                    .search(&c.dn, Scope::Base, "(objectClass=*)", vec![attr.as_str()])
                     .await
-                    .map_err(lerr)?,
-            )?;
+                    .and_then(|r| r.success())
+                    .map_err(lerr)?;
+                let current: HashSet<String> = entries
+                    .into_iter()
+                    .next()
+                    .map(SearchEntry::construct)
+                    .and_then(|e| {
+                        e.attrs
+                            .into_iter()
+                            .find(|(k, _)| k.eq_ignore_ascii_case(&attr))
+                            .map(|(_, v)| v)
+                    })
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|v| member_fold(&attr, v))
+                    .collect();
+                let mods = member_mods(c, Some(&current));
+                if mods.is_empty() {
+                    return Ok(None);
+                }
+                check(ldap.modify(&c.dn, mods).await.map_err(lerr)?)?;
+                return Ok(None);
+            }
+            check(r)?;
             Ok(None)
         }
         Op::Rename | Op::Move => {

@@ -48,6 +48,7 @@ pub fn slapd() -> &'static Slapd {
             .arg(&dir)
             .arg(port.to_string())
             .env("SLAPD_DBNOSYNC", "1")
+            .env("SLAPD_PPOLICY", "1")
             .env("SLAPD_ROOTPW", ADMIN_PW)
             .env("SLAPD_WATCH_PID", std::process::id().to_string())
             .stdin(Stdio::null())

@@ -6,6 +6,7 @@ mod check_config;
 mod common;
 mod docs;
 mod groups;
+mod lifecycle;
 mod safety;
 mod security;
 mod sync;
