@@ -231,6 +231,7 @@ fn canonical_users(
         unique: u.unique.iter().map(c).collect(),
         policy: u.policy.iter().map(|(k, v)| (c(k), *v)).collect(),
         placement: u.placement.clone(),
+        correlate: u.correlate.iter().map(c).collect(),
     }
 }
 
@@ -417,7 +418,23 @@ pub async fn run(
         .map(|r| r.key.clone())
         .chain(quarantined_keys.iter().cloned())
         .collect();
-    let linking = link::link(&present, &dir, &links, &users.anchor, &rules);
+    let mut linking = link::link(&present, &dir, &links, &users.anchor, &rules);
+    if !users.correlate.is_empty() {
+        let unlinked: Vec<&crate::source::Record> = export
+            .records
+            .iter()
+            .filter(|r| !linking.by_key.contains_key(&r.key))
+            .collect();
+        let values = mapper.plain_values(&unlinked, &users.correlate);
+        link::correlate(
+            &mut linking,
+            &dir,
+            &users.anchor,
+            &users.correlate,
+            &values,
+            &rules,
+        );
+    }
     // When some keys could not be read, people missing from the export may only be unreadable:
     // references to them (person_dn) keep pointing at their entries.
     let mut keep = quarantined_keys.clone();
@@ -442,6 +459,20 @@ pub async fn run(
         }),
         None => Default::default(),
     };
+    let mut overlay = overlay;
+    for (k, why) in &linking.ambiguous {
+        let line = export
+            .records
+            .iter()
+            .find(|r| &r.key == k)
+            .map(|r| r.line)
+            .unwrap_or(0);
+        overlay.errors.push(crate::mapping::MapError {
+            key: k.clone(),
+            line,
+            reason: why.clone(),
+        });
+    }
     let lifecycle_errors: BTreeSet<String> = overlay.errors.iter().map(|e| e.key.clone()).collect();
     let to_map: Vec<crate::source::Record> = export
         .records

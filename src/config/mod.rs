@@ -91,7 +91,8 @@ struct RawUsers {
     unique: BTreeMap<String, Spanned<bool>>,
     #[serde(default)]
     policy: BTreeMap<String, Spanned<String>>,
-    correlate: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    correlate: Vec<Spanned<String>>,
     #[serde(default)]
     placement: Vec<Spanned<RawPlacement>>,
 }
@@ -248,6 +249,8 @@ pub struct UsersConfig {
     pub policy: BTreeMap<String, Policy>,
     /// First match wins; none matching (or none configured) means `base`.
     pub placement: Vec<PlacementRule>,
+    /// Attributes that link a pre-existing entry without the anchor (exactly one match).
+    pub correlate: Vec<String>,
 }
 
 impl UsersConfig {
@@ -563,11 +566,7 @@ pub fn load_str(file: &Path, src: &str, mode: Check) -> Result<(Config, Diagnost
         }
     };
 
-    for (name, sec) in [
-        ("[[apps]]", &raw.apps),
-        ("[daemon]", &raw.daemon),
-        ("users.correlate", &raw.users.get_ref().correlate),
-    ] {
+    for (name, sec) in [("[[apps]]", &raw.apps), ("[daemon]", &raw.daemon)] {
         if let Some(v) = sec {
             cx.err(
                 Some(v.span()),
@@ -969,7 +968,21 @@ pub fn load_str(file: &Path, src: &str, mode: Check) -> Result<(Config, Diagnost
             create: pr.create,
         });
     }
+    let mut correlate = Vec::new();
+    for c in &u.correlate {
+        if !attrs.contains_key(c.get_ref()) {
+            cx.err(
+                Some(c.span()),
+                format!(
+                    "users.correlate: {:?} has no template in [users.attributes]",
+                    c.get_ref()
+                ),
+            );
+        }
+        correlate.push(c.get_ref().clone());
+    }
     let users = UsersConfig {
+        correlate,
         placement,
         base: u.base.get_ref().clone(),
         rdn,

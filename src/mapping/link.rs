@@ -30,6 +30,73 @@ pub struct Linking {
     pub dangling: Vec<String>,
     /// Number of anchored (managed) entries.
     pub managed: usize,
+    /// Keys linked in this run by `users.correlate` (the anchor is written by a `link` change).
+    pub correlated: BTreeMap<String, String>,
+    /// Keys whose correlation matched several entries: reported, never guessed.
+    pub ambiguous: BTreeMap<String, String>,
+}
+
+/// Link records that have no entry to a pre-existing entry without the anchor, when exactly one
+/// such entry holds the record's value of a `users.correlate` attribute (tried in order).
+/// `values`: HR key → attribute → the record's value (rendered with `n` empty).
+pub fn correlate(
+    linking: &mut Linking,
+    dir: &DirSnapshot,
+    anchor: &str,
+    attrs: &[String],
+    values: &BTreeMap<String, BTreeMap<String, String>>,
+    rules: &MatchRules,
+) {
+    let linked: BTreeSet<&str> = linking.by_key.values().map(String::as_str).collect();
+    let free: Vec<&crate::model::Entry> = dir
+        .entries
+        .iter()
+        .filter(|e| e.get(anchor).is_empty() && !linked.contains(e.uuid.as_str()))
+        .collect();
+    let mut taken: BTreeSet<String> = BTreeSet::new();
+    let mut found: Vec<(String, String)> = Vec::new();
+    'records: for (key, vals) in values {
+        if linking.by_key.contains_key(key) {
+            continue;
+        }
+        for a in attrs {
+            let Some(v) = vals.get(a) else { continue };
+            let f = rules.fold(a, v);
+            let m: Vec<&&crate::model::Entry> = free
+                .iter()
+                .filter(|e| e.get(a).iter().any(|x| rules.fold(a, x) == f))
+                .collect();
+            match m.len() {
+                0 => continue,
+                1 => {
+                    if taken.insert(m[0].uuid.clone()) {
+                        found.push((key.clone(), m[0].uuid.clone()));
+                    } else {
+                        linking.ambiguous.insert(
+                            key.clone(),
+                            format!(
+                                "{a} = {v:?} matches {}, which another record also matches",
+                                m[0].dn
+                            ),
+                        );
+                    }
+                    continue 'records;
+                }
+                _ => {
+                    let dns: Vec<&str> = m.iter().map(|e| e.dn.as_str()).collect();
+                    linking.ambiguous.insert(
+                        key.clone(),
+                        format!("users.correlate: {a} = {v:?} matches {} entries ({}); link one by hand (set its {anchor})", m.len(), dns.join("; ")),
+                    );
+                    continue 'records;
+                }
+            }
+        }
+    }
+    for (k, u) in found {
+        linking.by_key.insert(k.clone(), u.clone());
+        linking.correlated.insert(k, u);
+    }
 }
 
 /// `present`: every key the export names (valid and quarantined). `links`: the mirror's links.

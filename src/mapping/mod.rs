@@ -255,6 +255,26 @@ impl Mapper {
         self
     }
 
+    /// The records' values of some attributes, rendered with `n` empty (for correlation).
+    pub fn plain_values(
+        &self,
+        records: &[&Record],
+        attrs: &[String],
+    ) -> BTreeMap<String, BTreeMap<String, String>> {
+        let mut out = BTreeMap::new();
+        for r in records {
+            let mut ctx = self.context(r);
+            let mut vals = BTreeMap::new();
+            for a in attrs {
+                if let Ok(Some(v)) = self.render(a, &mut ctx, "") {
+                    vals.insert(a.clone(), v);
+                }
+            }
+            out.insert(r.key.clone(), vals);
+        }
+        out
+    }
+
     /// Register the group rules' DN templates.
     pub fn with_groups(mut self, rules: &[crate::config::GroupRule]) -> Result<Mapper, String> {
         for r in rules.iter().filter(|r| r.for_each.is_some()) {

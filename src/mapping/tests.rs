@@ -25,6 +25,7 @@ pub(crate) fn users() -> UsersConfig {
         unique: ["uid".to_string()].into_iter().collect(),
         policy: BTreeMap::new(),
         placement: vec![],
+        correlate: vec![],
     }
 }
 

@@ -22,6 +22,7 @@ pub enum Op {
     Rename,
     Move,
     Modify,
+    Link,
     Disable,
     Enable,
     AddMember,
@@ -30,9 +31,10 @@ pub enum Op {
 }
 
 impl Op {
-    pub const ALL: [Op; 9] = [
+    pub const ALL: [Op; 10] = [
         Op::Add,
         Op::Modify,
+        Op::Link,
         Op::Rename,
         Op::Move,
         Op::Disable,
@@ -48,6 +50,7 @@ impl Op {
             Op::Rename => "rename",
             Op::Move => "move",
             Op::Modify => "modify",
+            Op::Link => "link",
             Op::Disable => "disable",
             Op::Enable => "enable",
             Op::AddMember => "add-member",
@@ -399,18 +402,23 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<Change> {
                 let attributes = deltas_for(users, d, e, renamed, input.rules);
                 if !attributes.is_empty() {
                     let names: Vec<&str> = attributes.iter().map(|a| a.attr.as_str()).collect();
+                    let correlated = input.linking.correlated.contains_key(&d.key);
                     modifies.push(Change {
-                        op: Op::Modify,
+                        op: if correlated { Op::Link } else { Op::Modify },
                         dn: d.dn.clone(),
                         new_dn: None,
                         key: d.key.clone(),
                         uuid: Some(e.uuid.clone()),
-                        reason: format!(
-                            "record {} (line {}) differs in {}",
-                            d.key,
-                            d.line,
-                            names.join(", ")
-                        ),
+                        reason: if correlated {
+                            format!(
+                                "record {} (line {}): users.correlate found this entry without the anchor; linked (the anchor is written), differs in {}",
+                                d.key,
+                                d.line,
+                                names.join(", ")
+                            )
+                        } else {
+                            format!("record {} (line {}) differs in {}", d.key, d.line, names.join(", "))
+                        },
                         attributes,
                         phase: 0,
                         subject: Subject::Person,

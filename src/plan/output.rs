@@ -19,7 +19,7 @@ pub fn text(plan: &Plan) -> String {
             Op::Add => {
                 let _ = writeln!(s, "+ add {}", c.dn);
             }
-            Op::Modify | Op::Disable | Op::Enable => {
+            Op::Modify | Op::Link | Op::Disable | Op::Enable => {
                 let _ = writeln!(s, "~ {} {}", c.op.as_str(), c.dn);
             }
             Op::Rename | Op::Move => {
@@ -102,6 +102,7 @@ pub fn text(plan: &Plan) -> String {
 pub fn one_line(plan: &Plan) -> String {
     let extra: String = [
         Op::Move,
+        Op::Link,
         Op::Disable,
         Op::Enable,
         Op::AddMember,
@@ -256,7 +257,7 @@ pub fn ldif(plan: &Plan) -> String {
                     }
                 }
             }
-            Op::Modify | Op::Disable | Op::Enable | Op::AddMember | Op::RemoveMember => {
+            Op::Modify | Op::Link | Op::Disable | Op::Enable | Op::AddMember | Op::RemoveMember => {
                 s.push_str("changetype: modify\n");
                 for a in &c.attributes {
                     match a.kind {

@@ -484,7 +484,7 @@ async fn apply_one(ldap: &mut Ldap, c: &Change, t: Duration) -> Result<Option<St
                 });
             Ok(uuid)
         }
-        Op::Modify | Op::Disable | Op::Enable => {
+        Op::Modify | Op::Link | Op::Disable | Op::Enable => {
             let mods: Vec<Mod<String>> = c
                 .attributes
                 .iter()

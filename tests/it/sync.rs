@@ -394,3 +394,44 @@ fn attribute_aliases_do_not_cause_changes() {
     let (_, plan) = t.plan_json();
     assert!(changes(&plan).is_empty(), "{plan:#}");
 }
+
+#[test]
+fn correlation_links_pre_existing_entries_and_never_guesses() {
+    let t = TestEnv::new("correlate");
+    let p = &t.people;
+    ldapmodify(&format!(
+        "dn: uid=jdoe,{p}\nchangetype: add\nobjectClass: inetOrgPerson\nuid: jdoe\ncn: J Doe\nsn: Doe\nmail: john.doe@example.com\n\n\
+         dn: cn=Ann Smith 1,{p}\nchangetype: add\nobjectClass: inetOrgPerson\nuid: asmith\ncn: Ann Smith 1\nsn: Smith\n\n\
+         dn: cn=Ann Smith 2,{p}\nchangetype: add\nobjectClass: inetOrgPerson\nuid: asmith\ncn: Ann Smith 2\nsn: Smith\n\n"
+    ));
+    let before = search(&format!("uid=jdoe,{p}"), "(objectClass=*)");
+    let cfg = t.default_config(&slapd().ldaps_uri).replace(
+        "anchor = \"employeeNumber\"",
+        "anchor = \"employeeNumber\"\ncorrelate = [\"mail\", \"uid\"]",
+    );
+    t.write_config(&cfg);
+    t.write_export(&[
+        "1,John,,Doe,Dev,john.doe@example.com,",
+        "2,Ann,,Smith,Ops,,",
+    ]);
+    let (code, plan) = t.plan_json();
+    assert_eq!(code, 3, "Ann matches two entries: quarantined: {plan:#}");
+    let ch = changes(&plan);
+    assert_eq!(ch.len(), 1, "{plan:#}");
+    assert_eq!(ch[0]["op"], "link");
+    assert_eq!(ch[0]["attributes"]["employeeNumber"]["new"][0], "1");
+    let q = plan["quarantined"].to_string();
+    assert!(q.contains("matches 2 entries"), "{q}");
+    let r = t.run(&["sync"]);
+    assert_eq!(r.code, 3, "{r:?}");
+    let john = search(&format!("uid=jdoe,{p}"), "(objectClass=*)");
+    assert_eq!(john[0].one("employeeNumber"), Some("1"));
+    assert_eq!(john[0].one("entryUUID"), before[0].one("entryUUID"));
+    assert_eq!(john[0].one("cn"), Some("John Doe"));
+    assert_eq!(
+        search(p, "(uid=asmith)").len(),
+        2,
+        "nothing guessed, nothing created"
+    );
+    assert_eq!(search(p, "(employeeNumber=*)").len(), 1);
+}
