@@ -170,7 +170,10 @@ fn a_second_run_waits_for_the_lock_and_exits_75() {
             .arg("true")
             .status()
             .unwrap();
-        if !st.success() {
+        // held, and the holder has written its pid and become `sleep 30`
+        let pid = std::fs::read_to_string(&lock).unwrap_or_default();
+        let cmd = std::fs::read(format!("/proc/{}/cmdline", pid.trim())).unwrap_or_default();
+        if !st.success() && cmd.starts_with(b"sleep") {
             held = true;
             break;
         }
