@@ -62,4 +62,11 @@ ldapsearch -x -LLL -o ldif-wrap=no -H "$LDAP_URI" -D "$LDAP_BIND_DN" -w "$PW" \
     uid cn mail title manager employeeNumber \
     | perl -MMIME::Base64 -pe 's/^(\w+):: (.*)$/"$1: ".decode_base64($2)/e'
 
+step "ldapsearch: the groups the rules made (config/dirbridge.toml [[groups]])"
+ldapsearch -x -LLL -o ldif-wrap=no -H "$LDAP_URI" -D "$LDAP_BIND_DN" -w "$PW" \
+    -b "ou=groups,$LDAP_BASE_DN" '(cn=*engineering*)' member
+
+step "dirbridge explain zorsted   (why she has each value and group)"
+"$BIN" -c "$CFG" explain zorsted | sed -n '1,20p'
+
 step "ldapsearch: $(ldapsearch -x -LLL -H "$LDAP_URI" -D "$LDAP_BIND_DN" -w "$PW" -b "ou=people,$LDAP_BASE_DN" '(employeeNumber=*)' dn | grep -c '^dn:') entries under ou=people; stopping slapd"

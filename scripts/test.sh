@@ -25,7 +25,8 @@ cargo test --all-targets
 
 echo "==> demo (the shipped example against a throwaway slapd)"
 bash scripts/demo.sh > "$COUNTS/demo.log" 2>&1 || { cat "$COUNTS/demo.log"; echo "the demo failed"; exit 1; }
-grep -q "50 add, 0 modify, 0 rename, 0 delete applied" "$COUNTS/demo.log" || { cat "$COUNTS/demo.log"; echo "the demo did not create the 50 sample people"; exit 1; }
+grep -q "sync: .* applied; 0 failed; 0 quarantined; 50 records" "$COUNTS/demo.log" || { cat "$COUNTS/demo.log"; echo "the demo's sync did not apply cleanly"; exit 1; }
+grep -q "50 entries under ou=people" "$COUNTS/demo.log" || { cat "$COUNTS/demo.log"; echo "the demo did not create the 50 sample people"; exit 1; }
 grep -q "^0 add, 0 modify, 0 rename, 0 delete; 0 quarantined" "$COUNTS/demo.log" || { cat "$COUNTS/demo.log"; echo "the demo's second plan was not empty"; exit 1; }
 echo "demo: ok"
 

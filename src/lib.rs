@@ -9,6 +9,7 @@ pub mod clock;
 pub mod config;
 pub mod dn;
 pub mod exit;
+pub mod explain;
 pub mod lifecycle;
 pub mod mapping;
 pub mod mirror;

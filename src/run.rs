@@ -26,6 +26,21 @@ pub struct RunOptions {
     pub only: Option<String>,
     /// Evaluate the lifecycle as of this day (YYYY-MM-DD) instead of today.
     pub as_of: Option<String>,
+    /// Keep what the run computed (for `explain` and `report`).
+    pub details: bool,
+}
+
+/// What a run computed, for `explain` and `report`.
+#[derive(Debug)]
+pub struct Details {
+    pub users: crate::config::UsersConfig,
+    pub records: Vec<crate::source::Record>,
+    pub desired: Vec<crate::mapping::Desired>,
+    pub groups: BTreeMap<String, crate::mapping::groups::GroupDesired>,
+    pub states: BTreeMap<String, crate::lifecycle::State>,
+    pub entries: Vec<crate::model::Entry>,
+    pub group_entries: Vec<crate::model::Entry>,
+    pub today: Option<jiff::civil::Date>,
 }
 
 /// Today, in the lifecycle's time zone (or the system's), or the `--as-of` day.
@@ -63,6 +78,7 @@ pub struct RunOutcome {
     pub failed: Vec<Failed>,
     pub duration: Duration,
     pub dry_run: bool,
+    pub details: Option<Details>,
 }
 
 impl RunOutcome {
@@ -620,7 +636,20 @@ pub async fn run(
         failed: Vec::new(),
         duration: Duration::ZERO,
         dry_run: opts.dry_run,
+        details: None,
     };
+    if opts.details {
+        outcome.details = Some(Details {
+            users: users.clone(),
+            records: export.records.clone(),
+            desired: mapped.desired.clone(),
+            groups: groups_out.groups.clone(),
+            states: overlay.states.clone(),
+            entries: dir.entries.clone(),
+            group_entries: dir.groups.clone(),
+            today: cfg.lifecycle.as_ref().map(|_| today),
+        });
+    }
     if opts.dry_run {
         target.unbind().await;
         outcome.duration = started.elapsed();
@@ -709,6 +738,17 @@ pub async fn run(
     mirror.note_groups(&groups_created, &groups_deleted, &now)?;
     if cfg.lifecycle.is_some() && opts.only.is_none() && !export.keys_uncertain {
         mirror.save_departures(&overlay.departures)?;
+    }
+    let cutoff = cfg
+        .audit_retention
+        .and_then(|keep| clock.now().checked_sub(keep))
+        .filter(|t| *t > std::time::UNIX_EPOCH);
+    if let Some(cutoff) = cutoff {
+        let before = humantime::format_rfc3339_seconds(cutoff).to_string();
+        let n = mirror.expire(&before)?;
+        if n > 0 {
+            tracing::info!(target: "dirbridge::audit", rows = n, "forgot audit rows older than {before}");
+        }
     }
     mirror.save_snapshot(&dir)?;
     if !export.keys_uncertain && opts.only.is_none() {

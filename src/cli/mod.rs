@@ -56,6 +56,18 @@ pub enum Format {
     Ldif,
 }
 
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum ReportKind {
+    /// Who is in which managed group, why, and since when.
+    Access,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum ReportFormat {
+    Csv,
+    Json,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Validate the configuration: every key, every template against the export's header, the
@@ -79,6 +91,37 @@ pub enum Command {
         /// Act on one person only (a canary), by HR key.
         #[arg(long, value_name = "KEY")]
         only: Option<String>,
+    },
+    /// Why a person has each value and group: templates and source columns, the group rules that
+    /// grant, placement, lifecycle state and next change, and the audit history.
+    Explain {
+        /// HR key, uid or DN.
+        who: String,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        /// Evaluate dates as of this day (YYYY-MM-DD).
+        #[arg(long, value_name = "DATE", value_parser = parse_date)]
+        as_of: Option<String>,
+    },
+    /// The audit trail: every change dirbridge sent, when, why and how it ended (newest first).
+    History {
+        /// Only changes at or after this time (YYYY-MM-DD or RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only changes for this HR key (or DN fragment).
+        #[arg(long)]
+        who: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Reports: `access` lists who is in which managed group, why, and since when.
+    Report {
+        #[arg(value_enum)]
+        kind: ReportKind,
+        #[arg(long, value_enum, default_value_t = ReportFormat::Csv)]
+        format: ReportFormat,
     },
     /// Apply the difference to the directory. Ends with a one-line summary.
     Sync {
@@ -221,6 +264,19 @@ pub fn main() -> i32 {
             as_of,
             only,
         } => run_command(&cli.config, format, true, out, as_of, only, true),
+        Command::Explain { who, format, as_of } => {
+            explain_command(&cli.config, &who, format, as_of)
+        }
+        Command::History {
+            since,
+            who,
+            limit,
+            format,
+        } => history_command(&cli.config, since, who, limit, format),
+        Command::Report {
+            kind: ReportKind::Access,
+            format,
+        } => report_command(&cli.config, format),
         Command::Sync {
             dry_run,
             format,
@@ -256,6 +312,7 @@ fn run_command(
         dry_run,
         only,
         as_of,
+        details: false,
     };
     let outcome = match rt.block_on(run::run(&cfg, &opts, &SystemClock)) {
         Ok(o) => o,
@@ -314,4 +371,140 @@ fn run_command(
         }
     }
     outcome.exit_code()
+}
+
+fn details_run(
+    path: &std::path::Path,
+    as_of: Option<String>,
+) -> Result<(Config, run::RunOutcome), i32> {
+    let cfg = load(path, config::Check::Run)?;
+    let rt = runtime()?;
+    let opts = RunOptions {
+        dry_run: true,
+        only: None,
+        as_of,
+        details: true,
+    };
+    match rt.block_on(run::run(&cfg, &opts, &SystemClock)) {
+        Ok(o) => Ok((cfg, o)),
+        Err(e) => {
+            eprintln!("dirbridge: {e}");
+            Err(e.exit_code())
+        }
+    }
+}
+
+fn explain_command(
+    path: &std::path::Path,
+    who: &str,
+    format: Format,
+    as_of: Option<String>,
+) -> i32 {
+    let (cfg, outcome) = match details_run(path, as_of) {
+        Ok(x) => x,
+        Err(c) => return c,
+    };
+    let Some(d) = &outcome.details else {
+        return exit::SOFTWARE;
+    };
+    let Some(key) = crate::explain::resolve(d, who) else {
+        eprintln!(
+            "dirbridge: nobody in the export or the directory is {who:?} (an HR key, uid or DN)"
+        );
+        return exit::NO_INPUT;
+    };
+    let history = crate::mirror::Mirror::open(&cfg.state)
+        .and_then(|m| m.history(None, Some(&key), 20))
+        .unwrap_or_default();
+    let v = crate::explain::explain(&cfg, d, &key, &history);
+    match format {
+        Format::Json => print(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(&v).unwrap_or_default()
+        )),
+        _ => print(&crate::explain::explain_text(&v)),
+    }
+    exit::OK
+}
+
+fn history_command(
+    path: &std::path::Path,
+    since: Option<String>,
+    who: Option<String>,
+    limit: usize,
+    format: Format,
+) -> i32 {
+    let cfg = match load(path, config::Check::Run) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let rows = match crate::mirror::Mirror::open(&cfg.state)
+        .and_then(|m| m.history(since.as_deref(), who.as_deref(), limit))
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("dirbridge: {e}");
+            return exit::SOFTWARE;
+        }
+    };
+    match format {
+        Format::Json => print(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(&rows).unwrap_or_default()
+        )),
+        _ => {
+            let mut s = String::new();
+            for r in &rows {
+                s.push_str(&format!(
+                    "{} run {} {} {} [{}] {} — {}\n",
+                    r.at, r.run, r.op, r.dn, r.key, r.state, r.reason
+                ));
+            }
+            print(&s);
+        }
+    }
+    exit::OK
+}
+
+fn report_command(path: &std::path::Path, format: ReportFormat) -> i32 {
+    let (cfg, outcome) = match details_run(path, None) {
+        Ok(x) => x,
+        Err(c) => return c,
+    };
+    let Some(d) = &outcome.details else {
+        return exit::SOFTWARE;
+    };
+    let mirror = crate::mirror::Mirror::open(&cfg.state).ok();
+    let rows: Vec<crate::explain::AccessRow> = crate::explain::access(&cfg, d)
+        .into_iter()
+        .map(|(mut r, _)| {
+            r.since = mirror
+                .as_ref()
+                .and_then(|m| m.member_since(&r.group, &r.member).ok().flatten());
+            r
+        })
+        .collect();
+    match format {
+        ReportFormat::Json => print(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(&rows).unwrap_or_default()
+        )),
+        ReportFormat::Csv => {
+            let mut w = csv::Writer::from_writer(Vec::new());
+            let _ = w.write_record(["group", "member", "hr_key", "rule", "since"]);
+            for r in &rows {
+                let _ = w.write_record([
+                    r.group.as_str(),
+                    r.member.as_str(),
+                    r.key.as_deref().unwrap_or(""),
+                    r.rule.as_deref().unwrap_or("not granted by a rule"),
+                    r.since.as_deref().unwrap_or(""),
+                ]);
+            }
+            print(&String::from_utf8_lossy(
+                &w.into_inner().unwrap_or_default(),
+            ));
+        }
+    }
+    exit::OK
 }

@@ -77,6 +77,7 @@ struct RawDirectory {
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 struct RawState {
     path: Spanned<PathBuf>,
+    audit_retention: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -216,6 +217,18 @@ pub struct DirectoryConfig {
     pub operation_timeout: Duration,
     pub page_size: u32,
     pub max_in_flight: usize,
+}
+
+mod opt_secs {
+    pub fn serialize<S: serde::Serializer>(
+        d: &Option<std::time::Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_str("never"),
+        }
+    }
 }
 
 mod secs {
@@ -460,6 +473,9 @@ pub struct Config {
     pub source: SourceConfig,
     pub directory: DirectoryConfig,
     pub state: PathBuf,
+    /// Audit rows older than this are forgotten (None: kept forever).
+    #[serde(with = "opt_secs")]
+    pub audit_retention: Option<Duration>,
     pub users: UsersConfig,
     pub groups: Vec<GroupRule>,
     pub lifecycle: Option<LifecycleConfig>,
@@ -838,6 +854,17 @@ pub fn load_str(file: &Path, src: &str, mode: Check) -> Result<(Config, Diagnost
 
     // ---- [state]
     let state = rel(raw.state.path.get_ref());
+    let audit_retention = match &raw.state.audit_retention {
+        None => Some(Duration::from_secs(400 * 86_400)),
+        Some(v) if v.get_ref() == "never" => None,
+        Some(v) => match humantime::parse_duration(v.get_ref()) {
+            Ok(d) => Some(d),
+            Err(_) => {
+                cx.err(Some(v.span()), format!("state.audit-retention = {:?} is not a duration such as \"400d\" (or \"never\")", v.get_ref()));
+                None
+            }
+        },
+    };
 
     // ---- [users]
     let u = raw.users.get_ref();
@@ -1309,6 +1336,7 @@ pub fn load_str(file: &Path, src: &str, mode: Check) -> Result<(Config, Diagnost
             source,
             directory,
             state,
+            audit_retention,
             users,
             groups,
             lifecycle,
@@ -1482,7 +1510,7 @@ uid = true
         let line = |needle: &str| bad.lines().position(|l| l.contains(needle)).unwrap() + 1;
         assert!(
             msgs.contains(&format!(
-                "{}: unknown field `bogus`, expected `path`",
+                "{}: unknown field `bogus`, expected `path` or `audit-retention`",
                 line("bogus")
             )),
             "{msgs:#?}"

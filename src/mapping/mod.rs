@@ -91,6 +91,31 @@ pub fn check_template(src: &str, header: &[String], header_known: bool) -> Resul
     Ok(())
 }
 
+/// The export's columns a template reads (for `explain`). MiniJinja's own list misses names used
+/// through slices (`given_name[:1]`), so the source's identifiers are matched against the columns.
+pub fn template_variables(src: &str, header: &[String]) -> Vec<String> {
+    let words: std::collections::HashSet<&str> = src
+        .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .filter(|w| !w.is_empty())
+        .collect();
+    header
+        .iter()
+        .filter(|h| words.contains(h.as_str()))
+        .cloned()
+        .collect()
+}
+
+/// The variables a condition reads (for `explain`).
+pub fn expression_variables(src: &str) -> Vec<String> {
+    let env = new_env(Arc::new(RwLock::new(HashMap::new())));
+    let mut v: Vec<String> = env
+        .compile_expression(src)
+        .map(|e| e.undeclared_variables(false).into_iter().collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
 /// Check a condition (`when`): the same rules as [`check_template`], for an expression.
 pub fn check_expression(src: &str, header: &[String], header_known: bool) -> Result<(), String> {
     let env = new_env(Arc::new(RwLock::new(HashMap::new())));
@@ -121,6 +146,7 @@ fn trial(r: Result<(), minijinja::Error>) -> Result<(), String> {
                     | ErrorKind::UnknownFunction
                     | ErrorKind::UnknownTest
                     | ErrorKind::UnknownMethod
+                    | ErrorKind::UndefinedError
             ) =>
         {
             Err(describe(&e))

@@ -275,3 +275,14 @@ fn person_dn_keeps_pointing_at_quarantined_people() {
         vec!["uid=aboss,ou=people,dc=example,dc=com"]
     );
 }
+
+#[test]
+fn slicing_variables_are_checked() {
+    let h = header();
+    let e = check_template("{{ (givne_name[:1] ~ surname) | lower }}", &h, true).unwrap_err();
+    assert!(e.contains("givne_name"), "{e}");
+    assert_eq!(
+        template_variables("{{ (given_name[:1] ~ surname) | lower }}", &h),
+        vec!["given_name".to_string(), "surname".to_string()]
+    );
+}

@@ -98,6 +98,20 @@ const MIGRATIONS: &[&str] = &[
     "#,
 ];
 
+/// One audit row: a change dirbridge sent, with its reason and outcome.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AuditRow {
+    pub at: String,
+    pub run: i64,
+    pub op: String,
+    pub dn: String,
+    pub key: String,
+    pub change: serde_json::Value,
+    pub reason: String,
+    pub state: String,
+    pub result: String,
+}
+
 pub struct Mirror {
     conn: Connection,
     path: PathBuf,
@@ -563,6 +577,84 @@ impl Mirror {
             }
         }
         tx.commit().map_err(sq(&p))
+    }
+
+    /// Audit rows (the journal), newest first: `since` an RFC 3339 time or date prefix, `who` an
+    /// HR key or a DN fragment.
+    pub fn history(
+        &self,
+        since: Option<&str>,
+        who: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<AuditRow>, MirrorError> {
+        let p = self.path.clone();
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT at, run_id, op, dn, hr_key, change, reason, state, COALESCE(result, '') FROM journal \
+                 WHERE (?1 IS NULL OR at >= ?1) AND (?2 IS NULL OR hr_key = ?2 OR lower(dn) LIKE '%' || lower(?2) || '%' \
+                 OR (instr(change, ?2) > 0 AND op IN ('add-member', 'remove-member'))) \
+                 ORDER BY id DESC LIMIT ?3",
+            )
+            .map_err(sq(&p))?;
+        let rows = st
+            .query_map(params![since, who, limit as i64], |r| {
+                Ok(AuditRow {
+                    at: r.get(0)?,
+                    run: r.get(1)?,
+                    op: r.get(2)?,
+                    dn: r.get(3)?,
+                    key: r.get(4)?,
+                    change: serde_json::from_str(&r.get::<_, String>(5)?)
+                        .unwrap_or(serde_json::Value::Null),
+                    reason: r.get(6)?,
+                    state: r.get(7)?,
+                    result: r.get(8)?,
+                })
+            })
+            .map_err(sq(&p))?;
+        rows.collect::<Result<_, _>>().map_err(sq(&p))
+    }
+
+    /// The first time a member value was added to a group (for `report access`).
+    pub fn member_since(
+        &self,
+        group_dn: &str,
+        member: &str,
+    ) -> Result<Option<String>, MirrorError> {
+        let p = self.path.clone();
+        self.conn
+            .query_row(
+                "SELECT min(at) FROM journal WHERE state = 'done' AND op IN ('add', 'add-member') AND lower(dn) = lower(?1) AND instr(lower(change), lower(?2)) > 0",
+                params![group_dn, member],
+                |r| r.get::<_, Option<String>>(0),
+            )
+            .map_err(sq(&p))
+    }
+
+    /// Forget audit rows older than `before` (RFC 3339), and compact the file when much went.
+    pub fn expire(&mut self, before: &str) -> Result<usize, MirrorError> {
+        let p = self.path.clone();
+        let tx = self.conn.transaction().map_err(sq(&p))?;
+        let n = tx
+            .execute("DELETE FROM journal WHERE at < ?1", params![before])
+            .map_err(sq(&p))?;
+        tx.execute(
+            "DELETE FROM quarantine WHERE run_id IN (SELECT id FROM runs WHERE started_at < ?1)",
+            params![before],
+        )
+        .map_err(sq(&p))?;
+        tx.execute(
+            "DELETE FROM runs WHERE started_at < ?1 AND id NOT IN (SELECT DISTINCT run_id FROM journal) \
+             AND id <> (SELECT max(id) FROM runs WHERE status IN ('ok', 'quarantined'))",
+            params![before],
+        )
+        .map_err(sq(&p))?;
+        tx.commit().map_err(sq(&p))?;
+        if n > 10_000 {
+            self.conn.execute_batch("VACUUM").map_err(sq(&p))?;
+        }
+        Ok(n)
     }
 
     /// Journal rows of a state (for tests and `history`).

@@ -88,6 +88,14 @@ pub fn text(plan: &Plan) -> String {
     for w in &plan.warnings {
         let _ = writeln!(s, "warning: {w}");
     }
+    if let Some(t) = &plan.today {
+        let _ = writeln!(
+            s,
+            "lifecycle as of {t}: {} record(s) before their pre-hire window; next change on {}",
+            plan.not_yet,
+            plan.next_change.as_deref().unwrap_or("(none known)")
+        );
+    }
     if plan.deletes_suppressed {
         let _ = writeln!(s, "note: some records could not be read well enough to know their key: this run deletes nothing");
     }
@@ -158,6 +166,11 @@ pub fn json_value(plan: &Plan) -> Value {
     if let Value::Object(m) = &mut summary_v {
         m.insert("refused".into(), json!(!plan.refusals.is_empty()));
         m.insert("deletes-suppressed".into(), json!(plan.deletes_suppressed));
+        if let Some(t) = &plan.today {
+            m.insert("today".into(), json!(t));
+            m.insert("next-change".into(), json!(plan.next_change));
+            m.insert("not-yet".into(), json!(plan.not_yet));
+        }
     }
     json!({
         "summary": summary_v,

@@ -52,7 +52,8 @@ fn man_pages_cover_every_key_and_command() {
         if l.starts_with('[') {
             section = l.trim_matches(|c| c == '[' || c == ']').to_string();
             assert!(
-                man5.contains(&format!("## [{section}]")),
+                man5.contains(&format!("## [{section}]"))
+                    || man5.contains(&format!("## [[{section}]]")),
                 "dirbridge.toml.5.md lacks [{section}]"
             );
             continue;

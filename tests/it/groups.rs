@@ -129,6 +129,68 @@ fn group_rules_create_and_maintain_memberships() {
     let (_, plan) = t.plan_json();
     assert!(changes(&plan).is_empty(), "second run: {plan:#}");
 
+    // explain: the rule that grants each group, the template and the source columns of each value
+    let r = t.run(&["explain", "bworker", "--format", "json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let ex: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(ex["key"], "2");
+    let groups = ex["groups"].as_array().unwrap();
+    let eng = groups
+        .iter()
+        .find(|g| g["dn"].as_str().unwrap().starts_with("cn=engineering"))
+        .unwrap();
+    assert_eq!(eng["rule"]["index"], 0);
+    assert_eq!(eng["rule"]["when"], "department == 'Engineering'");
+    assert_eq!(eng["sources"]["department"], "Engineering");
+    let dept = groups
+        .iter()
+        .find(|g| g["dn"].as_str().unwrap().starts_with("cn=dept-engineering"))
+        .unwrap();
+    assert_eq!(dept["rule"]["for-each"], "department");
+    let cn = ex["attributes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["attribute"] == "cn")
+        .unwrap();
+    assert_eq!(cn["sources"]["given_name"], "Bob");
+    assert_eq!(cn["value"][0], "Bob Worker");
+    assert!(
+        ex["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["op"] == "add" && h["key"] == "2"),
+        "{ex:#}"
+    );
+    let r = t.run(&["explain", "2"]);
+    assert!(
+        r.stdout
+            .contains("groups[0] when department == 'Engineering'"),
+        "{r:?}"
+    );
+    // history and the access report
+    let r = t.run(&["history", "--who", "2", "--format", "json"]);
+    let h: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert!(
+        h.as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["op"] == "add" && x["state"] == "done"),
+        "{h:#}"
+    );
+    let r = t.run(&["report", "access", "--format", "csv"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let line = r
+        .stdout
+        .lines()
+        .find(|l| l.contains("\"cn=engineering,ou=groups") && l.contains("uid=bworker"))
+        .unwrap_or_else(|| panic!("{}", r.stdout));
+    assert!(
+        line.contains(",2,groups[0] when department == 'Engineering',20"),
+        "{line}"
+    );
+
     // Bob moves to Sales & Marketing; Ann leaves Berlin; everyone leaves Engineering.
     write(
         &t,

@@ -133,6 +133,20 @@ max-attribute-removal-percent = 50
     assert!(!locked(&p["1"]) && locked(&p["4"]));
     let _ = plan;
     assert_eq!(staff_members().len(), 4);
+    // explain names the state and the next date at which anything changes
+    let r = t.run(&["explain", "3", "--as-of", "2026-03-01", "--format", "json"]);
+    let ex: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(ex["lifecycle"]["state"]["state"], "not-yet", "{ex:#}");
+    assert_eq!(
+        ex["lifecycle"]["next-change"], "2026-04-24",
+        "7 days before the start: {ex:#}"
+    );
+    let r = t.run(&["explain", "2", "--as-of", "2026-03-01", "--format", "json"]);
+    let ex: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(ex["lifecycle"]["next-change"], "2026-03-31", "{ex:#}");
+    let r = t.run(&["plan", "--as-of", "2026-03-01", "--format", "json"]);
+    let p1: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(p1["summary"]["next-change"], "2026-03-31", "{p1:#}");
 
     // 1 April: Bob's end date (31 March) has passed: disabled, moved, out of the group.
     let r = t.run(&["plan", "--as-of", "2026-04-01", "--format", "json"]);
