@@ -28,6 +28,8 @@ pub struct RunOptions {
     pub as_of: Option<String>,
     /// Keep what the run computed (for `explain` and `report`).
     pub details: bool,
+    /// Gates the operator accepts for this run (`--accept-gate NAME`).
+    pub accept: Vec<String>,
 }
 
 /// What a run computed, for `explain` and `report`.
@@ -41,6 +43,18 @@ pub struct Details {
     pub entries: Vec<crate::model::Entry>,
     pub group_entries: Vec<crate::model::Entry>,
     pub today: Option<jiff::civil::Date>,
+}
+
+/// Who runs this process, for the audit: the user name and uid.
+fn operator() -> String {
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata("/proc/self")
+        .map(|m| m.uid().to_string())
+        .unwrap_or_else(|_| "?".into());
+    let name = std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_default();
+    format!("the operator {name} (uid {uid})")
 }
 
 /// Today, in the lifecycle's time zone (or the system's), or the `--as-of` day.
@@ -626,8 +640,16 @@ pub async fn run(
         dir_empty: linking.managed == 0,
         links: links.len(),
     });
+    let (accepted, refused): (Vec<_>, Vec<_>) = std::mem::take(&mut plan.refusals)
+        .into_iter()
+        .partition(|r| opts.accept.iter().any(|a| a == r.gate));
+    plan.refusals = refused;
+    plan.accepted = accepted;
     for r in &plan.refusals {
         tracing::warn!(target: "dirbridge::safety", gate = r.gate, "refused: {}", r.message);
+    }
+    for r in &plan.accepted {
+        tracing::warn!(target: "dirbridge::safety", gate = r.gate, "accepted by the operator: {}", r.message);
     }
 
     let mut outcome = RunOutcome {
@@ -670,6 +692,16 @@ pub async fn run(
         .map(|q| (q.key.clone(), q.line, q.reason.clone()))
         .collect();
     mirror.record_quarantine(run_id, &q)?;
+    if outcome.plan.refusals.is_empty() {
+        for r in &outcome.plan.accepted {
+            mirror.audit_note(
+                run_id,
+                "accept-gate",
+                &format!("{} accepted safety.{}: {}", operator(), r.gate, r.message),
+                &clock.rfc3339(),
+            )?;
+        }
+    }
     if !outcome.plan.refusals.is_empty() {
         target.unbind().await;
         outcome.duration = started.elapsed();

@@ -91,6 +91,9 @@ pub enum Command {
         /// Act on one person only (a canary), by HR key.
         #[arg(long, value_name = "KEY")]
         only: Option<String>,
+        /// Go ahead although this safety gate refuses (repeatable); the override is audited.
+        #[arg(long = "accept-gate", value_name = "GATE", value_parser = clap::builder::PossibleValuesParser::new(crate::plan::gates::GATES))]
+        accept_gate: Vec<String>,
     },
     /// Why a person has each value and group: templates and source columns, the group rules that
     /// grant, placement, lifecycle state and next change, and the audit history.
@@ -136,6 +139,9 @@ pub enum Command {
         /// Act on one person only (a canary), by HR key.
         #[arg(long, value_name = "KEY")]
         only: Option<String>,
+        /// Go ahead although this safety gate refuses (repeatable); the override is audited.
+        #[arg(long = "accept-gate", value_name = "GATE", value_parser = clap::builder::PossibleValuesParser::new(crate::plan::gates::GATES))]
+        accept_gate: Vec<String>,
     },
 }
 
@@ -263,7 +269,19 @@ pub fn main() -> i32 {
             out,
             as_of,
             only,
-        } => run_command(&cli.config, format, true, out, as_of, only, true),
+            accept_gate,
+        } => run_command(
+            &cli.config,
+            RunArgs {
+                format,
+                dry_run: true,
+                out,
+                as_of,
+                only,
+                accept: accept_gate,
+                is_plan: true,
+            },
+        ),
         Command::Explain { who, format, as_of } => {
             explain_command(&cli.config, &who, format, as_of)
         }
@@ -282,19 +300,42 @@ pub fn main() -> i32 {
             format,
             as_of,
             only,
-        } => run_command(&cli.config, format, dry_run, None, as_of, only, false),
+            accept_gate,
+        } => run_command(
+            &cli.config,
+            RunArgs {
+                format,
+                dry_run,
+                out: None,
+                as_of,
+                only,
+                accept: accept_gate,
+                is_plan: false,
+            },
+        ),
     }
 }
 
-fn run_command(
-    path: &std::path::Path,
+struct RunArgs {
     format: Format,
     dry_run: bool,
     out: Option<PathBuf>,
     as_of: Option<String>,
     only: Option<String>,
+    accept: Vec<String>,
     is_plan: bool,
-) -> i32 {
+}
+
+fn run_command(path: &std::path::Path, args: RunArgs) -> i32 {
+    let RunArgs {
+        format,
+        dry_run,
+        out,
+        as_of,
+        only,
+        accept,
+        is_plan,
+    } = args;
     let cfg = match load(path, config::Check::Run) {
         Ok(c) => c,
         Err(code) => return code,
@@ -313,6 +354,7 @@ fn run_command(
         only,
         as_of,
         details: false,
+        accept,
     };
     let outcome = match rt.block_on(run::run(&cfg, &opts, &SystemClock)) {
         Ok(o) => o,
@@ -356,7 +398,13 @@ fn run_command(
             eprintln!("quarantined: {who}: {}", q.reason);
         }
         for r in &outcome.plan.refusals {
-            eprintln!("REFUSED by safety.{}: {}", r.gate, r.message);
+            eprintln!(
+                "REFUSED by safety.{}: {} (to go ahead anyway: --accept-gate {})",
+                r.gate, r.message, r.gate
+            );
+        }
+        for r in &outcome.plan.accepted {
+            eprintln!("accepted (--accept-gate {}): {}", r.gate, r.message);
         }
         if outcome.plan.deletes_suppressed {
             eprintln!("note: some records could not be read well enough to know their key: this run deleted nothing");
@@ -384,6 +432,7 @@ fn details_run(
         only: None,
         as_of,
         details: true,
+        accept: vec![],
     };
     match rt.block_on(run::run(&cfg, &opts, &SystemClock)) {
         Ok(o) => Ok((cfg, o)),

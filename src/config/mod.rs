@@ -164,6 +164,8 @@ struct RawSafety {
     max_delete_percent: Option<Spanned<Number>>,
     max_disables: Option<Spanned<i64>>,
     max_disable_percent: Option<Spanned<Number>>,
+    max_moves: Option<Spanned<i64>>,
+    max_move_percent: Option<Spanned<Number>>,
     min_source_percent: Option<Spanned<Number>>,
     max_attribute_removal_percent: Option<Spanned<Number>>,
     #[serde(default)]
@@ -447,6 +449,8 @@ pub struct SafetyConfig {
     pub max_delete_percent: f64,
     pub max_disables: u64,
     pub max_disable_percent: f64,
+    pub max_moves: u64,
+    pub max_move_percent: f64,
     pub min_source_percent: f64,
     pub max_attribute_removal_percent: f64,
     pub protected: Vec<String>,
@@ -459,6 +463,8 @@ impl Default for SafetyConfig {
             max_delete_percent: 5.0,
             max_disables: 50,
             max_disable_percent: 5.0,
+            max_moves: 50,
+            max_move_percent: 5.0,
             min_source_percent: 90.0,
             max_attribute_removal_percent: 10.0,
             protected: Vec::new(),
@@ -1295,6 +1301,11 @@ pub fn load_str(file: &Path, src: &str, mode: Check) -> Result<(Config, Diagnost
         "max-attribute-removal-percent",
         def.max_attribute_removal_percent,
     );
+    let max_move_percent = pct(
+        &sf.max_move_percent,
+        "max-move-percent",
+        def.max_move_percent,
+    );
     let mut count = |v: &Option<Spanned<i64>>, name: &str, default: u64| -> u64 {
         match v {
             None => default,
@@ -1310,6 +1321,7 @@ pub fn load_str(file: &Path, src: &str, mode: Check) -> Result<(Config, Diagnost
     };
     let max_deletes = count(&sf.max_deletes, "max-deletes", def.max_deletes);
     let max_disables = count(&sf.max_disables, "max-disables", def.max_disables);
+    let max_moves = count(&sf.max_moves, "max-moves", def.max_moves);
     let mut protected = Vec::new();
     for p in &sf.protected {
         match Dn::parse(p.get_ref()) {
@@ -1322,6 +1334,8 @@ pub fn load_str(file: &Path, src: &str, mode: Check) -> Result<(Config, Diagnost
         max_delete_percent,
         max_disables,
         max_disable_percent,
+        max_moves,
+        max_move_percent,
         min_source_percent,
         max_attribute_removal_percent,
         protected,

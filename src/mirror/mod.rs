@@ -526,6 +526,24 @@ impl Mirror {
         tx.commit().map_err(sq(&p))
     }
 
+    /// An audit row that is not a directory change (an operator's override, say).
+    pub fn audit_note(
+        &mut self,
+        run: i64,
+        op: &str,
+        reason: &str,
+        now: &str,
+    ) -> Result<(), MirrorError> {
+        let p = self.path.clone();
+        self.conn
+            .execute(
+                "INSERT INTO journal (run_id, op, dn, hr_key, change, reason, state, at) VALUES (?1, ?2, '', '', 'null', ?3, 'done', ?4)",
+                params![run, op, reason, now],
+            )
+            .map_err(sq(&p))?;
+        Ok(())
+    }
+
     /// Journal changes as pending, before they are sent. Returns their journal ids.
     pub fn journal_pending(
         &mut self,

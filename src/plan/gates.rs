@@ -8,6 +8,21 @@ use super::{Change, DeltaKind, Op};
 use crate::config::SafetyConfig;
 use crate::dn::Dn;
 
+/// Every gate's name, as `--accept-gate` takes it.
+pub const GATES: &[&str] = &[
+    "max-deletes",
+    "max-delete-percent",
+    "max-disables",
+    "max-disable-percent",
+    "max-moves",
+    "max-move-percent",
+    "max-attribute-removal-percent",
+    "min-source-percent",
+    "columns",
+    "empty-directory",
+    "protected",
+];
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Refusal {
     pub gate: &'static str,
@@ -86,6 +101,27 @@ pub fn check(g: &GateInput<'_>) -> Vec<Refusal> {
                 g.managed,
                 pct(disables, g.managed),
                 s.max_disable_percent
+            ),
+        });
+    }
+    let moves = g.changes.iter().filter(|c| c.op == Op::Move).count();
+    if moves as u64 > s.max_moves {
+        out.push(Refusal {
+            gate: "max-moves",
+            message: format!(
+                "{moves} entries would be moved, more than safety.max-moves = {}",
+                s.max_moves
+            ),
+        });
+    }
+    if moves > 0 && pct(moves, g.managed) > s.max_move_percent {
+        out.push(Refusal {
+            gate: "max-move-percent",
+            message: format!(
+                "{moves} of {} managed entries ({:.1}%) would be moved, more than safety.max-move-percent = {}%",
+                g.managed,
+                pct(moves, g.managed),
+                s.max_move_percent
             ),
         });
     }

@@ -129,6 +129,8 @@ pub struct Plan {
     pub quarantined: Vec<QuarantineNote>,
     pub relinked: Vec<Relink>,
     pub refusals: Vec<gates::Refusal>,
+    /// Refusals an operator accepted for this run (`--accept-gate`); audited.
+    pub accepted: Vec<gates::Refusal>,
     pub warnings: Vec<String>,
     /// The export could not be read well enough to know every key: no deletes in this run.
     pub deletes_suppressed: bool,

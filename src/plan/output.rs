@@ -100,7 +100,14 @@ pub fn text(plan: &Plan) -> String {
         let _ = writeln!(s, "note: some records could not be read well enough to know their key: this run deletes nothing");
     }
     for r in &plan.refusals {
-        let _ = writeln!(s, "REFUSED by safety.{}: {}", r.gate, r.message);
+        let _ = writeln!(
+            s,
+            "REFUSED by safety.{}: {} (to go ahead anyway: --accept-gate {})",
+            r.gate, r.message, r.gate
+        );
+    }
+    for r in &plan.accepted {
+        let _ = writeln!(s, "accepted (--accept-gate {}): {}", r.gate, r.message);
     }
     let _ = writeln!(s, "{}", one_line(plan));
     s

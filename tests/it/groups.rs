@@ -280,7 +280,7 @@ fn placement_moves_entries_and_creates_ous() {
              [[users.placement]]\nwhen = \"location == 'Oslo'\"\nbase = \"ou=oslo,{p}\"\n\n[users.attributes]",
             p = t.people
         ),
-    ) + "\n[safety]\nmax-delete-percent = 60\nmin-source-percent = 50\n";
+    ) + "\n[safety]\nmax-delete-percent = 60\nmin-source-percent = 50\nmax-move-percent = 60\n";
     t.write_config(&cfg);
     write(
         &t,

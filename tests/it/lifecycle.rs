@@ -92,6 +92,7 @@ delete-after = "30d"
 
 [safety]
 max-disable-percent = 50
+max-move-percent = 50
 max-delete-percent = 50
 min-source-percent = 50
 max-attribute-removal-percent = 50

@@ -40,6 +40,49 @@ fn truncated_export_is_refused_and_nothing_is_deleted() {
 }
 
 #[test]
+fn an_operator_can_accept_a_gate_and_it_is_audited() {
+    let t = TestEnv::new("acceptgate");
+    let rows = many(20);
+    let refs: Vec<&str> = rows.iter().map(String::as_str).collect();
+    t.write_export(&refs);
+    t.sync_ok();
+    t.write_export(&refs[..10]);
+    let r = t.run(&["sync"]);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(
+        r.stderr.contains("--accept-gate max-delete-percent") || r.stdout.contains("--accept-gate"),
+        "{r:?}"
+    );
+    let r = t.run(&["sync", "--accept-gate", "max-delete-percent"]);
+    assert_eq!(r.code, 4, "min-source-percent still refuses: {r:?}");
+    assert_eq!(t.people().len(), 20);
+    let r = t.run(&[
+        "sync",
+        "--accept-gate",
+        "max-delete-percent",
+        "--accept-gate",
+        "min-source-percent",
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(t.people().len(), 10);
+    let r = t.run(&["history", "--format", "json"]);
+    let h: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let notes: Vec<&serde_json::Value> = h
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["op"] == "accept-gate")
+        .collect();
+    assert_eq!(notes.len(), 2, "{h:#}");
+    assert!(notes.iter().any(|n| n["reason"]
+        .as_str()
+        .unwrap()
+        .contains("accepted safety.min-source-percent")));
+    // an unknown gate name is a usage error
+    assert_eq!(t.run(&["sync", "--accept-gate", "max-everything"]).code, 2);
+}
+
+#[test]
 fn malformed_row_is_quarantined_and_its_person_is_kept() {
     let t = TestEnv::new("malformed");
     let rows = many(10);
