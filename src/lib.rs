@@ -18,4 +18,6 @@ pub mod plan;
 pub mod run;
 pub mod secret;
 pub mod source;
+#[cfg(test)]
+mod story_tests;
 pub mod target;

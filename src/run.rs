@@ -367,6 +367,222 @@ async fn read_directory(
     })
 }
 
+/// Everything a run decides, from what it read (pure: no I/O, `today` is given).
+pub struct DecideInput<'a> {
+    pub cfg: &'a Config,
+    /// `[users]` with the server's attribute names.
+    pub users: &'a crate::config::UsersConfig,
+    pub mapper: &'a Mapper,
+    pub export: &'a crate::source::Export,
+    pub dir: &'a DirSnapshot,
+    pub rules: &'a crate::model::MatchRules,
+    pub links: &'a BTreeMap<String, String>,
+    pub departures: &'a BTreeMap<String, jiff::civil::Date>,
+    pub created: &'a BTreeSet<String>,
+    pub today: jiff::civil::Date,
+    pub only: Option<&'a str>,
+}
+
+/// What [`decide`] found: the plan, and the pieces `explain` and the applier need.
+pub struct Decision {
+    pub plan: Plan,
+    pub linking: link::Linking,
+    pub mapped: crate::mapping::MapOutput,
+    pub groups_out: crate::mapping::groups::GroupsOut,
+    pub overlay: crate::lifecycle::Overlay,
+}
+
+/// Link, evaluate the lifecycle, map, plan people and groups, and order the changes.
+pub fn decide(i: &DecideInput<'_>) -> Decision {
+    let DecideInput {
+        cfg,
+        users,
+        mapper,
+        export,
+        dir,
+        rules,
+        links,
+        departures,
+        created,
+        today,
+        only,
+    } = *i;
+    let quarantined_keys = export.quarantined_keys();
+    let present: BTreeSet<String> = export
+        .records
+        .iter()
+        .map(|r| r.key.clone())
+        .chain(quarantined_keys.iter().cloned())
+        .collect();
+    let mut linking = link::link(&present, dir, links, &users.anchor, rules);
+    if !users.correlate.is_empty() {
+        let unlinked: Vec<&crate::source::Record> = export
+            .records
+            .iter()
+            .filter(|r| !linking.by_key.contains_key(&r.key))
+            .collect();
+        let values = mapper.plain_values(&unlinked, &users.correlate);
+        link::correlate(
+            &mut linking,
+            dir,
+            &users.anchor,
+            &users.correlate,
+            &values,
+            rules,
+        );
+    }
+    // When some keys could not be read, people missing from the export may only be unreadable:
+    // references to them (person_dn) keep pointing at their entries.
+    let mut keep = quarantined_keys.clone();
+    if export.keys_uncertain {
+        keep.extend(linking.gone.values().cloned());
+    }
+    // The lifecycle: states from the records and today, before mapping.
+    let overlay = match &cfg.lifecycle {
+        Some(lc) => crate::lifecycle::evaluate(&crate::lifecycle::Input {
+            cfg: lc,
+            today,
+            records: &export.records,
+            gone: &linking.gone,
+            linked: &linking.by_key,
+            departures,
+            uncertain: export.keys_uncertain,
+        }),
+        None => Default::default(),
+    };
+    let mut overlay = overlay;
+    for (k, why) in &linking.ambiguous {
+        let line = export
+            .records
+            .iter()
+            .find(|r| &r.key == k)
+            .map(|r| r.line)
+            .unwrap_or(0);
+        overlay.errors.push(crate::mapping::MapError {
+            key: k.clone(),
+            line,
+            reason: why.clone(),
+        });
+    }
+    let lifecycle_errors: BTreeSet<String> = overlay.errors.iter().map(|e| e.key.clone()).collect();
+    let to_map: Vec<crate::source::Record> = export
+        .records
+        .iter()
+        .filter(|r| {
+            !overlay.skip.contains(&r.key)
+                && !overlay.purged.contains(&r.key)
+                && !lifecycle_errors.contains(&r.key)
+        })
+        .cloned()
+        .collect();
+    keep.extend(lifecycle_errors.iter().cloned());
+    let mut mapped = mapper.map_with(&to_map, &keep, &linking, dir, rules, &overlay.parents);
+    mapped.errors.extend(overlay.errors.iter().cloned());
+    if let Some(lc) = &cfg.lifecycle {
+        crate::lifecycle::finish(&mut mapped.desired, &overlay, lc, users, dir);
+    }
+
+    let mut plan = Plan {
+        records: export.records.len() + export.quarantined.len(),
+        entries_read: dir.entries.len(),
+        managed: linking.managed,
+        deletes_suppressed: export.keys_uncertain,
+        relinked: linking.relinked.clone(),
+        today: cfg.lifecycle.as_ref().map(|_| today.to_string()),
+        next_change: overlay.next_change.map(|d| d.to_string()),
+        not_yet: overlay.skip.len(),
+        ..Default::default()
+    };
+    for q in &export.quarantined {
+        plan.quarantined.push(QuarantineNote {
+            key: q.key.clone(),
+            line: q.line,
+            reason: format!("{}:{}: {}", q.file.display(), q.line, q.reason),
+        });
+    }
+    for e in &mapped.errors {
+        plan.quarantined.push(QuarantineNote {
+            key: Some(e.key.clone()),
+            line: e.line,
+            reason: e.reason.clone(),
+        });
+    }
+    if let Some(only) = only {
+        if !present.contains(only) && !linking.gone.values().any(|k| k == only) {
+            plan.warnings.push(format!(
+                "--only {only}: no record and no managed entry has this key"
+            ));
+        }
+        plan.quarantined.retain(|q| q.key.as_deref() == Some(only));
+    }
+    // A record that failed mapping is left alone: its entry is neither changed nor deleted.
+    let mut changes = plan::plan(&PlanInput {
+        users,
+        desired: &mapped.desired,
+        dir,
+        linking: &linking,
+        rules,
+        no_deletes: export.keys_uncertain,
+        only,
+        lifecycle: cfg.lifecycle.is_some(),
+        purge: &overlay.purge,
+    });
+    changes.extend(plan::containers(users, &mapped.desired, dir));
+    // Groups: what the rules grant, against what the groups hold.
+    let groups_out = mapper.groups(&cfg.groups, &mapped.desired, &overlay.drop_groups);
+    for e in &groups_out.errors {
+        plan.quarantined.push(QuarantineNote {
+            key: Some(e.key.clone()),
+            line: e.line,
+            reason: e.reason.clone(),
+        });
+    }
+    let mut managed_members: BTreeSet<String> = BTreeSet::new();
+    for e in dir
+        .entries
+        .iter()
+        .filter(|e| !e.get(&users.anchor).is_empty())
+    {
+        managed_members.insert(rules.fold("member", &e.dn));
+        for u in e.get("uid") {
+            managed_members.insert(rules.fold("memberUid", u));
+        }
+    }
+    for d in &mapped.desired {
+        managed_members.insert(rules.fold("member", &d.dn));
+        for u in d.attrs.get("uid").into_iter().flatten() {
+            managed_members.insert(rules.fold("memberUid", u));
+        }
+    }
+    let renamed: std::collections::HashMap<String, String> = changes
+        .iter()
+        .filter(|c| matches!(c.op, Op::Rename | Op::Move))
+        .filter_map(|c| c.new_dn.clone().map(|n| (crate::dn::normalize(&c.dn), n)))
+        .collect();
+    let mut group_changes = plan::groups::plan_groups(&plan::groups::GroupPlanInput {
+        renamed: &renamed,
+        rules: &cfg.groups,
+        desired: &groups_out.groups,
+        existing: &dir.groups,
+        created,
+        managed_members: &managed_members,
+        rules_match: rules,
+    });
+    if let Some(only) = only {
+        group_changes =
+            plan::groups::only_person(group_changes, only, &mapped.desired, dir, &linking, rules);
+    }
+    changes.extend(group_changes);
+    plan.changes = plan::order(changes, rules);
+    Decision {
+        plan,
+        linking,
+        mapped,
+        groups_out,
+        overlay,
+    }
+}
+
 /// Perform one run. `plan` and `sync --dry-run` pass `dry_run`; nothing is written then.
 pub async fn run(
     cfg: &Config,
@@ -441,187 +657,40 @@ pub async fn run(
         Some(m) => m.links()?,
         None => Default::default(),
     };
-    let quarantined_keys = export.quarantined_keys();
-    let present: BTreeSet<String> = export
-        .records
-        .iter()
-        .map(|r| r.key.clone())
-        .chain(quarantined_keys.iter().cloned())
-        .collect();
-    let mut linking = link::link(&present, &dir, &links, &users.anchor, &rules);
-    if !users.correlate.is_empty() {
-        let unlinked: Vec<&crate::source::Record> = export
-            .records
-            .iter()
-            .filter(|r| !linking.by_key.contains_key(&r.key))
-            .collect();
-        let values = mapper.plain_values(&unlinked, &users.correlate);
-        link::correlate(
-            &mut linking,
-            &dir,
-            &users.anchor,
-            &users.correlate,
-            &values,
-            &rules,
-        );
-    }
-    // When some keys could not be read, people missing from the export may only be unreadable:
-    // references to them (person_dn) keep pointing at their entries.
-    let mut keep = quarantined_keys.clone();
-    if export.keys_uncertain {
-        keep.extend(linking.gone.values().cloned());
-    }
-    // The lifecycle: states from the records and today, before mapping.
     let today = today(cfg, opts.as_of.as_deref(), clock)?;
     let departures = match &mirror {
         Some(m) => m.departures()?,
         None => BTreeMap::new(),
     };
-    let overlay = match &cfg.lifecycle {
-        Some(lc) => crate::lifecycle::evaluate(&crate::lifecycle::Input {
-            cfg: lc,
-            today,
-            records: &export.records,
-            gone: &linking.gone,
-            linked: &linking.by_key,
-            departures: &departures,
-            uncertain: export.keys_uncertain,
-        }),
-        None => Default::default(),
-    };
-    let mut overlay = overlay;
-    for (k, why) in &linking.ambiguous {
-        let line = export
-            .records
-            .iter()
-            .find(|r| &r.key == k)
-            .map(|r| r.line)
-            .unwrap_or(0);
-        overlay.errors.push(crate::mapping::MapError {
-            key: k.clone(),
-            line,
-            reason: why.clone(),
-        });
-    }
-    let lifecycle_errors: BTreeSet<String> = overlay.errors.iter().map(|e| e.key.clone()).collect();
-    let to_map: Vec<crate::source::Record> = export
-        .records
-        .iter()
-        .filter(|r| {
-            !overlay.skip.contains(&r.key)
-                && !overlay.purged.contains(&r.key)
-                && !lifecycle_errors.contains(&r.key)
-        })
-        .cloned()
-        .collect();
-    keep.extend(lifecycle_errors.iter().cloned());
-    let mut mapped = mapper.map_with(&to_map, &keep, &linking, &dir, &rules, &overlay.parents);
-    mapped.errors.extend(overlay.errors.iter().cloned());
-    if let Some(lc) = &cfg.lifecycle {
-        crate::lifecycle::finish(&mut mapped.desired, &overlay, lc, &users, &dir);
-    }
-
-    let mut plan = Plan {
-        records: export.records.len() + export.quarantined.len(),
-        entries_read: dir.entries.len(),
-        managed: linking.managed,
-        deletes_suppressed: export.keys_uncertain,
-        relinked: linking.relinked.clone(),
-        today: cfg.lifecycle.as_ref().map(|_| today.to_string()),
-        next_change: overlay.next_change.map(|d| d.to_string()),
-        not_yet: overlay.skip.len(),
-        ..Default::default()
-    };
-    for q in &export.quarantined {
-        plan.quarantined.push(QuarantineNote {
-            key: q.key.clone(),
-            line: q.line,
-            reason: format!("{}:{}: {}", q.file.display(), q.line, q.reason),
-        });
-    }
-    for e in &mapped.errors {
-        tracing::warn!(target: "dirbridge::mapping", key = %e.key, line = e.line, "quarantined: {}", e.reason);
-        plan.quarantined.push(QuarantineNote {
-            key: Some(e.key.clone()),
-            line: e.line,
-            reason: e.reason.clone(),
-        });
-    }
-    if let Some(only) = &opts.only {
-        if !present.contains(only) && !linking.gone.values().any(|k| k == only) {
-            plan.warnings.push(format!(
-                "--only {only}: no record and no managed entry has this key"
-            ));
-        }
-        plan.quarantined
-            .retain(|q| q.key.as_deref() == Some(only.as_str()));
-    }
-    for r in &linking.relinked {
-        tracing::warn!(target: "dirbridge::link", key = %r.key, dn = %r.dn, "{}", r.why);
-    }
-    // A record that failed mapping is left alone: its entry is neither changed nor deleted.
-    let mut changes = plan::plan(&PlanInput {
-        users: &users,
-        desired: &mapped.desired,
-        dir: &dir,
-        linking: &linking,
-        rules: &rules,
-        no_deletes: export.keys_uncertain,
-        only: opts.only.as_deref(),
-        lifecycle: cfg.lifecycle.is_some(),
-        purge: &overlay.purge,
-    });
-    changes.extend(plan::containers(&users, &mapped.desired, &dir));
-    // Groups: what the rules grant, against what the groups hold.
-    let groups_out = mapper.groups(&cfg.groups, &mapped.desired, &overlay.drop_groups);
-    for e in &groups_out.errors {
-        plan.quarantined.push(QuarantineNote {
-            key: Some(e.key.clone()),
-            line: e.line,
-            reason: e.reason.clone(),
-        });
-    }
     let created = match &mirror {
         Some(m) => m.created_groups()?,
         None => BTreeSet::new(),
     };
-    let mut managed_members: BTreeSet<String> = BTreeSet::new();
-    for e in dir
-        .entries
-        .iter()
-        .filter(|e| !e.get(&users.anchor).is_empty())
-    {
-        managed_members.insert(rules.fold("member", &e.dn));
-        for u in e.get("uid") {
-            managed_members.insert(rules.fold("memberUid", u));
-        }
-    }
-    for d in &mapped.desired {
-        managed_members.insert(rules.fold("member", &d.dn));
-        for u in d.attrs.get("uid").into_iter().flatten() {
-            managed_members.insert(rules.fold("memberUid", u));
-        }
-    }
-    let renamed: std::collections::HashMap<String, String> = changes
-        .iter()
-        .filter(|c| matches!(c.op, Op::Rename | Op::Move))
-        .filter_map(|c| c.new_dn.clone().map(|n| (crate::dn::normalize(&c.dn), n)))
-        .collect();
-    let mut group_changes = plan::groups::plan_groups(&plan::groups::GroupPlanInput {
-        renamed: &renamed,
-        rules: &cfg.groups,
-        desired: &groups_out.groups,
-        existing: &dir.groups,
+    let Decision {
+        mut plan,
+        linking,
+        mapped,
+        groups_out,
+        overlay,
+    } = decide(&DecideInput {
+        cfg,
+        users: &users,
+        mapper: &mapper,
+        export: &export,
+        dir: &dir,
+        rules: &rules,
+        links: &links,
+        departures: &departures,
         created: &created,
-        managed_members: &managed_members,
-        rules_match: &rules,
+        today,
+        only: opts.only.as_deref(),
     });
-    if let Some(only) = &opts.only {
-        group_changes =
-            plan::groups::only_person(group_changes, only, &mapped.desired, &dir, &linking, &rules);
+    for r in &linking.relinked {
+        tracing::warn!(target: "dirbridge::link", key = %r.key, dn = %r.dn, "{}", r.why);
     }
-    changes.extend(group_changes);
-    plan.changes = plan::order(changes, &rules);
+    for q in &plan.quarantined {
+        tracing::warn!(target: "dirbridge::mapping", key = ?q.key, line = q.line, "quarantined: {}", q.reason);
+    }
     let last_good = match &mirror {
         Some(m) => m.last_good()?,
         None => None,
