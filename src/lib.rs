@@ -15,6 +15,7 @@ pub mod mapping;
 pub mod mirror;
 pub mod model;
 pub mod plan;
+pub mod posix;
 pub mod run;
 pub mod secret;
 pub mod source;

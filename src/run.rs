@@ -262,6 +262,7 @@ fn canonical_users(
         policy: u.policy.iter().map(|(k, v)| (c(k), *v)).collect(),
         placement: u.placement.clone(),
         correlate: u.correlate.iter().map(c).collect(),
+        posix: u.posix.clone(),
     }
 }
 
@@ -337,9 +338,12 @@ async fn read_directory(
         String,
         std::collections::HashMap<String, Vec<String>>,
     > = Default::default();
-    if !users.unique.is_empty() {
+    let mut names: Vec<&str> = users.unique.iter().map(String::as_str).collect();
+    if users.posix.is_some() {
+        names.push("uidNumber");
+    }
+    if !names.is_empty() {
         let rules_default = crate::model::MatchRules::default();
-        let names: Vec<&str> = users.unique.iter().map(String::as_str).collect();
         let filter = format!(
             "(|{})",
             names.iter().map(|a| format!("({a}=*)")).collect::<String>()
@@ -379,6 +383,8 @@ pub struct DecideInput<'a> {
     pub links: &'a BTreeMap<String, String>,
     pub departures: &'a BTreeMap<String, jiff::civil::Date>,
     pub created: &'a BTreeSet<String>,
+    /// Every uidNumber the mirror ever gave (HR key → number).
+    pub posix_ids: &'a BTreeMap<String, u32>,
     pub today: jiff::civil::Date,
     pub only: Option<&'a str>,
 }
@@ -390,6 +396,8 @@ pub struct Decision {
     pub mapped: crate::mapping::MapOutput,
     pub groups_out: crate::mapping::groups::GroupsOut,
     pub overlay: crate::lifecycle::Overlay,
+    /// uidNumbers given in this run, to keep in the mirror.
+    pub posix_new: BTreeMap<String, u32>,
 }
 
 /// Link, evaluate the lifecycle, map, plan people and groups, and order the changes.
@@ -404,6 +412,7 @@ pub fn decide(i: &DecideInput<'_>) -> Decision {
         links,
         departures,
         created,
+        posix_ids,
         today,
         only,
     } = *i;
@@ -480,6 +489,79 @@ pub fn decide(i: &DecideInput<'_>) -> Decision {
     mapped.errors.extend(overlay.errors.iter().cloned());
     if let Some(lc) = &cfg.lifecycle {
         crate::lifecycle::finish(&mut mapped.desired, &overlay, lc, users, dir);
+    }
+    // POSIX: uidNumber from the range (stable, never reused), gidNumber, home, shell.
+    let mut posix_new = BTreeMap::new();
+    if let Some(px) = &users.posix {
+        let by_uuid: std::collections::HashMap<&str, &crate::model::Entry> =
+            dir.entries.iter().map(|e| (e.uuid.as_str(), e)).collect();
+        let used: BTreeSet<u32> = dir
+            .taken
+            .get("uidnumber")
+            .map(|m| m.keys().filter_map(|v| v.trim().parse().ok()).collect())
+            .unwrap_or_default();
+        let mut people: Vec<(String, Option<u32>)> = mapped
+            .desired
+            .iter()
+            .filter(|d| !d.fields.is_empty())
+            .map(|d| {
+                let cur = d
+                    .uuid
+                    .as_deref()
+                    .and_then(|u| by_uuid.get(u))
+                    .and_then(|e| e.get("uidNumber").first())
+                    .and_then(|v| v.trim().parse().ok());
+                (d.key.clone(), cur)
+            })
+            .collect();
+        people.sort_by(|a, b| crate::mapping::key_order(&a.0, &b.0));
+        let alloc = crate::posix::allocate(px, &people, posix_ids, &used);
+        for d in mapped.desired.iter_mut().filter(|d| !d.fields.is_empty()) {
+            let Some(n) = alloc.numbers.get(&d.key) else {
+                continue;
+            };
+            d.attrs.insert("uidNumber".into(), vec![n.to_string()]);
+            d.attrs.insert(
+                "gidNumber".into(),
+                vec![crate::posix::gid(px, *n).to_string()],
+            );
+            let uid = d
+                .attrs
+                .get("uid")
+                .and_then(|v| v.first())
+                .cloned()
+                .unwrap_or_default();
+            match mapper.render_posix(&d.fields, &uid) {
+                Ok((home, shell)) => {
+                    if let Some(h) = home {
+                        d.attrs.insert("homeDirectory".into(), vec![h]);
+                    }
+                    if let Some(s) = shell {
+                        d.attrs.insert("loginShell".into(), vec![s]);
+                    }
+                }
+                Err(reason) => mapped.errors.push(crate::mapping::MapError {
+                    key: d.key.clone(),
+                    line: d.line,
+                    reason,
+                }),
+            }
+        }
+        let failed: BTreeSet<String> = mapped.errors.iter().map(|e| e.key.clone()).collect();
+        for k in &alloc.exhausted {
+            mapped.errors.push(crate::mapping::MapError {
+                key: k.clone(),
+                line: 0,
+                reason: format!(
+                    "users.posix.uid-number: the range {}–{} has no free number left; widen it",
+                    px.uid_first, px.uid_last
+                ),
+            });
+        }
+        mapped
+            .desired
+            .retain(|d| !alloc.exhausted.contains(&d.key) && !failed.contains(&d.key));
+        posix_new = alloc.new;
     }
 
     let mut plan = Plan {
@@ -575,6 +657,7 @@ pub fn decide(i: &DecideInput<'_>) -> Decision {
     changes.extend(group_changes);
     plan.changes = plan::order(changes, rules);
     Decision {
+        posix_new,
         plan,
         linking,
         mapped,
@@ -639,6 +722,7 @@ pub async fn run(
     let mapper = Mapper::new(&users, &export.header)
         .and_then(|m| m.with_groups(&cfg.groups))
         .map(|m| m.with_disabled_base(cfg.lifecycle.as_ref().and_then(|l| l.disabled_base.clone())))
+        .and_then(|m| m.with_posix(users.posix.as_ref()))
         .map_err(RunError::Config)?;
     let mut dir = read_directory(cfg, &users, &mut target).await?;
     // Re-fold the unique values with the server's rules.
@@ -666,13 +750,19 @@ pub async fn run(
         Some(m) => m.created_groups()?,
         None => BTreeSet::new(),
     };
+    let posix_ids = match &mirror {
+        Some(m) => m.posix_ids()?,
+        None => BTreeMap::new(),
+    };
     let Decision {
         mut plan,
         linking,
         mapped,
         groups_out,
         overlay,
+        posix_new,
     } = decide(&DecideInput {
+        posix_ids: &posix_ids,
         cfg,
         users: &users,
         mapper: &mapper,
@@ -837,6 +927,7 @@ pub async fn run(
     target.unbind().await;
     mirror.save_links(&new_links, &now)?;
     mirror.note_groups(&groups_created, &groups_deleted, &now)?;
+    mirror.save_posix_ids(&posix_new, &now)?;
     if cfg.lifecycle.is_some() && opts.only.is_none() && !export.keys_uncertain {
         mirror.save_departures(&overlay.departures)?;
     }

@@ -275,6 +275,7 @@ fn step(cfg: &Config, fake: &mut Fake, rows: &[&str], day: &str, expected: &[&st
         links: &fake.links,
         departures: &fake.departures,
         created: &fake.created,
+        posix_ids: &BTreeMap::new(),
         today: day.parse().unwrap(),
         only: None,
     });

@@ -96,6 +96,7 @@ struct RawUsers {
     correlate: Vec<Spanned<String>>,
     #[serde(default)]
     placement: Vec<Spanned<RawPlacement>>,
+    posix: Option<Spanned<RawPosix>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -131,6 +132,15 @@ struct RawLifecycle {
     drop_groups: Option<bool>,
     disabled_base: Option<Spanned<String>>,
     delete_after: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RawPosix {
+    uid_number: Spanned<Vec<i64>>,
+    gid_number: Spanned<toml::Value>,
+    home_directory: Spanned<String>,
+    login_shell: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -266,6 +276,29 @@ pub struct UsersConfig {
     pub placement: Vec<PlacementRule>,
     /// Attributes that link a pre-existing entry without the anchor (exactly one match).
     pub correlate: Vec<String>,
+    /// POSIX accounts (uidNumber/gidNumber allocation, home and shell).
+    pub posix: Option<PosixConfig>,
+}
+
+/// The primary group of POSIX accounts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GidPolicy {
+    /// Everyone has this gidNumber.
+    Fixed(u32),
+    /// gidNumber = uidNumber (user private groups).
+    SameAsUid,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct PosixConfig {
+    pub uid_first: u32,
+    pub uid_last: u32,
+    pub gid: GidPolicy,
+    /// Templates; they may use `uid` (the account's uid) besides the export's columns.
+    pub home_directory: String,
+    pub login_shell: Option<String>,
 }
 
 impl UsersConfig {
@@ -1014,12 +1047,59 @@ pub fn load_str(file: &Path, src: &str, mode: Check) -> Result<(Config, Diagnost
         }
         correlate.push(c.get_ref().clone());
     }
+    let posix = u.posix.as_ref().map(|p| {
+        let pr = p.get_ref();
+        let range = pr.uid_number.get_ref();
+        let (first, last) = match range.as_slice() {
+            [a, b] if *a > 0 && a <= b && *b <= u32::MAX as i64 => (*a as u32, *b as u32),
+            _ => {
+                cx.err(Some(pr.uid_number.span()), "users.posix.uid-number must be [first, last] with 0 < first <= last");
+                (0, 0)
+            }
+        };
+        let gid = match pr.gid_number.get_ref() {
+            toml::Value::Integer(n) if *n > 0 && *n <= u32::MAX as i64 => GidPolicy::Fixed(*n as u32),
+            toml::Value::String(s) if s == "uid" => GidPolicy::SameAsUid,
+            _ => {
+                cx.err(Some(pr.gid_number.span()), "users.posix.gid-number must be a number or \"uid\" (the same as uidNumber)");
+                GidPolicy::SameAsUid
+            }
+        };
+        let mut with_uid = header.clone();
+        with_uid.push("uid".into());
+        for (t, name) in [(Some(&pr.home_directory), "home-directory"), (pr.login_shell.as_ref(), "login-shell")] {
+            if let Some(t) = t {
+                if let Err(msg) = crate::mapping::check_template(t.get_ref(), &with_uid, !header.is_empty()) {
+                    cx.err(Some(t.span()), format!("users.posix.{name}: {msg}"));
+                }
+            }
+        }
+        if !attrs.contains_key("uid") {
+            cx.err(Some(p.span()), "users.posix needs a uid template in [users.attributes] (posixAccount requires uid)");
+        }
+        PosixConfig {
+            uid_first: first,
+            uid_last: last,
+            gid,
+            home_directory: pr.home_directory.get_ref().clone(),
+            login_shell: pr.login_shell.as_ref().map(|s| s.get_ref().clone()),
+        }
+    });
+    let mut object_classes = u.object_classes.get_ref().clone();
+    if posix.is_some()
+        && !object_classes
+            .iter()
+            .any(|c| c.eq_ignore_ascii_case("posixAccount"))
+    {
+        object_classes.push("posixAccount".into());
+    }
     let users = UsersConfig {
+        posix,
         correlate,
         placement,
         base: u.base.get_ref().clone(),
         rdn,
-        object_classes: u.object_classes.get_ref().clone(),
+        object_classes,
         anchor,
         attributes,
         unique,

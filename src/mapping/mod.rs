@@ -301,6 +301,58 @@ impl Mapper {
         out
     }
 
+    /// Register the POSIX home and shell templates.
+    pub fn with_posix(
+        mut self,
+        posix: Option<&crate::config::PosixConfig>,
+    ) -> Result<Mapper, String> {
+        if let Some(p) = posix {
+            self.env
+                .add_template_owned("posix.home-directory", p.home_directory.clone())
+                .map_err(|e| format!("users.posix.home-directory: {}", describe(&e)))?;
+            if let Some(s) = &p.login_shell {
+                self.env
+                    .add_template_owned("posix.login-shell", s.clone())
+                    .map_err(|e| format!("users.posix.login-shell: {}", describe(&e)))?;
+            }
+        }
+        Ok(self)
+    }
+
+    /// Home and shell of a POSIX account, from the record and its uid.
+    pub fn render_posix(
+        &self,
+        fields: &BTreeMap<String, String>,
+        uid: &str,
+    ) -> Result<(Option<String>, Option<String>), String> {
+        let mut ctx: BTreeMap<String, Value> = self
+            .header
+            .iter()
+            .map(|h| (h.clone(), Value::from("")))
+            .collect();
+        for (k, v) in fields {
+            ctx.insert(k.clone(), Value::from(v.as_str()));
+        }
+        ctx.insert("uid".into(), Value::from(uid));
+        ctx.insert("n".into(), Value::from(""));
+        let mut out = [None, None];
+        for (i, name) in ["posix.home-directory", "posix.login-shell"]
+            .iter()
+            .enumerate()
+        {
+            if let Ok(t) = self.env.get_template(name) {
+                let s = t
+                    .render(Value::from_object(ctx.clone()))
+                    .map_err(|e| format!("users.{name}: {}", describe(&e)))?;
+                if !s.trim().is_empty() {
+                    out[i] = Some(s);
+                }
+            }
+        }
+        let [home, shell] = out;
+        Ok((home, shell))
+    }
+
     /// Register the group rules' DN templates.
     pub fn with_groups(mut self, rules: &[crate::config::GroupRule]) -> Result<Mapper, String> {
         for r in rules.iter().filter(|r| r.for_each.is_some()) {

@@ -26,6 +26,7 @@ pub(crate) fn users() -> UsersConfig {
         policy: BTreeMap::new(),
         placement: vec![],
         correlate: vec![],
+        posix: None,
     }
 }
 

@@ -96,6 +96,14 @@ const MIGRATIONS: &[&str] = &[
         since TEXT NOT NULL
     );
     "#,
+    // 4: every uidNumber ever given (never deleted, so never reused)
+    r#"
+    CREATE TABLE posix_ids (
+        hr_key TEXT PRIMARY KEY,
+        uid_number INTEGER NOT NULL UNIQUE,
+        assigned_at TEXT NOT NULL
+    );
+    "#,
 ];
 
 /// One audit row: a change dirbridge sent, with its reason and outcome.
@@ -343,6 +351,41 @@ impl Mirror {
             tx.execute(
                 "INSERT INTO departures (hr_key, since) VALUES (?1, ?2)",
                 params![k, since.to_string()],
+            )
+            .map_err(sq(&p))?;
+        }
+        tx.commit().map_err(sq(&p))
+    }
+
+    pub fn posix_ids(&self) -> Result<BTreeMap<String, u32>, MirrorError> {
+        let p = self.path.clone();
+        let mut st = self
+            .conn
+            .prepare("SELECT hr_key, uid_number FROM posix_ids")
+            .map_err(sq(&p))?;
+        let rows = st
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(sq(&p))?;
+        let mut out = BTreeMap::new();
+        for row in rows {
+            let (k, n) = row.map_err(sq(&p))?;
+            out.insert(k, n as u32);
+        }
+        Ok(out)
+    }
+
+    pub fn save_posix_ids(
+        &mut self,
+        new: &BTreeMap<String, u32>,
+        now: &str,
+    ) -> Result<(), MirrorError> {
+        let p = self.path.clone();
+        let tx = self.conn.transaction().map_err(sq(&p))?;
+        for (k, n) in new {
+            tx.execute(
+                "INSERT INTO posix_ids (hr_key, uid_number, assigned_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT(hr_key) DO UPDATE SET uid_number = excluded.uid_number",
+                params![k, *n as i64, now],
             )
             .map_err(sq(&p))?;
         }

@@ -208,7 +208,13 @@ fn deltas_for(
             new: vec![d.key.clone()],
         });
     }
-    for attr in users.attributes.keys() {
+    // Configured attributes (absent ones are removed), and computed ones (POSIX).
+    let extra: Vec<&String> = d
+        .attrs
+        .keys()
+        .filter(|a| !users.attributes.contains_key(*a))
+        .collect();
+    for attr in users.attributes.keys().chain(extra) {
         if users.policy_of(attr) == Policy::Initial {
             continue;
         }

@@ -435,3 +435,48 @@ fn correlation_links_pre_existing_entries_and_never_guesses() {
     );
     assert_eq!(search(p, "(employeeNumber=*)").len(), 1);
 }
+
+#[test]
+fn posix_accounts_get_stable_numbers_never_reused() {
+    let t = TestEnv::new("posix");
+    // a hand-made account elsewhere in the directory holds 20000
+    ldapmodify(&format!(
+        "dn: uid=svc,{b}\nchangetype: add\nobjectClass: account\nobjectClass: posixAccount\nuid: svc\ncn: svc\nuidNumber: 20000\ngidNumber: 20000\nhomeDirectory: /srv/svc\n\n",
+        b = t.base_dn
+    ));
+    let cfg = t.default_config(&slapd().ldaps_uri).replace(
+        "[users.unique]",
+        "[users.posix]\nuid-number = [20000, 20100]\ngid-number = 100\nhome-directory = \"/home/{{ uid }}\"\nlogin-shell = \"/bin/bash\"\n\n[users.unique]",
+    ) + "\n[safety]\nmax-delete-percent = 50\nmin-source-percent = 50\n";
+    t.write_config(&cfg);
+    t.write_export(&["1,Ann,,Boss,,,", "2,Bob,,Worker,,,1", "3,Cy,,Lone,,,1"]);
+    t.sync_ok();
+    let p = t.people();
+    let num = |k: &str, p: &std::collections::BTreeMap<String, LdapEntry>| {
+        p[k].one("uidNumber").unwrap().to_string()
+    };
+    assert_eq!(
+        (num("1", &p), num("2", &p), num("3", &p)),
+        ("20001".into(), "20002".into(), "20003".into())
+    );
+    assert_eq!(p["2"].one("gidNumber"), Some("100"));
+    assert_eq!(p["2"].one("homeDirectory"), Some("/home/bworker"));
+    assert_eq!(p["2"].one("loginShell"), Some("/bin/bash"));
+    assert!(p["2"].attrs["objectclass"]
+        .iter()
+        .any(|c| c == "posixAccount"));
+    // Bob leaves, Dee joins: Dee never gets Bob's 20002; the others keep theirs.
+    t.write_export(&["1,Ann,,Boss,,,", "3,Cy,,Lone,,,1", "4,Dee,,New,,,1"]);
+    t.sync_ok();
+    let p = t.people();
+    assert_eq!(
+        (num("1", &p), num("3", &p), num("4", &p)),
+        ("20001".into(), "20003".into(), "20004".into())
+    );
+    let (_, plan) = t.plan_json();
+    assert!(changes(&plan).is_empty(), "{plan:#}");
+    // a lost mirror adopts the numbers the entries carry
+    std::fs::remove_dir_all(t.dir.join("state")).unwrap();
+    let (_, plan) = t.plan_json();
+    assert!(changes(&plan).is_empty(), "{plan:#}");
+}
