@@ -890,9 +890,60 @@ pub async fn run(
     }
     for (_, batch) in phases {
         let ids = mirror.journal_pending(run_id, &batch, &clock.rfc3339())?;
-        let results = target.apply(&batch, cfg.directory.max_in_flight).await;
+        // Joiners' initial passwords: made now, sent in the add, handed to the delivery program.
+        let password_cmd = cfg
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.password_command.clone());
+        let mut passwords: Vec<Option<crate::secret::Secret>> = Vec::with_capacity(batch.len());
+        for c in &batch {
+            let pw = match (&password_cmd, c.subject, c.op) {
+                (Some(_), Subject::Person, Op::Add) => {
+                    let len = cfg
+                        .lifecycle
+                        .as_ref()
+                        .map(|l| l.password_length)
+                        .unwrap_or(20);
+                    Some(
+                        crate::target::password::generate(len).map_err(|err| MirrorError::Io {
+                            path: "/dev/urandom".into(),
+                            err,
+                        })?,
+                    )
+                }
+                _ => None,
+            };
+            passwords.push(pw);
+        }
+        let results = target
+            .apply_with(&batch, &passwords, cfg.directory.max_in_flight)
+            .await;
         let mut outcomes = Vec::with_capacity(batch.len());
-        for ((c, id), r) in batch.iter().zip(ids).zip(results) {
+        for (((c, id), r), pw) in batch.iter().zip(ids).zip(results).zip(passwords) {
+            if let (Ok(_), Some(pw), Some(cmd)) = (&r, &pw, &password_cmd) {
+                let first = |a: &str| {
+                    c.attributes
+                        .iter()
+                        .find(|x| x.attr.eq_ignore_ascii_case(a))
+                        .and_then(|x| x.new.first().cloned())
+                };
+                let payload = json!({"key": c.key, "dn": c.dn, "uid": first("uid"), "mail": first("mail"), "cn": first("cn")});
+                let note = match crate::target::password::deliver(
+                    cmd,
+                    &payload,
+                    pw,
+                    Duration::from_secs(30),
+                ) {
+                    Ok(()) => format!("initial password for record {} handed to {}", c.key, cmd[0]),
+                    Err(e) => {
+                        tracing::error!(target: "dirbridge::password", key = %c.key, dn = %c.dn, "password delivery failed: {e}");
+                        outcome.plan.warnings.push(format!("record {}: password delivery failed: {e}; the account exists, its password is unknown: reset it", c.key));
+                        format!("password delivery for record {} failed: {e}", c.key)
+                    }
+                };
+                mirror.audit_note(run_id, "password", &note, &clock.rfc3339())?;
+            }
+            drop(pw);
             match r {
                 Ok(uuid) => {
                     *outcome.applied.entry(c.op.as_str()).or_default() += 1;

@@ -132,6 +132,9 @@ struct RawLifecycle {
     drop_groups: Option<bool>,
     disabled_base: Option<Spanned<String>>,
     delete_after: Option<Spanned<String>>,
+    password: Option<Spanned<String>>,
+    password_command: Option<Spanned<Vec<String>>>,
+    password_length: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -437,6 +440,9 @@ pub struct LifecycleConfig {
     pub disabled_base: Option<String>,
     /// None: never deleted.
     pub delete_after_days: Option<u32>,
+    /// Joiners get a random password handed to this command (argv, no shell; JSON on stdin).
+    pub password_command: Option<Vec<String>>,
+    pub password_length: usize,
 }
 
 impl Default for LifecycleConfig {
@@ -456,6 +462,8 @@ impl Default for LifecycleConfig {
             drop_groups: true,
             disabled_base: None,
             delete_after_days: Some(90),
+            password_command: None,
+            password_length: 20,
         }
     }
 }
@@ -1336,6 +1344,31 @@ pub fn load_str(file: &Path, src: &str, mode: Check) -> Result<(Config, Diagnost
                     }
                 },
             };
+        }
+        match lr.password.as_ref().map(|p| (p.get_ref().as_str(), p.span())) {
+            None | Some(("none", _)) => {
+                if let Some(c) = &lr.password_command {
+                    cx.warn(Some(c.span()), "lifecycle.password-command is ignored unless password = \"random\"");
+                }
+            }
+            Some(("random", span)) => match &lr.password_command {
+                Some(c) if !c.get_ref().is_empty() => {
+                    let prog = std::path::Path::new(&c.get_ref()[0]);
+                    if !prog.is_absolute() {
+                        cx.err(Some(c.span()), "lifecycle.password-command: the program must be an absolute path (it runs without a shell)");
+                    }
+                    lc.password_command = Some(c.get_ref().clone());
+                }
+                _ => cx.err(Some(span), "lifecycle.password = \"random\" needs password-command = [\"/path/to/program\", …]"),
+            },
+            Some((other, span)) => cx.err(Some(span), format!("lifecycle.password = {other:?} is not \"none\" or \"random\"")),
+        }
+        if let Some(n) = &lr.password_length {
+            if !(12..=128).contains(n.get_ref()) {
+                cx.err(Some(n.span()), "lifecycle.password-length must be between 12 and 128");
+            } else {
+                lc.password_length = *n.get_ref() as usize;
+            }
         }
         if lc.start_date.is_none() && lc.end_date.is_none() && lc.status.is_none() {
             cx.warn(Some(l.span()), "[lifecycle] names no start-date, end-date or status column: only people who vanish from the export become leavers");

@@ -366,10 +366,21 @@ impl LdapTarget {
         changes: &[&Change],
         in_flight: usize,
     ) -> Vec<Result<Option<String>, OpFailure>> {
+        self.apply_with(changes, &[], in_flight).await
+    }
+
+    /// [`LdapTarget::apply`] with initial passwords for adds (`passwords[i]` for `changes[i]`).
+    pub async fn apply_with(
+        &self,
+        changes: &[&Change],
+        passwords: &[Option<crate::secret::Secret>],
+        in_flight: usize,
+    ) -> Vec<Result<Option<String>, OpFailure>> {
         let futs = changes.iter().enumerate().map(|(i, c)| {
             let mut ldap = self.ldap.clone();
             let t = self.op_timeout;
-            async move { (i, apply_one(&mut ldap, c, t).await) }
+            let pw = passwords.get(i).cloned().flatten();
+            async move { (i, apply_one(&mut ldap, c, t, pw).await) }
         });
         let mut results: Vec<(usize, Result<Option<String>, OpFailure>)> =
             futures_util::stream::iter(futs)
@@ -443,7 +454,12 @@ fn lerr(e: ldap3::LdapError) -> OpFailure {
     }
 }
 
-async fn apply_one(ldap: &mut Ldap, c: &Change, t: Duration) -> Result<Option<String>, OpFailure> {
+async fn apply_one(
+    ldap: &mut Ldap,
+    c: &Change,
+    t: Duration,
+    password: Option<crate::secret::Secret>,
+) -> Result<Option<String>, OpFailure> {
     ldap.with_timeout(t);
     let check = |r: ldap3::LdapResult| -> Result<ldap3::LdapResult, OpFailure> {
         if r.rc == 0 {
@@ -463,6 +479,12 @@ async fn apply_one(ldap: &mut Ldap, c: &Change, t: Duration) -> Result<Option<St
                     .entry(a.attr.clone())
                     .or_default()
                     .extend(a.new.iter().cloned());
+            }
+            if let Some(pw) = &password {
+                attrs.insert(
+                    "userPassword".into(),
+                    [pw.expose().to_string()].into_iter().collect(),
+                );
             }
             let attrs: Vec<(String, HashSet<String>)> = attrs.into_iter().collect();
             let r = ldap

@@ -1,6 +1,7 @@
 //! Targets: where changes are written. One file per target kind.
 
 pub mod ldap;
+pub mod password;
 pub mod schema;
 
 /// Why a target could not be used. Each variant says what happens next.

@@ -234,3 +234,64 @@ max-attribute-removal-percent = 50
     let plan: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert!(changes(&plan).is_empty(), "converged: {plan:#}");
 }
+
+#[test]
+fn joiners_get_a_random_password_handed_to_a_program() {
+    let t = TestEnv::new("passwords");
+    let script = t.dir.join("deliver.sh");
+    let out = t.dir.join("delivered.jsonl");
+    std::fs::write(&script, "#!/bin/sh\ncat >> \"$1\"\necho >> \"$1\"\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cfg = t.default_config(&slapd().ldaps_uri)
+        + &format!(
+            "\n[lifecycle]\npassword = \"random\"\npassword-command = [\"{}\", \"{}\"]\n",
+            script.display(),
+            out.display()
+        );
+    t.write_config(&cfg);
+    t.write_export(&["1,Ann,,Boss,,ann@example.com,", "2,Bob,,Worker,,,1"]);
+    let (code, plan) = t.plan_json();
+    assert_eq!(code, 0);
+    assert!(
+        !plan.to_string().contains("userPassword"),
+        "the plan never holds a password: {plan:#}"
+    );
+    let r = t.sync_ok();
+    let delivered: Vec<serde_json::Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(delivered.len(), 2);
+    let ann = delivered.iter().find(|d| d["key"] == "1").unwrap();
+    assert_eq!(ann["uid"], "aboss");
+    assert_eq!(ann["mail"], "ann@example.com");
+    let pw = ann["password"].as_str().unwrap().to_string();
+    assert!(pw.len() >= 20);
+    // the person can bind with it
+    let dn = ann["dn"].as_str().unwrap();
+    let who = std::process::Command::new("ldapwhoami")
+        .args(["-x", "-H", &slapd().ldap_uri, "-D", dn, "-w", &pw])
+        .output()
+        .unwrap();
+    assert!(
+        who.status.success(),
+        "{}",
+        String::from_utf8_lossy(&who.stderr)
+    );
+    // and it is nowhere else: not in dirbridge's output, not in the mirror
+    assert!(!r.stdout.contains(&pw) && !r.stderr.contains(&pw));
+    let db = std::fs::read(t.dir.join("state/mirror.db")).unwrap();
+    assert!(!db.windows(pw.len()).any(|w| w == pw.as_bytes()));
+    let h = t.run(&["history", "--format", "json"]);
+    assert!(
+        h.stdout.contains("initial password for record 1 handed to"),
+        "{h:?}"
+    );
+    assert!(!h.stdout.contains(&pw));
+    // a second run does not touch the passwords
+    let (_, plan) = t.plan_json();
+    assert!(changes(&plan).is_empty(), "{plan:#}");
+}

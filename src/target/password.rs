@@ -1,0 +1,122 @@
+//! Initial passwords for joiners: generated at apply time, sent in the add, handed to a delivery
+//! program (argv, no shell, JSON on stdin). Never logged, never stored, never in the plan.
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::secret::Secret;
+
+const LOWER: &[u8] = b"abcdefghijkmnopqrstuvwxyz";
+const UPPER: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ";
+const DIGIT: &[u8] = b"23456789";
+const SYMBOL: &[u8] = b"-_.!@#%+=";
+
+/// A random password of `len` characters with at least one of each class.
+pub fn generate(len: usize) -> std::io::Result<Secret> {
+    let all: Vec<u8> = [LOWER, UPPER, DIGIT, SYMBOL].concat();
+    let mut rng = std::fs::File::open("/dev/urandom")?;
+    let mut pick = |set: &[u8]| -> std::io::Result<u8> {
+        // rejection sampling: no modulo bias
+        let limit = 256 - (256 % set.len());
+        loop {
+            let mut b = [0u8; 1];
+            rng.read_exact(&mut b)?;
+            if (b[0] as usize) < limit {
+                return Ok(set[b[0] as usize % set.len()]);
+            }
+        }
+    };
+    let mut out: Vec<u8> = Vec::with_capacity(len);
+    for set in [LOWER, UPPER, DIGIT, SYMBOL] {
+        out.push(pick(set)?);
+    }
+    while out.len() < len {
+        out.push(pick(&all)?);
+    }
+    // shuffle (Fisher–Yates)
+    for i in (1..out.len()).rev() {
+        let j = pick(&(0..=i as u8).collect::<Vec<u8>>())? as usize;
+        out.swap(i, j);
+    }
+    Ok(Secret::new(String::from_utf8_lossy(&out).into_owned()))
+}
+
+/// Hand a password to the delivery program. `Err` says why, with the password redacted.
+pub fn deliver(
+    command: &[String],
+    payload: &serde_json::Value,
+    password: &Secret,
+    timeout: Duration,
+) -> Result<(), String> {
+    let Some(prog) = command.first() else {
+        return Err("no password-command".into());
+    };
+    let mut child = Command::new(prog)
+        .args(&command[1..])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {prog}: {e}"))?;
+    let mut body = payload.clone();
+    if let serde_json::Value::Object(m) = &mut body {
+        m.insert(
+            "password".into(),
+            serde_json::Value::String(password.expose().to_string()),
+        );
+    }
+    let text = body.to_string();
+    drop(body);
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(text.as_bytes())
+            .map_err(|e| format!("{prog}: writing its input failed: {e}"))?;
+    }
+    let started = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) if started.elapsed() > timeout => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "{prog} did not finish within {}s",
+                    timeout.as_secs()
+                ));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(format!("{prog}: {e}")),
+        }
+    };
+    if status.success() {
+        return Ok(());
+    }
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    let err: String = err
+        .replace(password.expose(), "[redacted]")
+        .chars()
+        .take(500)
+        .collect();
+    Err(format!("{prog} exited with {status}: {}", err.trim()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn passwords_are_random_and_complex() {
+        let a = generate(20).unwrap();
+        let b = generate(20).unwrap();
+        assert_ne!(a.expose(), b.expose());
+        assert_eq!(a.expose().chars().count(), 20);
+        let s = a.expose();
+        assert!(s.chars().any(|c| c.is_ascii_lowercase()));
+        assert!(s.chars().any(|c| c.is_ascii_uppercase()));
+        assert!(s.chars().any(|c| c.is_ascii_digit()));
+        assert!(s.bytes().any(|c| SYMBOL.contains(&c)));
+    }
+}
