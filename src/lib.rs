@@ -10,6 +10,7 @@ pub mod config;
 pub mod dn;
 pub mod exit;
 pub mod explain;
+pub mod filter;
 pub mod lifecycle;
 pub mod mapping;
 pub mod mirror;

@@ -785,11 +785,31 @@ pub async fn run(
         Some(m) => m.last_good()?,
         None => None,
     };
+    if opts.dry_run {
+        if let Some((status, at, refusals)) =
+            mirror.as_ref().and_then(|m| m.last_sync().ok().flatten())
+        {
+            if status == "refused" {
+                let gates: Vec<String> = refusals
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|r| r["gate"].as_str().map(String::from))
+                    .collect();
+                plan.warnings.push(format!(
+                    "the last sync ({at}) was refused by safety gate(s) {}; its plan is kept in the mirror (dirbridge history, runs)",
+                    gates.join(", ")
+                ));
+            }
+        }
+    }
     if let Some(w) = mirror_warning {
         tracing::warn!("{w}");
         plan.warnings.push(w);
     }
     plan.refusals = gates::check(&GateInput {
+        entries: &dir.entries,
+        rules: &rules,
         safety: &cfg.safety,
         changes: &plan.changes,
         managed: linking.managed,

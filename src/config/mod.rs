@@ -1437,9 +1437,19 @@ pub fn load_str(file: &Path, src: &str, mode: Check) -> Result<(Config, Diagnost
     let max_moves = count(&sf.max_moves, "max-moves", def.max_moves);
     let mut protected = Vec::new();
     for p in &sf.protected {
-        match Dn::parse(p.get_ref()) {
-            Ok(_) => protected.push(p.get_ref().clone()),
-            Err(e) => cx.err(Some(p.span()), format!("safety.protected: {e}")),
+        let v = p.get_ref();
+        let checked = if v.trim_start().starts_with('(') {
+            crate::filter::Filter::parse(v)
+                .map(|_| ())
+                .map_err(|e| format!("safety.protected filter {v:?}: {e}"))
+        } else {
+            Dn::parse(v)
+                .map(|_| ())
+                .map_err(|e| format!("safety.protected: {e}"))
+        };
+        match checked {
+            Ok(()) => protected.push(v.clone()),
+            Err(e) => cx.err(Some(p.span()), e),
         }
     }
     let safety = SafetyConfig {

@@ -512,6 +512,26 @@ impl Mirror {
         }))
     }
 
+    /// The last sync: (status, started at, the refusals it recorded).
+    pub fn last_sync(&self) -> Result<Option<(String, String, serde_json::Value)>, MirrorError> {
+        let p = self.path.clone();
+        let row: Option<(String, String, Option<String>)> = self
+            .conn
+            .query_row(
+                "SELECT status, started_at, summary FROM runs WHERE kind = 'sync' AND status <> 'running' ORDER BY id DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(sq(&p))?;
+        Ok(row.map(|(s, t, sum)| {
+            let v: serde_json::Value = sum
+                .and_then(|x| serde_json::from_str(&x).ok())
+                .unwrap_or_default();
+            (s, t, v["refusals"].clone())
+        }))
+    }
+
     pub fn begin_run(&self, kind: &str, now: &str) -> Result<i64, MirrorError> {
         let p = self.path.clone();
         self.conn

@@ -49,6 +49,9 @@ pub struct GateInput<'a> {
     pub dir_empty: bool,
     /// Links the mirror holds.
     pub links: usize,
+    /// The entries changes may touch (for `protected` filters), and how to compare values.
+    pub entries: &'a [crate::model::Entry],
+    pub rules: &'a crate::model::MatchRules,
 }
 
 fn pct(n: usize, of: usize) -> f64 {
@@ -203,11 +206,33 @@ pub fn check(g: &GateInput<'_>) -> Vec<Refusal> {
         let prot: Vec<Dn> = s
             .protected
             .iter()
+            .filter(|p| !p.trim_start().starts_with('('))
             .filter_map(|p| Dn::parse(p).ok())
             .collect();
+        let filters: Vec<(&String, crate::filter::Filter)> = s
+            .protected
+            .iter()
+            .filter(|p| p.trim_start().starts_with('('))
+            .filter_map(|p| crate::filter::Filter::parse(p).ok().map(|f| (p, f)))
+            .collect();
+        let by_uuid: std::collections::HashMap<&str, &crate::model::Entry> =
+            g.entries.iter().map(|e| (e.uuid.as_str(), e)).collect();
         for c in g.changes {
             if c.op == Op::Add {
                 continue;
+            }
+            if let Some(e) = c.uuid.as_deref().and_then(|u| by_uuid.get(u)) {
+                if let Some((src, _)) = filters.iter().find(|(_, f)| f.matches(e, g.rules)) {
+                    out.push(Refusal {
+                        gate: "protected",
+                        message: format!(
+                            "{} {} would touch an entry that matches safety.protected {src}",
+                            c.op.as_str(),
+                            c.dn
+                        ),
+                    });
+                    continue;
+                }
             }
             if let Ok(d) = Dn::parse(&c.dn) {
                 if let Some(p) = prot.iter().find(|p| d.is_within(p)) {

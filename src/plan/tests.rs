@@ -121,6 +121,8 @@ fn gate(
     header: &[String],
 ) -> Vec<&'static str> {
     check(&GateInput {
+        entries: &[],
+        rules: &MatchRules::default(),
         safety: &SafetyConfig::default(),
         changes,
         managed,
@@ -204,6 +206,8 @@ fn history_gates_apply_once_there_is_a_last_good_run() {
 #[test]
 fn empty_directory_with_links_is_refused() {
     let r = check(&GateInput {
+        entries: &[],
+        rules: &MatchRules::default(),
         safety: &SafetyConfig::default(),
         changes: &[],
         managed: 0,
@@ -224,6 +228,8 @@ fn protected_entries_are_refused() {
         ..SafetyConfig::default()
     };
     let r = check(&GateInput {
+        entries: &[],
+        rules: &MatchRules::default(),
         safety: &s,
         changes: &[change(Op::Modify, "Boss", vec![])],
         managed: 100,
@@ -235,4 +241,42 @@ fn protected_entries_are_refused() {
     });
     assert_eq!(r.len(), 1);
     assert_eq!(r[0].gate, "protected");
+}
+
+#[test]
+fn protected_filters_are_refused() {
+    let s = SafetyConfig {
+        protected: vec!["(employeeType=executive)".into()],
+        ..SafetyConfig::default()
+    };
+    let exec = Entry {
+        uuid: "u1".into(),
+        dn: "uid=boss,ou=people,dc=example,dc=com".into(),
+        attrs: [("employeetype".to_string(), vec!["Executive".to_string()])]
+            .into_iter()
+            .collect(),
+    };
+    let mut c = change(Op::Modify, "boss", vec![]);
+    c.uuid = Some("u1".into());
+    let mut other = change(Op::Modify, "clerk", vec![]);
+    other.uuid = Some("u2".into());
+    let input = |changes: &[Change]| {
+        check(&GateInput {
+            entries: std::slice::from_ref(&exec),
+            rules: &MatchRules::default(),
+            safety: &s,
+            changes,
+            managed: 100,
+            source_records: 100,
+            header: &[],
+            last_good: None,
+            dir_empty: false,
+            links: 100,
+        })
+    };
+    let r = input(std::slice::from_ref(&c));
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].gate, "protected");
+    assert!(r[0].message.contains("(employeeType=executive)"));
+    assert!(input(std::slice::from_ref(&other)).is_empty());
 }

@@ -37,6 +37,12 @@ fn truncated_export_is_refused_and_nothing_is_deleted() {
     );
     assert!(r.stdout.contains("nothing written"), "{r:?}");
     assert_eq!(t.people().len(), 40, "nothing was deleted");
+    // the refusal is remembered: plan says so
+    let r = t.run(&["plan"]);
+    assert!(
+        r.stdout.contains("the last sync") && r.stdout.contains("was refused by safety gate(s)"),
+        "{r:?}"
+    );
 }
 
 #[test]
