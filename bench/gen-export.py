@@ -23,7 +23,9 @@ SURNAMES = ["Smith", "Müller", "Ørsted", "Żółć", "O'Brien", "García Márq
 TITLES = ["Engineer", "Senior Engineer", "Manager", "Analyst", "Designer", "Accountant", "Recruiter",
           "Support Engineer", "Product Manager", "Director", "Intern", "Architect"]
 DEPTS = ["Engineering", "Operations", "Finance", "Sales", "Product", "People", "Legal"]
-HEADER = ["employee_id", "given_name", "preferred_name", "surname", "title", "department", "email", "manager_id"]
+HEADER = ["employee_id", "given_name", "preferred_name", "surname", "title", "department", "email", "manager_id",
+          "location", "start_date", "end_date"]
+LOCATIONS = ["Berlin", "Paris", "Oslo", "Lisbon"]
 
 
 def person(rng, key, managers):
@@ -38,6 +40,9 @@ def person(rng, key, managers):
         "department": rng.choice(DEPTS),
         "email": "",
         "manager_id": str(rng.choice(managers)) if managers else "",
+        "location": rng.choice(LOCATIONS),
+        "start_date": "2025-%02d-%02d" % (rng.randint(1, 12), rng.randint(1, 28)),
+        "end_date": rng.choice([""] * 9 + ["2026-%02d-%02d" % (rng.randint(1, 6), rng.randint(1, 28))]),
     }
 
 

@@ -236,11 +236,21 @@ pub fn explain_text(v: &Value) -> String {
     s.push_str("  groups:\n");
     for g in v["groups"].as_array().into_iter().flatten() {
         if g["granted"] == Value::Bool(true) {
+            let mut why = Vec::new();
+            if let Some(w) = g["rule"]["when"].as_str() {
+                why.push(format!("when {w}"));
+            }
+            if let Some(f) = g["rule"]["for-each"].as_str() {
+                why.push(format!("for-each {f}"));
+            }
+            if why.is_empty() {
+                why.push("(everyone)".into());
+            }
             s.push_str(&format!(
-                "    {} ← groups[{}] when {} {}\n",
+                "    {} ← groups[{}] {} {}\n",
                 str_of(&g["dn"]),
                 str_of(&g["rule"]["index"]),
-                str_of(&g["rule"]["when"]),
+                why.join(", "),
                 g["sources"]
             ));
         } else {

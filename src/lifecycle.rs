@@ -394,6 +394,10 @@ pub fn evaluate(i: &Input<'_>) -> Overlay {
                 State::NotYet { .. } if !has_entry => {
                     o.skip.insert(key.to_string());
                 }
+                State::Leaver { .. } if !has_entry => {
+                    // Gone before dirbridge ever made an account: nothing to create.
+                    o.skip.insert(key.to_string());
+                }
                 State::Leaver { since, why, .. } => {
                     if !why.starts_with("end date") {
                         if let Ok(d) = since.parse::<Date>() {

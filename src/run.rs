@@ -572,7 +572,16 @@ pub fn decide(i: &DecideInput<'_>) -> Decision {
         relinked: linking.relinked.clone(),
         today: cfg.lifecycle.as_ref().map(|_| today.to_string()),
         next_change: overlay.next_change.map(|d| d.to_string()),
-        not_yet: overlay.skip.len(),
+        not_yet: overlay
+            .skip
+            .iter()
+            .filter(|k| {
+                matches!(
+                    overlay.states.get(*k),
+                    Some(crate::lifecycle::State::NotYet { .. })
+                )
+            })
+            .count(),
         ..Default::default()
     };
     for q in &export.quarantined {
