@@ -295,3 +295,35 @@ fn joiners_get_a_random_password_handed_to_a_program() {
     let (_, plan) = t.plan_json();
     assert!(changes(&plan).is_empty(), "{plan:#}");
 }
+
+#[test]
+fn disable_by_attributes_and_enable_again() {
+    let t = TestEnv::new("disableattrs");
+    let cfg = t.default_config(&slapd().ldaps_uri).replace("title = \"{{ title }}\"\n", "")
+        + "\n[lifecycle]\nend-date = \"end_date\"\ndisable-method = \"attributes\"\ndisable-attributes = { title = \"DISABLED\", description = \"disabled by dirbridge\" }\n\n[safety]\nmax-disable-percent = 60\n";
+    t.write_config(&cfg);
+    let h = "employee_id,given_name,preferred_name,surname,title,email,manager_id,end_date";
+    let write =
+        |rows: &[&str]| t.write_export_raw(format!("{h}\n{}\n", rows.join("\n")).as_bytes());
+    write(&["1,Ann,,Boss,,,,", "2,Bob,,Worker,,,1,2026-03-31"]);
+    assert_eq!(t.run(&["sync", "--as-of", "2026-03-01"]).code, 0);
+    assert!(t.people()["2"].one("description").is_none());
+    let r = t.run(&["sync", "--as-of", "2026-04-01"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let p = t.people();
+    assert_eq!(p["2"].one("title"), Some("DISABLED"));
+    assert_eq!(p["2"].one("description"), Some("disabled by dirbridge"));
+    assert!(p["1"].one("description").is_none());
+    // the end date is lifted: enabled again, the attributes go
+    write(&["1,Ann,,Boss,,,,", "2,Bob,,Worker,,,1,"]);
+    let r = t.run(&["plan", "--as-of", "2026-04-02", "--format", "json"]);
+    let plan: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(changes(&plan)[0]["op"], "enable", "{plan:#}");
+    assert_eq!(t.run(&["sync", "--as-of", "2026-04-02"]).code, 0);
+    let p = t.people();
+    assert!(
+        p["2"].one("title").is_none() && p["2"].one("description").is_none(),
+        "{:?}",
+        p["2"]
+    );
+}
