@@ -62,71 +62,67 @@ fn pct(n: usize, of: usize) -> f64 {
     }
 }
 
+fn gate_name(op: &str, percent: bool) -> &'static str {
+    match (op, percent) {
+        ("delete", false) => "max-deletes",
+        ("delete", true) => "max-delete-percent",
+        ("disable", false) => "max-disables",
+        ("disable", true) => "max-disable-percent",
+        ("move", false) => "max-moves",
+        _ => "max-move-percent",
+    }
+}
+
 pub fn check(g: &GateInput<'_>) -> Vec<Refusal> {
     let s = g.safety;
     let mut out = Vec::new();
-    let deletes = g.changes.iter().filter(|c| c.op == Op::Delete).count();
-    if deletes as u64 > s.max_deletes {
-        out.push(Refusal {
-            gate: "max-deletes",
-            message: format!(
-                "{deletes} entries would be deleted, more than safety.max-deletes = {}; check the export, or raise the limit for this run",
-                s.max_deletes
-            ),
-        });
-    }
-    if deletes > 0 && pct(deletes, g.managed) > s.max_delete_percent {
-        out.push(Refusal {
-            gate: "max-delete-percent",
-            message: format!(
-                "{deletes} of {} managed entries ({:.1}%) would be deleted, more than safety.max-delete-percent = {}%; is the export truncated?",
-                g.managed,
-                pct(deletes, g.managed),
-                s.max_delete_percent
-            ),
-        });
-    }
-    let disables = g.changes.iter().filter(|c| c.op == Op::Disable).count();
-    if disables as u64 > s.max_disables {
-        out.push(Refusal {
-            gate: "max-disables",
-            message: format!(
-                "{disables} entries would be disabled, more than safety.max-disables = {}; check the export's dates and statuses",
-                s.max_disables
-            ),
-        });
-    }
-    if disables > 0 && pct(disables, g.managed) > s.max_disable_percent {
-        out.push(Refusal {
-            gate: "max-disable-percent",
-            message: format!(
-                "{disables} of {} managed entries ({:.1}%) would be disabled, more than safety.max-disable-percent = {}%",
-                g.managed,
-                pct(disables, g.managed),
-                s.max_disable_percent
-            ),
-        });
-    }
-    let moves = g.changes.iter().filter(|c| c.op == Op::Move).count();
-    if moves as u64 > s.max_moves {
-        out.push(Refusal {
-            gate: "max-moves",
-            message: format!(
-                "{moves} entries would be moved, more than safety.max-moves = {}",
-                s.max_moves
-            ),
-        });
-    }
-    if moves > 0 && pct(moves, g.managed) > s.max_move_percent {
-        out.push(Refusal {
-            gate: "max-move-percent",
-            message: format!(
-                "{moves} of {} managed entries ({:.1}%) would be moved, more than safety.max-move-percent = {}%",
-                g.managed,
-                pct(moves, g.managed),
-                s.max_move_percent
-            ),
-        });
+    // Per-operation limits: a count and a share of the managed entries.
+    let limits: [(Op, &str, &str, u64, f64, &str); 3] = [
+        (
+            Op::Delete,
+            "deleted",
+            "delete",
+            s.max_deletes,
+            s.max_delete_percent,
+            "; is the export truncated?",
+        ),
+        (
+            Op::Disable,
+            "disabled",
+            "disable",
+            s.max_disables,
+            s.max_disable_percent,
+            "; check the export's dates and statuses",
+        ),
+        (
+            Op::Move,
+            "moved",
+            "move",
+            s.max_moves,
+            s.max_move_percent,
+            "",
+        ),
+    ];
+    for (op, verb, name, max, max_pct, hint) in limits {
+        let n = g.changes.iter().filter(|c| c.op == op).count();
+        if n as u64 > max {
+            out.push(Refusal {
+                gate: gate_name(name, false),
+                message: format!(
+                    "{n} entries would be {verb}, more than safety.max-{name}s = {max}{hint}"
+                ),
+            });
+        }
+        if n > 0 && pct(n, g.managed) > max_pct {
+            out.push(Refusal {
+                gate: gate_name(name, true),
+                message: format!(
+                    "{n} of {} managed entries ({:.1}%) would be {verb}, more than safety.max-{name}-percent = {max_pct}%{hint}",
+                    g.managed,
+                    pct(n, g.managed)
+                ),
+            });
+        }
     }
     let mut removed: BTreeMap<String, usize> = BTreeMap::new();
     for c in g.changes.iter().filter(|c| c.op == Op::Modify) {

@@ -282,6 +282,17 @@ uid = true
         std::fs::write(self.dir.join("export.csv"), s).unwrap();
     }
 
+    /// Write an export with its own header.
+    pub fn write_csv(&self, header: &str, rows: &[&str]) {
+        let mut s = String::from(header);
+        s.push('\n');
+        for r in rows {
+            s.push_str(r);
+            s.push('\n');
+        }
+        self.write_export_raw(s.as_bytes());
+    }
+
     pub fn write_export_raw(&self, bytes: &[u8]) {
         std::fs::write(self.dir.join("export.csv"), bytes).unwrap();
     }

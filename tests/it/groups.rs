@@ -6,13 +6,7 @@ const H: &str =
     "employee_id,given_name,preferred_name,surname,title,email,manager_id,department,location";
 
 fn write(t: &TestEnv, rows: &[&str]) {
-    let mut s = String::from(H);
-    s.push('\n');
-    for r in rows {
-        s.push_str(r);
-        s.push('\n');
-    }
-    t.write_export_raw(s.as_bytes());
+    t.write_csv(H, rows);
 }
 
 fn members(dn: &str, attr: &str) -> Vec<String> {

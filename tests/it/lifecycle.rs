@@ -5,13 +5,7 @@ use crate::common::*;
 const H: &str = "employee_id,given_name,preferred_name,surname,title,email,manager_id,start_date,end_date,status";
 
 fn write(t: &TestEnv, rows: &[&str]) {
-    let mut s = String::from(H);
-    s.push('\n');
-    for r in rows {
-        s.push_str(r);
-        s.push('\n');
-    }
-    t.write_export_raw(s.as_bytes());
+    t.write_csv(H, rows);
 }
 
 fn sync_at(t: &TestEnv, day: &str) -> Run {
