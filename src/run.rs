@@ -30,6 +30,10 @@ pub struct RunOptions {
     pub details: bool,
     /// Gates the operator accepts for this run (`--accept-gate NAME`).
     pub accept: Vec<String>,
+    /// The daemon holds the mirror's lock for its whole life: its runs do not take it again.
+    pub daemon_holds_lock: bool,
+    /// Set to true to stop after the operations in flight (SIGTERM in the daemon).
+    pub cancel: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// What a run computed, for `explain` and `report`.
@@ -93,6 +97,8 @@ pub struct RunOutcome {
     pub duration: Duration,
     pub dry_run: bool,
     pub details: Option<Details>,
+    /// The run stopped early (the daemon is stopping): changes not sent stay pending in the journal.
+    pub interrupted: bool,
 }
 
 impl RunOutcome {
@@ -682,7 +688,7 @@ pub async fn run(
     clock: &dyn Clock,
 ) -> Result<RunOutcome, RunError> {
     let started = Instant::now();
-    let _lock = if opts.dry_run {
+    let _lock = if opts.dry_run || opts.daemon_holds_lock {
         None
     } else {
         Some(RunLock::acquire(&cfg.state)?)
@@ -847,6 +853,7 @@ pub async fn run(
         duration: Duration::ZERO,
         dry_run: opts.dry_run,
         details: None,
+        interrupted: false,
     };
     if opts.details {
         outcome.details = Some(Details {
@@ -917,7 +924,12 @@ pub async fn run(
     for c in &changes {
         phases.entry(c.phase).or_default().push(c);
     }
+    let cancelled = || opts.cancel.as_ref().is_some_and(|c| *c.borrow());
     for (_, batch) in phases {
+        if cancelled() {
+            outcome.interrupted = true;
+            break;
+        }
         let ids = mirror.journal_pending(run_id, &batch, &clock.rfc3339())?;
         // Joiners' initial passwords: made now, sent in the add, handed to the delivery program.
         let password_cmd = cfg
@@ -945,7 +957,12 @@ pub async fn run(
             passwords.push(pw);
         }
         let results = target
-            .apply_with(&batch, &passwords, cfg.directory.max_in_flight)
+            .apply_with(
+                &batch,
+                &passwords,
+                cfg.directory.max_in_flight,
+                opts.cancel.clone(),
+            )
             .await;
         let mut outcomes = Vec::with_capacity(batch.len());
         for (((c, id), r), pw) in batch.iter().zip(ids).zip(results).zip(passwords) {
@@ -991,6 +1008,10 @@ pub async fn run(
                         _ => {}
                     }
                     outcomes.push((id, true, "success".to_string()));
+                }
+                Err(f) if f.rc == crate::target::ldap::NOT_SENT => {
+                    // Left pending in the journal: the next run plans it again.
+                    outcome.interrupted = true;
                 }
                 Err(f) => {
                     tracing::error!(target: "dirbridge::apply", op = c.op.as_str(), dn = %c.dn, key = %c.key, rc = f.rc, "quarantined: {f}");

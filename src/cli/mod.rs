@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::clock::SystemClock;
 use crate::config::{self, Config};
+use crate::control::{Request, Response};
 use crate::exit;
 use crate::plan::output;
 use crate::run::{self, RunOptions};
@@ -36,6 +37,10 @@ pub struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// The daemon's control socket (default: daemon.socket of the configuration).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -54,6 +59,14 @@ pub enum Format {
     Json,
     /// The LDIF that would be sent, replayable with ldapmodify.
     Ldif,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum StatusFormat {
+    Text,
+    Json,
+    /// Prometheus text exposition.
+    Prometheus,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -126,6 +139,26 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = ReportFormat::Csv)]
         format: ReportFormat,
     },
+    /// Run as a service in the foreground: sync on schedule, when the export changes, on SIGUSR1
+    /// and on request; SIGHUP reloads the configuration; SIGTERM finishes what is in flight.
+    Daemon,
+    /// The daemon's state: uptime, configuration, last run, next run, alarms.
+    Status {
+        #[arg(long, value_enum, default_value_t = StatusFormat::Text)]
+        format: StatusFormat,
+    },
+    /// Ask the daemon for a run now.
+    Trigger {
+        /// Wait for the run and exit with its exit code.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Ask the daemon to load its configuration again (a bad file keeps the old one).
+    Reload,
+    /// Hold the daemon's runs (a maintenance window).
+    Pause,
+    /// Let the daemon's runs go again (a held trigger runs now).
+    Resume,
     /// Apply the difference to the directory. Ends with a one-line summary.
     Sync {
         /// Compute and print the plan; write nothing.
@@ -295,6 +328,12 @@ pub fn main() -> i32 {
             kind: ReportKind::Access,
             format,
         } => report_command(&cli.config, format),
+        Command::Daemon => crate::daemon::main(&cli.config),
+        Command::Status { format } => control_command(&cli, Request::Status, Some(format)),
+        Command::Trigger { wait } => control_command(&cli, Request::Trigger { wait }, None),
+        Command::Reload => control_command(&cli, Request::Reload, None),
+        Command::Pause => control_command(&cli, Request::Pause, None),
+        Command::Resume => control_command(&cli, Request::Resume, None),
         Command::Sync {
             dry_run,
             format,
@@ -355,6 +394,7 @@ fn run_command(path: &std::path::Path, args: RunArgs) -> i32 {
         as_of,
         details: false,
         accept,
+        ..Default::default()
     };
     let outcome = match rt.block_on(run::run(&cfg, &opts, &SystemClock)) {
         Ok(o) => o,
@@ -433,6 +473,7 @@ fn details_run(
         as_of,
         details: true,
         accept: vec![],
+        ..Default::default()
     };
     match rt.block_on(run::run(&cfg, &opts, &SystemClock)) {
         Ok(o) => Ok((cfg, o)),
@@ -556,4 +597,214 @@ fn report_command(path: &std::path::Path, format: ReportFormat) -> i32 {
         }
     }
     exit::OK
+}
+
+fn control_command(cli: &Cli, req: Request, format: Option<StatusFormat>) -> i32 {
+    // The socket's path: --socket, else the configuration's (a user who may not read the
+    // configuration gets the default).
+    let socket = cli.socket.clone().unwrap_or_else(|| {
+        config::load(&cli.config, config::Check::Run)
+            .map(|(c, _)| c.daemon.socket)
+            .unwrap_or_else(|_| PathBuf::from(config::DEFAULT_SOCKET))
+    });
+    let rt = match runtime() {
+        Ok(r) => r,
+        Err(c) => return c,
+    };
+    let wait = if matches!(req, Request::Trigger { wait: true }) {
+        24 * 3600
+    } else {
+        30
+    };
+    let resp = match rt.block_on(crate::control::call(
+        &socket,
+        &req,
+        std::time::Duration::from_secs(wait),
+    )) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("dirbridge: {e}");
+            return exit::UNAVAILABLE;
+        }
+    };
+    match resp {
+        Response::Status(s) => {
+            match format.unwrap_or(StatusFormat::Text) {
+                StatusFormat::Json => print(&format!(
+                    "{}\n",
+                    serde_json::to_string_pretty(&s).unwrap_or_default()
+                )),
+                StatusFormat::Prometheus => print(&prometheus(&s)),
+                StatusFormat::Text => print(&status_text(&s)),
+            }
+            if s.alarms.is_empty() {
+                exit::OK
+            } else {
+                exit::QUARANTINED
+            }
+        }
+        Response::Triggered { run: Some(r) } => {
+            print(&format!("{}\n", r.summary));
+            for e in &r.errors {
+                eprintln!("error: {e}");
+            }
+            for g in &r.refusals {
+                eprintln!("REFUSED: {g}");
+            }
+            r.exit_code
+        }
+        Response::Triggered { run: None } => {
+            eprintln!("triggered: a run is queued");
+            exit::OK
+        }
+        Response::Done { message } => {
+            eprintln!("{message}");
+            exit::OK
+        }
+        Response::Error { message } => {
+            eprintln!("dirbridge: {message}");
+            exit::CONFIG
+        }
+        Response::Unauthorized { message } => {
+            eprintln!("dirbridge: unauthorized: {message}");
+            77
+        }
+    }
+}
+
+fn status_text(s: &crate::control::StatusReport) -> String {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "dirbridge daemon, pid {}, up {}s (since {})\n",
+        s.pid, s.uptime_seconds, s.started_at
+    ));
+    out.push_str(&format!(
+        "configuration: {} (loaded {})\n",
+        s.config_file, s.config_loaded_at
+    ));
+    if let Some(e) = &s.config_error {
+        out.push_str(&format!(
+            "  the last reload failed, the old configuration keeps running: {e}\n"
+        ));
+    }
+    if s.paused {
+        out.push_str("paused: no run starts until `dirbridge resume`\n");
+    }
+    if let Some((t, at)) = &s.running {
+        out.push_str(&format!("running: a run triggered by {t} since {at}\n"));
+    }
+    match &s.last_run {
+        Some(r) => {
+            out.push_str(&format!(
+                "last run #{} ({}, started {}, {:.2}s, exit {}): {}\n",
+                r.id, r.trigger, r.started_at, r.duration_seconds, r.exit_code, r.summary
+            ));
+            for g in &r.refusals {
+                out.push_str(&format!("  refused: {g}\n"));
+            }
+            for e in &r.errors {
+                out.push_str(&format!("  error: {e}\n"));
+            }
+        }
+        None => out.push_str("last run: none yet\n"),
+    }
+    out.push_str(&format!(
+        "last success: {}\n",
+        s.last_success_at.as_deref().unwrap_or("none yet")
+    ));
+    out.push_str(&format!(
+        "next scheduled run: {}\n",
+        s.next_run.as_deref().unwrap_or("none (no daemon.schedule)")
+    ));
+    for a in &s.alarms {
+        out.push_str(&format!("ALARM: {a}\n"));
+    }
+    out
+}
+
+fn prometheus(s: &crate::control::StatusReport) -> String {
+    let mut o = String::new();
+    let mut metric = |name: &str, help: &str, kind: &str, lines: Vec<(String, f64)>| {
+        o.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for (labels, v) in lines {
+            o.push_str(&format!("{name}{labels} {v}\n"));
+        }
+    };
+    metric(
+        "dirbridge_up",
+        "The daemon answers.",
+        "gauge",
+        vec![(String::new(), 1.0)],
+    );
+    metric(
+        "dirbridge_runs_total",
+        "Runs since the daemon started.",
+        "counter",
+        vec![(String::new(), s.runs as f64)],
+    );
+    metric(
+        "dirbridge_paused",
+        "Runs are held.",
+        "gauge",
+        vec![(String::new(), if s.paused { 1.0 } else { 0.0 })],
+    );
+    metric(
+        "dirbridge_alarms",
+        "Active alarms (stale export, no recent success, failed reload).",
+        "gauge",
+        vec![(String::new(), s.alarms.len() as f64)],
+    );
+    if let Some(t) = s
+        .last_success_at
+        .as_deref()
+        .and_then(|t| humantime::parse_rfc3339(t).ok())
+    {
+        let secs = t
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        metric(
+            "dirbridge_last_success_timestamp_seconds",
+            "When the last successful run ended.",
+            "gauge",
+            vec![(String::new(), secs)],
+        );
+    }
+    if let Some(r) = &s.last_run {
+        let trig = format!("{{trigger=\"{}\"}}", r.trigger);
+        metric(
+            "dirbridge_last_run_exit_code",
+            "Exit code of the last run.",
+            "gauge",
+            vec![(trig.clone(), r.exit_code as f64)],
+        );
+        metric(
+            "dirbridge_last_run_duration_seconds",
+            "Duration of the last run.",
+            "gauge",
+            vec![(trig, r.duration_seconds)],
+        );
+        metric(
+            "dirbridge_last_run_changes",
+            "Changes applied by the last run, by operation.",
+            "gauge",
+            r.counts
+                .iter()
+                .map(|(k, v)| (format!("{{target=\"directory\",op=\"{k}\"}}"), *v as f64))
+                .collect(),
+        );
+        metric(
+            "dirbridge_last_run_quarantined",
+            "Records quarantined in the last run.",
+            "gauge",
+            vec![(String::new(), r.quarantined as f64)],
+        );
+        metric(
+            "dirbridge_last_run_gate_refusals",
+            "Safety gates that refused the last run.",
+            "gauge",
+            vec![(String::new(), r.refusals.len() as f64)],
+        );
+    }
+    o
 }

@@ -33,7 +33,7 @@ struct RawConfig {
     groups: Vec<Spanned<RawGroup>>,
     lifecycle: Option<Spanned<RawLifecycle>>,
     apps: Option<Spanned<toml::Value>>,
-    daemon: Option<Spanned<toml::Value>>,
+    daemon: Option<Spanned<RawDaemon>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -144,6 +144,19 @@ struct RawPosix {
     gid_number: Spanned<toml::Value>,
     home_directory: Spanned<String>,
     login_shell: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RawDaemon {
+    schedule: Option<Spanned<String>>,
+    socket: Option<Spanned<PathBuf>>,
+    read_group: Option<Spanned<String>>,
+    admin_group: Option<Spanned<String>>,
+    stale_after: Option<Spanned<String>>,
+    watch: Option<bool>,
+    debounce: Option<Spanned<String>>,
+    allow_root: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -419,6 +432,68 @@ pub enum DisableMethod {
     Attributes,
 }
 
+/// When the daemon runs.
+#[derive(Clone, Debug, serde::Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Schedule {
+    /// A 5-field cron expression (local time).
+    Cron(String),
+    /// Every so often, from the daemon's start.
+    #[serde(with = "secs")]
+    Every(Duration),
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct DaemonConfig {
+    pub schedule: Option<Schedule>,
+    pub socket: PathBuf,
+    pub read_group: Option<String>,
+    pub admin_group: Option<String>,
+    #[serde(with = "opt_secs")]
+    pub stale_after: Option<Duration>,
+    /// Run when the HR export changes.
+    pub watch: bool,
+    /// Debounce plus the file-stability wait.
+    #[serde(with = "secs")]
+    pub debounce: Duration,
+    pub allow_root: bool,
+}
+
+pub const DEFAULT_SOCKET: &str = "/run/dirbridge/control.sock";
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            schedule: None,
+            socket: PathBuf::from(DEFAULT_SOCKET),
+            read_group: None,
+            admin_group: None,
+            stale_after: None,
+            watch: true,
+            debounce: Duration::from_millis(200),
+            allow_root: false,
+        }
+    }
+}
+
+/// `every 15m` or a 5-field cron expression.
+pub fn parse_schedule(s: &str) -> Result<Schedule, String> {
+    let t = s.trim();
+    if let Some(rest) = t.strip_prefix("every ") {
+        return match humantime::parse_duration(rest.trim()) {
+            Ok(d) if d >= Duration::from_secs(1) => Ok(Schedule::Every(d)),
+            _ => Err(format!("{t:?}: `every` needs a duration such as 15m or 1h")),
+        };
+    }
+    if t.split_whitespace().count() != 5 {
+        return Err(format!("{t:?} is neither `every <duration>` nor a 5-field cron expression (minute hour day month weekday)"));
+    }
+    t.parse::<croner::Cron>()
+        .map_err(|e| format!("{t:?}: {e}"))?;
+    Ok(Schedule::Cron(t.to_string()))
+}
+
 pub const PPOLICY_LOCK_ATTR: &str = "pwdAccountLockedTime";
 pub const PPOLICY_LOCK_VALUE: &str = "000001010000Z";
 
@@ -526,6 +601,7 @@ pub struct Config {
     pub users: UsersConfig,
     pub groups: Vec<GroupRule>,
     pub lifecycle: Option<LifecycleConfig>,
+    pub daemon: DaemonConfig,
     pub safety: SafetyConfig,
     /// The export's columns as read while checking the templates.
     pub header: Vec<String>,
@@ -629,13 +705,11 @@ pub fn load_str(file: &Path, src: &str, mode: Check) -> Result<(Config, Diagnost
         }
     };
 
-    for (name, sec) in [("[[apps]]", &raw.apps), ("[daemon]", &raw.daemon)] {
-        if let Some(v) = sec {
-            cx.err(
-                Some(v.span()),
-                format!("{name} is not supported yet by this version of dirbridge; remove it (it lands with a later release)"),
-            );
-        }
+    if let Some(v) = &raw.apps {
+        cx.err(
+            Some(v.span()),
+            "[[apps]] is not supported yet by this version of dirbridge; remove it (it lands with a later release)",
+        );
     }
 
     // ---- [source]
@@ -1376,6 +1450,65 @@ pub fn load_str(file: &Path, src: &str, mode: Check) -> Result<(Config, Diagnost
         lc
     });
 
+    // ---- [daemon]
+    let mut daemon = DaemonConfig::default();
+    if let Some(d) = &raw.daemon {
+        let dr = d.get_ref();
+        if let Some(sch) = &dr.schedule {
+            match parse_schedule(sch.get_ref()) {
+                Ok(s) => daemon.schedule = Some(s),
+                Err(e) => cx.err(Some(sch.span()), format!("daemon.schedule = {e}")),
+            }
+        }
+        if let Some(sock) = &dr.socket {
+            daemon.socket = rel(sock.get_ref());
+        }
+        for (g, key) in [
+            (&dr.read_group, "read-group"),
+            (&dr.admin_group, "admin-group"),
+        ] {
+            if let Some(g) = g {
+                if crate::control::group_gid(g.get_ref()).is_none() {
+                    cx.warn(
+                        Some(g.span()),
+                        format!(
+                            "daemon.{key} = {:?} is not a group in /etc/group",
+                            g.get_ref()
+                        ),
+                    );
+                }
+            }
+        }
+        daemon.read_group = dr.read_group.as_ref().map(|g| g.get_ref().clone());
+        daemon.admin_group = dr.admin_group.as_ref().map(|g| g.get_ref().clone());
+        if let Some(v) = &dr.stale_after {
+            match humantime::parse_duration(v.get_ref()) {
+                Ok(d) => daemon.stale_after = Some(d),
+                Err(_) => cx.err(
+                    Some(v.span()),
+                    format!(
+                        "daemon.stale-after = {:?} is not a duration such as \"26h\"",
+                        v.get_ref()
+                    ),
+                ),
+            }
+        }
+        if let Some(v) = &dr.debounce {
+            match humantime::parse_duration(v.get_ref()) {
+                Ok(d) if d <= Duration::from_secs(60) => daemon.debounce = d,
+                _ => cx.err(
+                    Some(v.span()),
+                    format!(
+                        "daemon.debounce = {:?} is not a duration up to 60s",
+                        v.get_ref()
+                    ),
+                ),
+            }
+        }
+        daemon.watch = dr.watch.unwrap_or(true);
+        daemon.allow_root = dr.allow_root.unwrap_or(false);
+    }
+
     // ---- [safety]
     let sf = &raw.safety;
     let def = SafetyConfig::default();
@@ -1477,6 +1610,7 @@ pub fn load_str(file: &Path, src: &str, mode: Check) -> Result<(Config, Diagnost
             users,
             groups,
             lifecycle,
+            daemon,
             safety,
             header,
         },

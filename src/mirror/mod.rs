@@ -28,7 +28,7 @@ pub enum MirrorError {
         known: i64,
     },
     /// Another run holds the lock: this one exits 75.
-    #[error("another dirbridge run holds the lock on {} (pid {pid}); try again when it has finished", path.display())]
+    #[error("another dirbridge run holds the lock on {} (pid {pid}); try again when it has finished (when it is the daemon: `dirbridge trigger --wait`)", path.display())]
     Locked { path: PathBuf, pid: String },
 }
 

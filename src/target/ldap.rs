@@ -23,6 +23,9 @@ pub struct LdapTarget {
     page_size: i32,
 }
 
+/// The result code of an operation that was not sent because the run was told to stop.
+pub const NOT_SENT: u32 = u32::MAX;
+
 /// A failed write: the server's result code and message. The entry is quarantined; the run goes on.
 #[derive(Clone, Debug)]
 pub struct OpFailure {
@@ -366,7 +369,7 @@ impl LdapTarget {
         changes: &[&Change],
         in_flight: usize,
     ) -> Vec<Result<Option<String>, OpFailure>> {
-        self.apply_with(changes, &[], in_flight).await
+        self.apply_with(changes, &[], in_flight, None).await
     }
 
     /// [`LdapTarget::apply`] with initial passwords for adds (`passwords[i]` for `changes[i]`).
@@ -375,12 +378,27 @@ impl LdapTarget {
         changes: &[&Change],
         passwords: &[Option<crate::secret::Secret>],
         in_flight: usize,
+        cancel: Option<tokio::sync::watch::Receiver<bool>>,
     ) -> Vec<Result<Option<String>, OpFailure>> {
         let futs = changes.iter().enumerate().map(|(i, c)| {
             let mut ldap = self.ldap.clone();
             let t = self.op_timeout;
             let pw = passwords.get(i).cloned().flatten();
-            async move { (i, apply_one(&mut ldap, c, t, pw).await) }
+            let cancel = cancel.clone();
+            async move {
+                // An operation not yet sent when the daemon is told to stop is not sent at all;
+                // those in flight finish.
+                if cancel.as_ref().is_some_and(|c| *c.borrow()) {
+                    return (
+                        i,
+                        Err(OpFailure {
+                            rc: NOT_SENT,
+                            text: "not sent: stopping".into(),
+                        }),
+                    );
+                }
+                (i, apply_one(&mut ldap, c, t, pw).await)
+            }
         });
         let mut results: Vec<(usize, Result<Option<String>, OpFailure>)> =
             futures_util::stream::iter(futs)

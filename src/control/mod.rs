@@ -1,0 +1,282 @@
+//! The control socket: length-prefixed JSON requests and responses over a Unix stream socket.
+//! Anyone may connect (mode 0666); the daemon answers `unauthorized` by the peer's credentials:
+//! read-only requests for root, the service user and `read-group` (and `admin-group`), mutating
+//! ones for root, the service user and `admin-group`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+/// The largest frame either side accepts.
+pub const MAX_FRAME: usize = 1024 * 1024;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "request", rename_all = "kebab-case")]
+pub enum Request {
+    Status,
+    Trigger { wait: bool },
+    Reload,
+    Pause,
+    Resume,
+}
+
+impl Request {
+    pub fn mutating(&self) -> bool {
+        !matches!(self, Request::Status)
+    }
+    /// A form safe to log.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Status => "status",
+            Request::Trigger { .. } => "trigger",
+            Request::Reload => "reload",
+            Request::Pause => "pause",
+            Request::Resume => "resume",
+        }
+    }
+}
+
+/// What one run did, as `status` and `trigger --wait` report it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub struct RunSummary {
+    pub id: u64,
+    pub trigger: String,
+    pub started_at: String,
+    pub duration_seconds: f64,
+    pub exit_code: i32,
+    pub counts: BTreeMap<String, usize>,
+    pub quarantined: usize,
+    pub refusals: Vec<String>,
+    pub errors: Vec<String>,
+    pub summary: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub struct StatusReport {
+    pub pid: u32,
+    pub started_at: String,
+    pub uptime_seconds: u64,
+    pub config_file: String,
+    pub config_loaded_at: String,
+    /// The last reload failed: the old configuration keeps running.
+    pub config_error: Option<String>,
+    pub paused: bool,
+    /// The run in progress: its trigger and start.
+    pub running: Option<(String, String)>,
+    pub last_run: Option<RunSummary>,
+    pub last_success_at: Option<String>,
+    pub next_run: Option<String>,
+    pub runs: u64,
+    pub alarms: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "response", rename_all = "kebab-case")]
+pub enum Response {
+    Status(Box<StatusReport>),
+    /// The trigger was queued; with `wait`, the run it caused.
+    Triggered {
+        run: Option<RunSummary>,
+    },
+    Done {
+        message: String,
+    },
+    Error {
+        message: String,
+    },
+    Unauthorized {
+        message: String,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("the frame is larger than {MAX_FRAME} bytes")]
+    TooLarge,
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("not a valid message: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+pub async fn write_frame<T: Serialize>(s: &mut UnixStream, v: &T) -> Result<(), FrameError> {
+    let body = serde_json::to_vec(v)?;
+    if body.len() > MAX_FRAME {
+        return Err(FrameError::TooLarge);
+    }
+    s.write_all(&(body.len() as u32).to_be_bytes()).await?;
+    s.write_all(&body).await?;
+    s.flush().await?;
+    Ok(())
+}
+
+pub async fn read_frame<T: for<'de> Deserialize<'de>>(s: &mut UnixStream) -> Result<T, FrameError> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).await?;
+    let n = u32::from_be_bytes(len) as usize;
+    if n > MAX_FRAME {
+        return Err(FrameError::TooLarge);
+    }
+    let mut body = vec![0u8; n];
+    s.read_exact(&mut body).await?;
+    Ok(serde_json::from_slice(&body)?)
+}
+
+/// Send one request to the daemon and wait for its answer (`wait` bounds how long).
+pub async fn call(socket: &Path, req: &Request, wait: Duration) -> Result<Response, String> {
+    let mut s = UnixStream::connect(socket).await.map_err(|e| {
+        format!(
+            "cannot reach the daemon at {}: {e} (is `dirbridge daemon` running? daemon.socket names the socket)",
+            socket.display()
+        )
+    })?;
+    write_frame(&mut s, req).await.map_err(|e| e.to_string())?;
+    match tokio::time::timeout(wait, read_frame::<Response>(&mut s)).await {
+        Ok(r) => r.map_err(|e| format!("the daemon's answer: {e}")),
+        Err(_) => Err(format!(
+            "the daemon did not answer within {}s",
+            wait.as_secs()
+        )),
+    }
+}
+
+// ------------------------------------------------------------------------------------ identities
+
+/// A group's gid and listed members, from /etc/group.
+pub fn group_entry(name: &str) -> Option<(u32, Vec<String>)> {
+    let text = std::fs::read_to_string("/etc/group").ok()?;
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        if f.len() >= 4 && f[0] == name {
+            let gid = f[2].parse().ok()?;
+            let members = f[3]
+                .split(',')
+                .filter(|m| !m.is_empty())
+                .map(String::from)
+                .collect();
+            Some((gid, members))
+        } else {
+            None
+        }
+    })
+}
+
+pub fn group_gid(name: &str) -> Option<u32> {
+    group_entry(name).map(|(g, _)| g)
+}
+
+fn user_name(uid: u32) -> Option<String> {
+    let text = std::fs::read_to_string("/etc/passwd").ok()?;
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 3 && f[2].parse::<u32>().ok() == Some(uid)).then(|| f[0].to_string())
+    })
+}
+
+/// The supplementary groups of a process (from /proc/PID/status).
+fn process_groups(pid: i32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("Groups:")).map(|l| {
+                l["Groups:".len()..]
+                    .split_whitespace()
+                    .filter_map(|g| g.parse().ok())
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
+/// Who is on the other end of a connection.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: Option<i32>,
+}
+
+impl Peer {
+    pub fn in_group(&self, group: &str) -> bool {
+        let Some((gid, members)) = group_entry(group) else {
+            return false;
+        };
+        if self.gid == gid {
+            return true;
+        }
+        if let Some(pid) = self.pid {
+            if process_groups(pid).contains(&gid) {
+                return true;
+            }
+        }
+        user_name(self.uid).is_some_and(|n| members.contains(&n))
+    }
+}
+
+/// The service's own uid (the user the daemon runs as).
+pub fn own_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(u32::MAX)
+}
+
+/// Whether `peer` may make `req`.
+pub fn authorized(
+    peer: &Peer,
+    req: &Request,
+    read_group: Option<&str>,
+    admin_group: Option<&str>,
+) -> bool {
+    if peer.uid == 0 || peer.uid == own_uid() {
+        return true;
+    }
+    let admin = admin_group.is_some_and(|g| peer.in_group(g));
+    if req.mutating() {
+        admin
+    } else {
+        admin || read_group.is_some_and(|g| peer.in_group(g))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn requests_round_trip_and_are_classified() {
+        for r in [
+            Request::Status,
+            Request::Trigger { wait: true },
+            Request::Reload,
+            Request::Pause,
+            Request::Resume,
+        ] {
+            let j = serde_json::to_string(&r).unwrap();
+            assert_eq!(serde_json::from_str::<Request>(&j).unwrap(), r);
+        }
+        assert_eq!(
+            serde_json::to_string(&Request::Trigger { wait: false }).unwrap(),
+            r#"{"request":"trigger","wait":false}"#
+        );
+        assert!(!Request::Status.mutating() && Request::Reload.mutating());
+        let root = Peer {
+            uid: 0,
+            gid: 0,
+            pid: None,
+        };
+        assert!(authorized(&root, &Request::Reload, None, None));
+        let nobody = Peer {
+            uid: 65534,
+            gid: 65534,
+            pid: None,
+        };
+        assert!(!authorized(&nobody, &Request::Status, None, None) || own_uid() == 65534);
+        assert_eq!(group_gid("root"), Some(0));
+    }
+}
