@@ -21,7 +21,7 @@ fn reports_several_errors_with_lines() {
             "key = \"employee_id\"",
             "key = \"employee_id\"\nencoding = \"ebcdic\"",
         )
-        + "\n[daemon]\nschedule = \"every 15m\"\n";
+        + "\n[[apps]]\nname = \"wiki\"\nkind = \"scim\"\n";
     t.write_config(&cfg);
     let line_of = |needle: &str| cfg.lines().position(|l| l.contains(needle)).unwrap() + 1;
     let r = t.run(&["check-config"]);
@@ -32,7 +32,7 @@ fn reports_several_errors_with_lines() {
         ("nosuchfilter", "unknown filter"),
         ("missing.password", "cannot read password file"),
         ("ebcdic", "source.encoding = \"ebcdic\""),
-        ("[daemon]", "[daemon] is not supported yet"),
+        ("[[apps]]", "[[apps]] is not supported yet"),
     ] {
         let prefix = format!("{file}:{}:", line_of(needle));
         let hit = r
