@@ -478,6 +478,14 @@ async fn apply_one(
     t: Duration,
     password: Option<crate::secret::Secret>,
 ) -> Result<Option<String>, OpFailure> {
+    // A test-only delay per operation, so that tests can stop the daemon in the middle of a run
+    // (documented in tests/it/daemon.rs; never set in production).
+    if let Some(ms) = std::env::var("DIRBRIDGE_TEST_OP_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
     ldap.with_timeout(t);
     let check = |r: ldap3::LdapResult| -> Result<ldap3::LdapResult, OpFailure> {
         if r.rc == 0 {

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 mod check_config;
 mod common;
+mod daemon;
 mod docs;
 mod groups;
 mod lifecycle;
