@@ -15,7 +15,7 @@ use crate::run::{self, RunOptions};
 #[derive(Parser, Debug)]
 #[command(
     name = "dirbridge",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("DIRBRIDGE_GIT_COMMIT"), ")"),
     about = "Turn the HR export into directory accounts: plan, preview and apply the difference.",
     long_about = "dirbridge reads the HR export (CSV, JSON, JSON Lines), mirrors it and the directory in SQLite, \
 maps records to entries through templates, and writes exactly the difference to OpenLDAP - after showing it.\n\n\
@@ -147,6 +147,11 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = StatusFormat::Text)]
         format: StatusFormat,
     },
+    /// Print a shell completion script (bash, zsh, fish).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Ask the daemon for a run now.
     Trigger {
         /// Wait for the run and exit with its exit code.
@@ -195,15 +200,28 @@ fn parse_date(s: &str) -> Result<String, String> {
     }
 }
 
-fn init_logging(verbose: u8, format: LogFormat) {
+fn init_logging(verbose: u8, format: LogFormat, daemon: bool) {
     use tracing_subscriber::EnvFilter;
-    // The commands print their own report on stderr; the log adds detail with -v.
-    let default = match verbose {
-        0 => "error",
-        1 => "info",
+    // The commands print their own report on stderr; the log adds detail with -v. The daemon
+    // logs its runs.
+    let default = match (verbose, daemon) {
+        (0, false) => "error",
+        (0, true) | (1, _) => "info",
         _ => "debug",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // Under systemd (JOURNAL_STREAM set), structured records to journald; without a journal
+    // socket (containers, tests) fall back to stderr.
+    if format == LogFormat::Text && std::env::var_os("JOURNAL_STREAM").is_some() {
+        if let Ok(layer) = tracing_journald::layer() {
+            use tracing_subscriber::prelude::*;
+            let _ = tracing_subscriber::registry()
+                .with(filter)
+                .with(layer.with_syslog_identifier("dirbridge".into()))
+                .try_init();
+            return;
+        }
+    }
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -267,7 +285,11 @@ pub fn main() -> i32 {
             return code;
         }
     };
-    init_logging(cli.verbose, cli.log_format);
+    init_logging(
+        cli.verbose,
+        cli.log_format,
+        matches!(cli.command, Command::Daemon),
+    );
     match cli.command {
         Command::CheckConfig { online } => {
             let cfg = match load(&cli.config, config::Check::Strict) {
@@ -329,6 +351,14 @@ pub fn main() -> i32 {
             format,
         } => report_command(&cli.config, format),
         Command::Daemon => crate::daemon::main(&cli.config),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "dirbridge", &mut out);
+            print(&String::from_utf8_lossy(&out));
+            exit::OK
+        }
         Command::Status { format } => control_command(&cli, Request::Status, Some(format)),
         Command::Trigger { wait } => control_command(&cli, Request::Trigger { wait }, None),
         Command::Reload => control_command(&cli, Request::Reload, None),
@@ -634,7 +664,7 @@ fn control_command(cli: &Cli, req: Request, format: Option<StatusFormat>) -> i32
                     "{}\n",
                     serde_json::to_string_pretty(&s).unwrap_or_default()
                 )),
-                StatusFormat::Prometheus => print(&prometheus(&s)),
+                StatusFormat::Prometheus => print(&crate::control::prometheus(&s)),
                 StatusFormat::Text => print(&status_text(&s)),
             }
             if s.alarms.is_empty() {
@@ -720,91 +750,4 @@ fn status_text(s: &crate::control::StatusReport) -> String {
         out.push_str(&format!("ALARM: {a}\n"));
     }
     out
-}
-
-fn prometheus(s: &crate::control::StatusReport) -> String {
-    let mut o = String::new();
-    let mut metric = |name: &str, help: &str, kind: &str, lines: Vec<(String, f64)>| {
-        o.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-        for (labels, v) in lines {
-            o.push_str(&format!("{name}{labels} {v}\n"));
-        }
-    };
-    metric(
-        "dirbridge_up",
-        "The daemon answers.",
-        "gauge",
-        vec![(String::new(), 1.0)],
-    );
-    metric(
-        "dirbridge_runs_total",
-        "Runs since the daemon started.",
-        "counter",
-        vec![(String::new(), s.runs as f64)],
-    );
-    metric(
-        "dirbridge_paused",
-        "Runs are held.",
-        "gauge",
-        vec![(String::new(), if s.paused { 1.0 } else { 0.0 })],
-    );
-    metric(
-        "dirbridge_alarms",
-        "Active alarms (stale export, no recent success, failed reload).",
-        "gauge",
-        vec![(String::new(), s.alarms.len() as f64)],
-    );
-    if let Some(t) = s
-        .last_success_at
-        .as_deref()
-        .and_then(|t| humantime::parse_rfc3339(t).ok())
-    {
-        let secs = t
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
-        metric(
-            "dirbridge_last_success_timestamp_seconds",
-            "When the last successful run ended.",
-            "gauge",
-            vec![(String::new(), secs)],
-        );
-    }
-    if let Some(r) = &s.last_run {
-        let trig = format!("{{trigger=\"{}\"}}", r.trigger);
-        metric(
-            "dirbridge_last_run_exit_code",
-            "Exit code of the last run.",
-            "gauge",
-            vec![(trig.clone(), r.exit_code as f64)],
-        );
-        metric(
-            "dirbridge_last_run_duration_seconds",
-            "Duration of the last run.",
-            "gauge",
-            vec![(trig, r.duration_seconds)],
-        );
-        metric(
-            "dirbridge_last_run_changes",
-            "Changes applied by the last run, by operation.",
-            "gauge",
-            r.counts
-                .iter()
-                .map(|(k, v)| (format!("{{target=\"directory\",op=\"{k}\"}}"), *v as f64))
-                .collect(),
-        );
-        metric(
-            "dirbridge_last_run_quarantined",
-            "Records quarantined in the last run.",
-            "gauge",
-            vec![(String::new(), r.quarantined as f64)],
-        );
-        metric(
-            "dirbridge_last_run_gate_refusals",
-            "Safety gates that refused the last run.",
-            "gauge",
-            vec![(String::new(), r.refusals.len() as f64)],
-        );
-    }
-    o
 }

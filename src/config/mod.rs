@@ -157,6 +157,7 @@ struct RawDaemon {
     watch: Option<bool>,
     debounce: Option<Spanned<String>>,
     allow_root: Option<bool>,
+    metrics: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -458,6 +459,8 @@ pub struct DaemonConfig {
     #[serde(with = "secs")]
     pub debounce: Duration,
     pub allow_root: bool,
+    /// A loopback address to serve Prometheus metrics on.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 pub const DEFAULT_SOCKET: &str = "/run/dirbridge/control.sock";
@@ -473,6 +476,7 @@ impl Default for DaemonConfig {
             watch: true,
             debounce: Duration::from_millis(200),
             allow_root: false,
+            metrics: None,
         }
     }
 }
@@ -1507,6 +1511,13 @@ pub fn load_str(file: &Path, src: &str, mode: Check) -> Result<(Config, Diagnost
         }
         daemon.watch = dr.watch.unwrap_or(true);
         daemon.allow_root = dr.allow_root.unwrap_or(false);
+        if let Some(m) = &dr.metrics {
+            match m.get_ref().parse::<std::net::SocketAddr>() {
+                Ok(a) if a.ip().is_loopback() => daemon.metrics = Some(a),
+                Ok(_) => cx.err(Some(m.span()), "daemon.metrics must be a loopback address such as \"127.0.0.1:9184\" (put a proxy in front for anything else)"),
+                Err(_) => cx.err(Some(m.span()), format!("daemon.metrics = {:?} is not an address such as \"127.0.0.1:9184\"", m.get_ref())),
+            }
+        }
     }
 
     // ---- [safety]

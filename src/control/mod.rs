@@ -74,6 +74,9 @@ pub struct StatusReport {
     pub next_run: Option<String>,
     pub runs: u64,
     pub alarms: Vec<String>,
+    /// Counters since the daemon started: `runs|TRIGGER|RESULT`, `changes|OP`, `quarantined`,
+    /// `refusals`.
+    pub totals: BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -243,6 +246,133 @@ pub fn authorized(
     } else {
         admin || read_group.is_some_and(|g| peer.in_group(g))
     }
+}
+
+/// The status as Prometheus text exposition.
+pub fn prometheus(s: &StatusReport) -> String {
+    let mut o = String::new();
+    let mut metric = |name: &str, help: &str, kind: &str, lines: Vec<(String, f64)>| {
+        o.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for (labels, v) in lines {
+            o.push_str(&format!("{name}{labels} {v}\n"));
+        }
+    };
+    metric(
+        "dirbridge_up",
+        "The daemon answers.",
+        "gauge",
+        vec![(String::new(), 1.0)],
+    );
+    metric(
+        "dirbridge_paused",
+        "Runs are held.",
+        "gauge",
+        vec![(String::new(), if s.paused { 1.0 } else { 0.0 })],
+    );
+    metric(
+        "dirbridge_alarms",
+        "Active alarms (stale export, no recent success, failed reload).",
+        "gauge",
+        vec![(String::new(), s.alarms.len() as f64)],
+    );
+    if let Some(t) = s
+        .last_success_at
+        .as_deref()
+        .and_then(|t| humantime::parse_rfc3339(t).ok())
+    {
+        let secs = t
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        metric(
+            "dirbridge_last_success_timestamp_seconds",
+            "When the last successful run ended.",
+            "gauge",
+            vec![(String::new(), secs)],
+        );
+    }
+    let mut runs = Vec::new();
+    let mut changes = Vec::new();
+    for (k, v) in &s.totals {
+        let parts: Vec<&str> = k.split('|').collect();
+        match parts.as_slice() {
+            ["runs", trigger, result] => runs.push((
+                format!("{{trigger=\"{trigger}\",result=\"{result}\"}}"),
+                *v as f64,
+            )),
+            ["changes", op] => {
+                changes.push((format!("{{target=\"directory\",op=\"{op}\"}}"), *v as f64))
+            }
+            _ => {}
+        }
+    }
+    metric(
+        "dirbridge_runs_total",
+        "Runs by trigger and result.",
+        "counter",
+        runs,
+    );
+    metric(
+        "dirbridge_changes_total",
+        "Changes applied, by target and operation.",
+        "counter",
+        changes,
+    );
+    metric(
+        "dirbridge_quarantined_total",
+        "Records quarantined, summed over runs.",
+        "counter",
+        vec![(
+            String::new(),
+            s.totals.get("quarantined").copied().unwrap_or(0) as f64,
+        )],
+    );
+    metric(
+        "dirbridge_gate_refusals_total",
+        "Safety gate refusals, summed over runs.",
+        "counter",
+        vec![(
+            String::new(),
+            s.totals.get("refusals").copied().unwrap_or(0) as f64,
+        )],
+    );
+    if let Some(r) = &s.last_run {
+        let trig = format!("{{trigger=\"{}\"}}", r.trigger);
+        metric(
+            "dirbridge_last_run_exit_code",
+            "Exit code of the last run.",
+            "gauge",
+            vec![(trig.clone(), r.exit_code as f64)],
+        );
+        metric(
+            "dirbridge_last_run_duration_seconds",
+            "Duration of the last run.",
+            "gauge",
+            vec![(trig, r.duration_seconds)],
+        );
+        metric(
+            "dirbridge_last_run_changes",
+            "Changes applied by the last run, by operation.",
+            "gauge",
+            r.counts
+                .iter()
+                .map(|(k, v)| (format!("{{target=\"directory\",op=\"{k}\"}}"), *v as f64))
+                .collect(),
+        );
+        metric(
+            "dirbridge_last_run_quarantined",
+            "Records quarantined in the last run.",
+            "gauge",
+            vec![(String::new(), r.quarantined as f64)],
+        );
+        metric(
+            "dirbridge_last_run_gate_refusals",
+            "Safety gates that refused the last run.",
+            "gauge",
+            vec![(String::new(), r.refusals.len() as f64)],
+        );
+    }
+    o
 }
 
 #[cfg(test)]

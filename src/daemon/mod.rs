@@ -313,6 +313,28 @@ async fn socket_server(shared: Arc<Shared>, listener: UnixListener) {
     }
 }
 
+/// Prometheus metrics over plain HTTP on a loopback address: any request gets the text.
+async fn metrics_server(shared: Arc<Shared>, l: tokio::net::TcpListener) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let Ok((mut s, _)) = l.accept().await else {
+            continue;
+        };
+        let sh = shared.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            let _ = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+            let body = control::prometheus(&sh.status());
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = s.write_all(head.as_bytes()).await;
+            let _ = s.write_all(body.as_bytes()).await;
+        });
+    }
+}
+
 /// The next scheduled instant after now, if any.
 fn next_scheduled(schedule: &Option<Schedule>, last: Instant) -> Option<(Instant, SystemTime)> {
     match schedule {
@@ -503,6 +525,16 @@ async fn serve(path: &Path, cfg: Config) -> i32 {
     tokio::spawn(socket_server(shared.clone(), listener));
     tokio::spawn(signals(shared.clone(), stop_tx));
     tokio::spawn(scheduler(shared.clone()));
+    if let Some(addr) = current(&shared).daemon.metrics {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => {
+                tokio::spawn(metrics_server(shared.clone(), l));
+            }
+            Err(e) => {
+                tracing::error!(target: "dirbridge::daemon", "cannot serve metrics on {addr}: {e}")
+            }
+        }
+    }
     let cfg0 = current(&shared);
     let _watcher = if cfg0.daemon.watch {
         match watch::watch(
@@ -627,6 +659,20 @@ async fn serve(path: &Path, cfg: Config) -> i32 {
             if matches!(summary.exit_code, 0 | 3) && summary.refusals.is_empty() {
                 s.last_success_at = Some(now_text());
             }
+            let result = match (&result, summary.exit_code) {
+                (Ok(o), _) if o.interrupted => "interrupted",
+                (Err(_), _) => "failed",
+                (_, 0) => "ok",
+                (_, 3) => "quarantined",
+                (_, 4) => "refused",
+                _ => "failed",
+            };
+            *s.totals.entry(format!("runs|{kind}|{result}")).or_default() += 1;
+            for (op, n) in &summary.counts {
+                *s.totals.entry(format!("changes|{op}")).or_default() += *n as u64;
+            }
+            *s.totals.entry("quarantined".into()).or_default() += summary.quarantined as u64;
+            *s.totals.entry("refusals".into()).or_default() += summary.refusals.len() as u64;
             s.last_run = Some(summary.clone());
         }
         notify::send(&[&format!("STATUS={}", summary.summary)]);

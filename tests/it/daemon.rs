@@ -191,10 +191,21 @@ fn an_export_edit_reaches_the_directory_by_itself() {
     assert_eq!(d.stop(), 0);
 }
 
+fn free_port() -> u16 {
+    let start = 24000 + (std::process::id() % 2000) as u16;
+    (start..31000)
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a free port below 32768")
+}
+
 #[test]
 fn signals_and_triggers_cause_exactly_one_run_each() {
     let t = TestEnv::new("dtrig");
-    daemon_config(&t, "watch = false");
+    let port = free_port();
+    daemon_config(
+        &t,
+        &format!("watch = false\nmetrics = \"127.0.0.1:{port}\""),
+    );
     t.write_export(&["1,Ann,,Boss,CEO,,"]);
     let d = Daemon::start(&t, &[]);
     d.wait_runs(1);
@@ -223,6 +234,29 @@ fn signals_and_triggers_cause_exactly_one_run_each() {
     d.wait_runs(4);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(d.runs(), 4);
+    // metrics, over the loopback listener and from `status --format prometheus`
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    assert!(
+        body.contains("dirbridge_runs_total{trigger=\"start\",result=\"ok\"} 1"),
+        "{body}"
+    );
+    assert!(
+        body.contains("dirbridge_runs_total{trigger=\"signal\",result=\"ok\"} 2"),
+        "the signal held during the pause counts as a signal: {body}"
+    );
+    assert!(
+        body.contains("dirbridge_changes_total{target=\"directory\",op=\"add\"} 1"),
+        "{body}"
+    );
+    assert!(
+        body.contains("dirbridge_last_success_timestamp_seconds"),
+        "{body}"
+    );
+    let (_, prom, _) = d.ctl(&["status", "--format", "prometheus"]);
+    assert!(prom.contains("dirbridge_gate_refusals_total 0"), "{prom}");
     assert_eq!(d.stop(), 0);
 }
 
