@@ -94,3 +94,93 @@ fn man_pages_cover_every_key_and_command() {
         assert!(man8.contains(code), "dirbridge.8.md lacks exit code {code}");
     }
 }
+
+/// The keys come from the configuration structs themselves: an unknown key in each section makes
+/// serde list the section's fields, and every one must be documented.
+#[test]
+fn man_page_documents_every_key_of_the_structs() {
+    let man5 = std::fs::read_to_string(repo().join("docs/dirbridge.toml.5.md")).unwrap();
+    let dir = std::env::temp_dir().join(format!("dirbridge-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("export.csv"), "id,name\n1,A\n").unwrap();
+    let base = r#"
+[source]
+kind = "csv"
+path = "export.csv"
+key = "id"
+[directory]
+url = "ldapi://%2Ftmp%2Fx"
+base-dn = "dc=example,dc=com"
+[state]
+path = "m.db"
+[users]
+base = "ou=people,dc=example,dc=com"
+rdn = "uid"
+object-classes = ["inetOrgPerson"]
+anchor = "employeeNumber"
+[users.attributes]
+uid = "{{ name }}"
+"#;
+    let sections = [
+        ("", "zz-unknown = 1\n"),
+        ("[source]", "[source]\nzz-unknown = 1\n"),
+        ("[directory]", "[directory]\nzz-unknown = 1\n"),
+        ("[state]", "[state]\nzz-unknown = 1\n"),
+        ("[users]", "[users]\nzz-unknown = 1\n"),
+        ("[users.posix]", "[users.posix]\nzz-unknown = 1\n"),
+        (
+            "[[users.placement]]",
+            "[[users.placement]]\nzz-unknown = 1\n",
+        ),
+        ("[[groups]]", "[[groups]]\nzz-unknown = 1\n"),
+        ("[lifecycle]", "[lifecycle]\nzz-unknown = 1\n"),
+        ("[daemon]", "[daemon]\nzz-unknown = 1\n"),
+        ("[safety]", "[safety]\nzz-unknown = 1\n"),
+    ];
+    let mut checked = 0;
+    for (name, snippet) in sections {
+        // put the snippet where its section is: merge into the base text
+        let text = if name.is_empty() {
+            format!("{snippet}{base}")
+        } else if base.contains(&format!("{name}\n")) {
+            base.replace(&format!("{name}\n"), snippet)
+        } else {
+            format!("{base}{snippet}")
+        };
+        std::fs::write(dir.join("c.toml"), &text).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_dirbridge"))
+            .arg("-c")
+            .arg(dir.join("c.toml"))
+            .arg("check-config")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        let line = err
+            .lines()
+            .find(|l| l.contains("unknown field `zz-unknown`"))
+            .unwrap_or_else(|| panic!("{name}: {err}"));
+        let expected = line
+            .split("expected")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{line}"));
+        let keys: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+        assert!(!keys.is_empty(), "{line}");
+        for k in keys {
+            if name.is_empty() {
+                assert!(
+                    man5.contains(&format!("[{k}]")) || man5.contains(&format!("[[{k}]]")),
+                    "dirbridge.toml.5.md lacks the section {k}"
+                );
+            } else {
+                // a sub-table is documented by its own section (`## [users.unique]`)
+                assert!(
+                    man5.contains(&format!("`{k}`")) || man5.contains(&format!(".{k}]")),
+                    "dirbridge.toml.5.md does not document {name} {k}"
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 60, "only {checked} keys found");
+    let _ = std::fs::remove_dir_all(dir);
+}
