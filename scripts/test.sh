@@ -30,6 +30,10 @@ grep -q "50 entries under ou=people" "$COUNTS/demo.log" || { cat "$COUNTS/demo.l
 grep -q "^0 add, 0 modify, 0 rename, 0 delete; 0 quarantined" "$COUNTS/demo.log" || { cat "$COUNTS/demo.log"; echo "the demo's second plan was not empty"; exit 1; }
 echo "demo: ok"
 
+echo "==> the .deb (contents, maintainer scripts, systemd-analyze verify and security)"
+bash scripts/need-packages.sh systemd-analyze=systemd dpkg-deb=dpkg useradd=passwd
+bash packaging/test-deb.sh
+
 echo "==> integration tests per server"
 total=0
 for server in slapd; do
