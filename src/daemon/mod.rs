@@ -156,7 +156,7 @@ fn preflight(cfg: &Config) -> Result<(), (String, i32)> {
         if let Some(p) = p {
             use std::os::unix::fs::PermissionsExt;
             if let Ok(m) = std::fs::metadata(&p) {
-                if m.permissions().mode() & 0o004 != 0 && what == "password file" {
+                if m.permissions().mode() & 0o004 != 0 {
                     tracing::warn!(target: "dirbridge::daemon", "the {what} {} is readable by every user", p.display());
                 }
             }
