@@ -45,7 +45,8 @@ impl Daemon {
         };
         let until = Instant::now() + Duration::from_secs(20);
         while Instant::now() < until {
-            if d.ctl(&["status", "--format", "json"]).0 == 0 {
+            // 0, or 3 when an alarm is up: either way the daemon answers
+            if matches!(d.ctl(&["status", "--format", "json"]).0, 0 | 3) {
                 return d;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -508,5 +509,38 @@ fn stopping_mid_run_leaves_a_journal_the_next_start_finishes() {
     let anchors: std::collections::BTreeSet<&str> =
         all.iter().filter_map(|e| e.one("employeeNumber")).collect();
     assert_eq!(anchors.len(), 2000);
+    assert_eq!(d.stop(), 0);
+}
+
+#[test]
+fn a_stale_export_is_an_alarm() {
+    let t = TestEnv::new("dstale");
+    daemon_config(&t, "watch = false\nstale-after = \"1h\"");
+    t.write_export(&["1,Ann,,Boss,CEO,,"]);
+    let old = Command::new("touch")
+        .args(["-d", "2 days ago"])
+        .arg(t.dir.join("export.csv"))
+        .status()
+        .unwrap();
+    assert!(old.success());
+    let d = Daemon::start(&t, &[]);
+    d.wait_runs(1);
+    let s = d.status();
+    let alarms = s["alarms"].as_array().unwrap();
+    assert!(
+        alarms.iter().any(|a| a
+            .as_str()
+            .unwrap()
+            .contains("has not changed for more than 1h")),
+        "{s:#}"
+    );
+    let (code, out, _) = d.ctl(&["status"]);
+    assert_eq!(code, 3, "status exits 3 on an alarm: {out}");
+    assert!(out.contains("ALARM:"), "{out}");
+    let (_, prom, _) = d.ctl(&["status", "--format", "prometheus"]);
+    assert!(prom.contains("dirbridge_alarms 1"), "{prom}");
+    assert!(std::fs::read_to_string(t.dir.join("daemon.log"))
+        .unwrap()
+        .contains("alarm: the export"));
     assert_eq!(d.stop(), 0);
 }
