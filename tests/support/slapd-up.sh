@@ -250,7 +250,9 @@ for _ in $(seq 1 200); do                       # up to ~10 s
     if [ -s "$PIDFILE" ] && answers; then
         if [ -n "${SLAPD_WATCH_PID:-}" ]; then
             HERE=$(cd "$(dirname "$0")" && pwd)
-            setsid sh -c 'while kill -0 "$1" 2>/dev/null && kill -0 "$2" 2>/dev/null; do sleep 0.5; done; "$3/slapd-down.sh" "$4" --purge' \
+            # only when the watched process is gone: a slapd stopped on purpose (and perhaps
+            # started again in the same DIR) is left alone
+            setsid sh -c 'while kill -0 "$1" 2>/dev/null && kill -0 "$2" 2>/dev/null; do sleep 0.5; done; kill -0 "$1" 2>/dev/null || "$3/slapd-down.sh" "$4" --purge' \
                 _ "$SLAPD_WATCH_PID" "$STARTED" "$HERE" "$DIR" </dev/null >/dev/null 2>&1 &
         fi
         print_env
