@@ -518,7 +518,8 @@ impl Mirror {
         let row: Option<(String, String, Option<String>)> = self
             .conn
             .query_row(
-                "SELECT status, started_at, summary FROM runs WHERE kind = 'sync' AND status <> 'running' ORDER BY id DESC LIMIT 1",
+                // only the refusals, not the whole stored plan
+                "SELECT status, started_at, json_extract(summary, '$.refusals') FROM runs WHERE kind = 'sync' AND status <> 'running' ORDER BY id DESC LIMIT 1",
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
@@ -528,7 +529,7 @@ impl Mirror {
             let v: serde_json::Value = sum
                 .and_then(|x| serde_json::from_str(&x).ok())
                 .unwrap_or_default();
-            (s, t, v["refusals"].clone())
+            (s, t, v)
         }))
     }
 
