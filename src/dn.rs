@@ -266,10 +266,52 @@ pub fn collapse_spaces(v: &str) -> String {
 
 /// Normalise a DN string for comparison; an unparsable DN compares by its folded text.
 pub fn normalize(dn: &str) -> String {
+    if let Some(n) = normalize_plain(dn) {
+        return n;
+    }
     match Dn::parse(dn) {
         Ok(d) => d.normalized(),
         Err(_) => fold_case_ignore(dn),
     }
+}
+
+/// The common case without escapes, multi-valued RDNs or special characters: the same result as
+/// parsing, without the allocations (the profile showed DN normalisation as a third of a run).
+fn normalize_plain(dn: &str) -> Option<String> {
+    if dn
+        .bytes()
+        .any(|b| matches!(b, b'\\' | b'+' | b'"' | b'#' | b';' | b'<' | b'>') || !b.is_ascii())
+    {
+        return None;
+    }
+    let mut out = String::with_capacity(dn.len());
+    for (i, part) in dn.split(',').enumerate() {
+        let (attr, value) = part.split_once('=')?;
+        let (attr, value) = (attr.trim(), value.trim());
+        if attr.is_empty() || value.contains('=') {
+            return None;
+        }
+        if i > 0 {
+            out.push(',');
+        }
+        for c in attr.chars() {
+            out.push(c.to_ascii_lowercase());
+        }
+        out.push('=');
+        let mut space = false;
+        for c in value.chars() {
+            if c.is_whitespace() {
+                space = true;
+                continue;
+            }
+            if space {
+                out.push(' ');
+                space = false;
+            }
+            out.push(c.to_ascii_lowercase());
+        }
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -317,6 +359,25 @@ mod tests {
         );
         assert_eq!(normalize("cn=a\\2cb,dc=x"), normalize("cn=a\\,b,dc=x"));
         assert_ne!(normalize("uid=a,dc=x"), normalize("uid=b,dc=x"));
+    }
+
+    #[test]
+    fn fast_path_agrees_with_parsing() {
+        for dn in [
+            "uid=JDoe, OU=People,DC=Example,DC=com",
+            "cn=Ann  Boss ,ou=x,dc=y",
+            "uid=a,dc=x",
+            "cn=Müller,dc=x",
+            "cn=a\\,b,dc=x",
+            "cn=a+sn=b,dc=x",
+            "",
+        ] {
+            let slow = match Dn::parse(dn) {
+                Ok(d) => d.normalized(),
+                Err(_) => fold_case_ignore(dn),
+            };
+            assert_eq!(normalize(dn), slow, "{dn}");
+        }
     }
 
     #[test]

@@ -73,6 +73,7 @@ impl Mapper {
                 ctx.insert(k.clone(), Value::from(v.as_str()));
             }
             ctx.insert("n".into(), Value::from(""));
+            let ctx = Value::from_object(ctx);
             for (r, expr) in rules.iter().zip(&exprs) {
                 let granted = match expr {
                     None => Ok(true),
@@ -108,7 +109,7 @@ impl Mapper {
                         let rendered = self
                             .env
                             .get_template(&template_name(r.index))
-                            .and_then(|t| t.render(Value::from_object(ctx.clone())));
+                            .and_then(|t| t.render(ctx.clone()));
                         match rendered {
                             Ok(s) if !s.trim().is_empty() => s.trim().to_string(),
                             Ok(_) => continue,

@@ -211,11 +211,8 @@ pub fn key_order(a: &str, b: &str) -> Ordering {
 const SENTINEL: &str = "\u{E000}";
 
 /// Evaluate a condition for a record: true when it is truthy.
-pub fn truthy(
-    expr: &minijinja::Expression<'_, '_>,
-    ctx: &BTreeMap<String, Value>,
-) -> Result<bool, String> {
-    expr.eval(Value::from_object(ctx.clone()))
+pub fn truthy(expr: &minijinja::Expression<'_, '_>, ctx: &Value) -> Result<bool, String> {
+    expr.eval(ctx.clone())
         .map(|v| v.is_true())
         .map_err(|e| describe(&e))
 }
@@ -223,7 +220,7 @@ pub fn truthy(
 /// The index of the first placement rule whose condition holds.
 fn place(
     exprs: &[Option<Result<minijinja::Expression<'_, '_>, String>>],
-    ctx: &BTreeMap<String, Value>,
+    ctx: &Value,
 ) -> Result<Option<usize>, String> {
     for (i, e) in exprs.iter().enumerate() {
         match e {
@@ -289,10 +286,10 @@ impl Mapper {
     ) -> BTreeMap<String, BTreeMap<String, String>> {
         let mut out = BTreeMap::new();
         for r in records {
-            let mut ctx = self.context(r);
+            let ctx = self.context(r);
             let mut vals = BTreeMap::new();
             for a in attrs {
-                if let Ok(Some(v)) = self.render(a, &mut ctx, "") {
+                if let Ok(Some(v)) = self.render(a, &ctx, "") {
                     vals.insert(a.clone(), v);
                 }
             }
@@ -363,7 +360,8 @@ impl Mapper {
         Ok(self)
     }
 
-    fn context(&self, r: &Record) -> BTreeMap<String, Value> {
+    /// A record's template context, built once (renders add `n` on top without copying it).
+    fn context(&self, r: &Record) -> Value {
         let mut ctx: BTreeMap<String, Value> = self
             .header
             .iter()
@@ -372,20 +370,18 @@ impl Mapper {
         for (k, v) in &r.fields {
             ctx.insert(k.clone(), Value::from(v.as_str()));
         }
-        ctx
+        Value::from_object(ctx)
     }
 
     /// Render one attribute; `None` when it renders empty (the attribute is absent).
-    fn render(
-        &self,
-        attr: &str,
-        ctx: &mut BTreeMap<String, Value>,
-        n: &str,
-    ) -> Result<Option<String>, String> {
-        ctx.insert("n".into(), Value::from(n));
+    fn render(&self, attr: &str, ctx: &Value, n: &str) -> Result<Option<String>, String> {
+        let with_n = minijinja::value::merge_maps([
+            Value::from_object(BTreeMap::from([("n".to_string(), Value::from(n))])),
+            ctx.clone(),
+        ]);
         let t = self.env.get_template(attr).map_err(|e| describe(&e))?;
         let out = t
-            .render(Value::from_object(ctx.clone()))
+            .render(with_n)
             .map_err(|e| format!("users.attributes.{attr}: {}", describe(&e)))?;
         // Only an all-blank render means "absent"; other values are kept as rendered, spaces included.
         Ok(if out.trim().is_empty() {
@@ -450,8 +446,7 @@ impl Mapper {
                 })
             })
             .collect();
-        let mut ctxs: Vec<BTreeMap<String, Value>> =
-            order.iter().map(|r| self.context(r)).collect();
+        let ctxs: Vec<Value> = order.iter().map(|r| self.context(r)).collect();
         let existing: Vec<Option<&Entry>> = order
             .iter()
             .map(|r| {
@@ -477,7 +472,7 @@ impl Mapper {
                 let cur = existing[i].and_then(|e| e.get(attr).first().cloned());
                 let keep = match (&cur, self.users.policy_of(attr)) {
                     (Some(c), Policy::Initial) => Some(c.clone()),
-                    (Some(c), Policy::Force) => match self.sticks(attr, &mut ctxs[i], c, rules) {
+                    (Some(c), Policy::Force) => match self.sticks(attr, &ctxs[i], c, rules) {
                         Ok(true) => Some(c.clone()),
                         Ok(false) => None,
                         Err(e) => {
@@ -500,7 +495,7 @@ impl Mapper {
                 let mut n = 1u32;
                 loop {
                     let ns = if n == 1 { String::new() } else { n.to_string() };
-                    match self.render(attr, &mut ctxs[i], &ns) {
+                    match self.render(attr, &ctxs[i], &ns) {
                         Err(e) => {
                             failed[i] = Some(e);
                             break;
@@ -541,7 +536,7 @@ impl Mapper {
                 continue;
             }
             if !values[i].contains_key(&rdn) {
-                match self.render(&rdn, &mut ctxs[i], "") {
+                match self.render(&rdn, &ctxs[i], "") {
                     Ok(Some(v)) => {
                         values[i].insert(rdn.clone(), vec![v]);
                     }
@@ -663,7 +658,7 @@ impl Mapper {
                 if values[i].contains_key(attr) || self.users.unique.contains(attr) {
                     continue;
                 }
-                match self.render(attr, &mut ctxs[i], "") {
+                match self.render(attr, &ctxs[i], "") {
                     Ok(Some(v)) => {
                         values[i].insert(attr.clone(), vec![v]);
                     }
@@ -706,7 +701,7 @@ impl Mapper {
     fn sticks(
         &self,
         attr: &str,
-        ctx: &mut BTreeMap<String, Value>,
+        ctx: &Value,
         cur: &str,
         rules: &MatchRules,
     ) -> Result<bool, String> {
