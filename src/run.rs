@@ -1065,7 +1065,15 @@ pub async fn run(
         status,
         outcome.plan.records,
         &export.header,
-        &outcome.summary_json(),
+        // The applied changes are in the journal: the run keeps only its counts (a refused run,
+        // above, keeps its whole plan).
+        &json!({
+            "summary": plan::summary(&outcome.plan),
+            "applied": outcome.applied,
+            "failed": outcome.failed.len(),
+            "interrupted": outcome.interrupted,
+            "duration-seconds": outcome.duration.as_secs_f64(),
+        }),
     )?;
     Ok(outcome)
 }
