@@ -348,7 +348,7 @@ fn next_scheduled(schedule: &Option<Schedule>, last: Instant) -> Option<(Instant
         }
         Some(Schedule::Cron(expr)) => {
             let cron: croner::Cron = expr.parse().ok()?;
-            let now = chrono::Local::now();
+            let now: chrono::DateTime<chrono::Local> = SystemClock.now().into();
             let next = cron.find_next_occurrence(&now, false).ok()?;
             let wait = (next - now).to_std().unwrap_or_default();
             Some((Instant::now() + wait, SystemClock.now() + wait))
