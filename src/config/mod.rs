@@ -1819,6 +1819,21 @@ uid = true
     }
 
     #[test]
+    fn schedules() {
+        assert_eq!(
+            parse_schedule("every 15m"),
+            Ok(Schedule::Every(Duration::from_secs(900)))
+        );
+        assert_eq!(
+            parse_schedule("*/15 2-6 * * 1-5"),
+            Ok(Schedule::Cron("*/15 2-6 * * 1-5".into()))
+        );
+        assert!(parse_schedule("every often").is_err());
+        assert!(parse_schedule("* * * *").unwrap_err().contains("5-field"));
+        assert!(parse_schedule("61 * * * *").is_err());
+    }
+
+    #[test]
     fn clear_text_bind_needs_opt_in() {
         let (dir, r) = setup("plain", &GOOD.replace("ldaps://", "ldap://"));
         let d = r.unwrap_err();
