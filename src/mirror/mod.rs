@@ -466,23 +466,53 @@ impl Mirror {
     }
 
     /// Keep the export as the last good HR snapshot.
-    pub fn save_hr(&mut self, export: &Export) -> Result<(), MirrorError> {
+    /// Keep the export as the last good HR snapshot, writing only the records whose content hash
+    /// changed (and removing those that are gone).
+    pub fn save_hr(&mut self, export: &Export) -> Result<usize, MirrorError> {
         use sha2::Digest;
         let p = self.path.clone();
-        let tx = self.conn.transaction().map_err(sq(&p))?;
-        tx.execute("DELETE FROM hr_records", []).map_err(sq(&p))?;
-        {
-            let mut ins = tx
-                .prepare("INSERT INTO hr_records (key, hash, fields) VALUES (?1, ?2, ?3)")
+        let old: std::collections::HashMap<String, String> = {
+            let mut st = self
+                .conn
+                .prepare("SELECT key, hash FROM hr_records")
                 .map_err(sq(&p))?;
+            let rows = st
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                .map_err(sq(&p))?;
+            rows.collect::<Result<_, _>>().map_err(sq(&p))?
+        };
+        let tx = self.conn.transaction().map_err(sq(&p))?;
+        let mut written = 0;
+        {
+            let mut up = tx
+                .prepare("INSERT INTO hr_records (key, hash, fields) VALUES (?1, ?2, ?3) ON CONFLICT(key) DO UPDATE SET hash = excluded.hash, fields = excluded.fields")
+                .map_err(sq(&p))?;
+            let mut seen = std::collections::HashSet::with_capacity(export.records.len());
             for r in &export.records {
+                seen.insert(r.key.as_str());
                 let fields = serde_json::to_string(&r.fields).unwrap_or_default();
                 let hash = sha2::Sha256::digest(fields.as_bytes());
-                let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
-                ins.execute(params![r.key, hex, fields]).map_err(sq(&p))?;
+                let hex: String = hash.iter().fold(String::with_capacity(64), |mut s, b| {
+                    use std::fmt::Write;
+                    let _ = write!(s, "{b:02x}");
+                    s
+                });
+                if old.get(&r.key) == Some(&hex) {
+                    continue;
+                }
+                up.execute(params![r.key, hex, fields]).map_err(sq(&p))?;
+                written += 1;
+            }
+            let mut del = tx
+                .prepare("DELETE FROM hr_records WHERE key = ?1")
+                .map_err(sq(&p))?;
+            for k in old.keys().filter(|k| !seen.contains(k.as_str())) {
+                del.execute(params![k]).map_err(sq(&p))?;
+                written += 1;
             }
         }
-        tx.commit().map_err(sq(&p))
+        tx.commit().map_err(sq(&p))?;
+        Ok(written)
     }
 
     pub fn hr_count(&self) -> Result<usize, MirrorError> {
@@ -780,6 +810,25 @@ mod tests {
         // reopen: migrations are not run twice
         let m = Mirror::open(&db).unwrap();
         assert_eq!(m.links().unwrap().len(), 2);
+        // the HR snapshot is written only where the content changed
+        let mut m = Mirror::open(&db).unwrap();
+        let rec = |k: &str, v: &str| crate::source::Record {
+            key: k.into(),
+            line: 1,
+            fields: [("name".to_string(), v.to_string())].into_iter().collect(),
+        };
+        let mut e = Export {
+            records: vec![rec("1", "a"), rec("2", "b")],
+            ..Default::default()
+        };
+        assert_eq!(m.save_hr(&e).unwrap(), 2);
+        assert_eq!(m.save_hr(&e).unwrap(), 0);
+        e.records = vec![rec("1", "a"), rec("2", "c"), rec("3", "d")];
+        assert_eq!(m.save_hr(&e).unwrap(), 2);
+        e.records = vec![rec("1", "a")];
+        assert_eq!(m.save_hr(&e).unwrap(), 2);
+        assert_eq!(m.hr_count().unwrap(), 1);
+        drop(m);
         let lock = RunLock::acquire(&db).unwrap();
         match RunLock::acquire(&db) {
             Err(MirrorError::Locked { pid, .. }) => {
