@@ -430,20 +430,54 @@ impl Mirror {
         tx.commit().map_err(sq(&p))
     }
 
-    pub fn save_snapshot(&mut self, dir: &DirSnapshot) -> Result<(), MirrorError> {
+    /// Keep the directory snapshot, writing only the entries that changed (and removing those
+    /// that are gone). Returns how many rows were written or removed.
+    pub fn save_snapshot(&mut self, dir: &DirSnapshot) -> Result<usize, MirrorError> {
         let p = self.path.clone();
+        let old: std::collections::HashMap<String, (String, String)> = {
+            let mut st = self
+                .conn
+                .prepare("SELECT uuid, dn, attrs FROM dir_entries")
+                .map_err(sq(&p))?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        (r.get::<_, String>(1)?, r.get::<_, String>(2)?),
+                    ))
+                })
+                .map_err(sq(&p))?;
+            rows.collect::<Result<_, _>>().map_err(sq(&p))?
+        };
         let tx = self.conn.transaction().map_err(sq(&p))?;
-        tx.execute("DELETE FROM dir_entries", []).map_err(sq(&p))?;
+        let mut written = 0;
         {
-            let mut ins = tx
+            let mut up = tx
                 .prepare("INSERT OR REPLACE INTO dir_entries (uuid, dn, attrs) VALUES (?1, ?2, ?3)")
                 .map_err(sq(&p))?;
+            let mut seen = std::collections::HashSet::with_capacity(dir.entries.len());
             for e in &dir.entries {
+                seen.insert(e.uuid.as_str());
                 let attrs = serde_json::to_string(&e.attrs).unwrap_or_default();
-                ins.execute(params![e.uuid, e.dn, attrs]).map_err(sq(&p))?;
+                if old
+                    .get(&e.uuid)
+                    .is_some_and(|(dn, a)| *dn == e.dn && *a == attrs)
+                {
+                    continue;
+                }
+                up.execute(params![e.uuid, e.dn, attrs]).map_err(sq(&p))?;
+                written += 1;
+            }
+            let mut del = tx
+                .prepare("DELETE FROM dir_entries WHERE uuid = ?1")
+                .map_err(sq(&p))?;
+            for u in old.keys().filter(|u| !seen.contains(u.as_str())) {
+                del.execute(params![u]).map_err(sq(&p))?;
+                written += 1;
             }
         }
-        tx.commit().map_err(sq(&p))
+        tx.commit().map_err(sq(&p))?;
+        Ok(written)
     }
 
     pub fn snapshot_entries(&self) -> Result<Vec<Entry>, MirrorError> {
@@ -828,6 +862,24 @@ mod tests {
         e.records = vec![rec("1", "a")];
         assert_eq!(m.save_hr(&e).unwrap(), 2);
         assert_eq!(m.hr_count().unwrap(), 1);
+        // so is the directory snapshot
+        let entry = |u: &str, dn: &str| Entry {
+            uuid: u.into(),
+            dn: dn.into(),
+            attrs: [("cn".to_string(), vec!["x".to_string()])]
+                .into_iter()
+                .collect(),
+        };
+        let mut d = DirSnapshot {
+            entries: vec![entry("u1", "cn=a,dc=x"), entry("u2", "cn=b,dc=x")],
+            ..Default::default()
+        };
+        assert_eq!(m.save_snapshot(&d).unwrap(), 2);
+        assert_eq!(m.save_snapshot(&d).unwrap(), 0);
+        d.entries[1].dn = "cn=c,dc=x".into();
+        d.entries.remove(0);
+        assert_eq!(m.save_snapshot(&d).unwrap(), 2);
+        assert_eq!(m.snapshot_entries().unwrap(), d.entries);
         drop(m);
         let lock = RunLock::acquire(&db).unwrap();
         match RunLock::acquire(&db) {
