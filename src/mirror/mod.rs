@@ -433,13 +433,32 @@ impl Mirror {
     /// Keep the directory snapshot, writing only the entries that changed (and removing those
     /// that are gone). Returns how many rows were written or removed.
     pub fn save_snapshot(&mut self, dir: &DirSnapshot) -> Result<usize, MirrorError> {
+        let rows = dir.entries.iter().map(|e| {
+            (
+                e.uuid.clone(),
+                e.dn.clone(),
+                serde_json::to_string(&e.attrs).unwrap_or_default(),
+            )
+        });
+        self.replace_rows("dir_entries", ["uuid", "dn", "attrs"], rows)
+    }
+
+    /// Make `table` hold exactly `rows` (key, a, b), writing only rows that differ and removing
+    /// keys that are gone, in one transaction. Table and column names are constants of this file.
+    fn replace_rows(
+        &mut self,
+        table: &str,
+        cols: [&str; 3],
+        rows: impl Iterator<Item = (String, String, String)>,
+    ) -> Result<usize, MirrorError> {
         let p = self.path.clone();
+        let [k, a, b] = cols;
         let old: std::collections::HashMap<String, (String, String)> = {
             let mut st = self
                 .conn
-                .prepare("SELECT uuid, dn, attrs FROM dir_entries")
+                .prepare(&format!("SELECT {k}, {a}, {b} FROM {table}"))
                 .map_err(sq(&p))?;
-            let rows = st
+            let found = st
                 .query_map([], |r| {
                     Ok((
                         r.get::<_, String>(0)?,
@@ -447,32 +466,31 @@ impl Mirror {
                     ))
                 })
                 .map_err(sq(&p))?;
-            rows.collect::<Result<_, _>>().map_err(sq(&p))?
+            found.collect::<Result<_, _>>().map_err(sq(&p))?
         };
         let tx = self.conn.transaction().map_err(sq(&p))?;
         let mut written = 0;
         {
             let mut up = tx
-                .prepare("INSERT OR REPLACE INTO dir_entries (uuid, dn, attrs) VALUES (?1, ?2, ?3)")
+                .prepare(&format!(
+                    "INSERT OR REPLACE INTO {table} ({k}, {a}, {b}) VALUES (?1, ?2, ?3)"
+                ))
                 .map_err(sq(&p))?;
-            let mut seen = std::collections::HashSet::with_capacity(dir.entries.len());
-            for e in &dir.entries {
-                seen.insert(e.uuid.as_str());
-                let attrs = serde_json::to_string(&e.attrs).unwrap_or_default();
-                if old
-                    .get(&e.uuid)
-                    .is_some_and(|(dn, a)| *dn == e.dn && *a == attrs)
-                {
+            let mut seen = std::collections::HashSet::new();
+            for (key, x, y) in rows {
+                if old.get(&key).is_some_and(|(ox, oy)| *ox == x && *oy == y) {
+                    seen.insert(key);
                     continue;
                 }
-                up.execute(params![e.uuid, e.dn, attrs]).map_err(sq(&p))?;
+                up.execute(params![key, x, y]).map_err(sq(&p))?;
+                seen.insert(key);
                 written += 1;
             }
             let mut del = tx
-                .prepare("DELETE FROM dir_entries WHERE uuid = ?1")
+                .prepare(&format!("DELETE FROM {table} WHERE {k} = ?1"))
                 .map_err(sq(&p))?;
-            for u in old.keys().filter(|u| !seen.contains(u.as_str())) {
-                del.execute(params![u]).map_err(sq(&p))?;
+            for key in old.keys().filter(|key| !seen.contains(*key)) {
+                del.execute(params![key]).map_err(sq(&p))?;
                 written += 1;
             }
         }
@@ -499,54 +517,21 @@ impl Mirror {
         rows.collect::<Result<_, _>>().map_err(sq(&p))
     }
 
-    /// Keep the export as the last good HR snapshot.
     /// Keep the export as the last good HR snapshot, writing only the records whose content hash
     /// changed (and removing those that are gone).
     pub fn save_hr(&mut self, export: &Export) -> Result<usize, MirrorError> {
         use sha2::Digest;
-        let p = self.path.clone();
-        let old: std::collections::HashMap<String, String> = {
-            let mut st = self
-                .conn
-                .prepare("SELECT key, hash FROM hr_records")
-                .map_err(sq(&p))?;
-            let rows = st
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-                .map_err(sq(&p))?;
-            rows.collect::<Result<_, _>>().map_err(sq(&p))?
-        };
-        let tx = self.conn.transaction().map_err(sq(&p))?;
-        let mut written = 0;
-        {
-            let mut up = tx
-                .prepare("INSERT INTO hr_records (key, hash, fields) VALUES (?1, ?2, ?3) ON CONFLICT(key) DO UPDATE SET hash = excluded.hash, fields = excluded.fields")
-                .map_err(sq(&p))?;
-            let mut seen = std::collections::HashSet::with_capacity(export.records.len());
-            for r in &export.records {
-                seen.insert(r.key.as_str());
-                let fields = serde_json::to_string(&r.fields).unwrap_or_default();
-                let hash = sha2::Sha256::digest(fields.as_bytes());
-                let hex: String = hash.iter().fold(String::with_capacity(64), |mut s, b| {
-                    use std::fmt::Write;
-                    let _ = write!(s, "{b:02x}");
-                    s
-                });
-                if old.get(&r.key) == Some(&hex) {
-                    continue;
-                }
-                up.execute(params![r.key, hex, fields]).map_err(sq(&p))?;
-                written += 1;
-            }
-            let mut del = tx
-                .prepare("DELETE FROM hr_records WHERE key = ?1")
-                .map_err(sq(&p))?;
-            for k in old.keys().filter(|k| !seen.contains(k.as_str())) {
-                del.execute(params![k]).map_err(sq(&p))?;
-                written += 1;
-            }
-        }
-        tx.commit().map_err(sq(&p))?;
-        Ok(written)
+        let rows = export.records.iter().map(|r| {
+            let fields = serde_json::to_string(&r.fields).unwrap_or_default();
+            let hash = sha2::Sha256::digest(fields.as_bytes());
+            let hex = hash.iter().fold(String::with_capacity(64), |mut s, b| {
+                use std::fmt::Write;
+                let _ = write!(s, "{b:02x}");
+                s
+            });
+            (r.key.clone(), hex, fields)
+        });
+        self.replace_rows("hr_records", ["key", "hash", "fields"], rows)
     }
 
     pub fn hr_count(&self) -> Result<usize, MirrorError> {
