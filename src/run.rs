@@ -99,13 +99,47 @@ pub struct RunOutcome {
     pub details: Option<Details>,
     /// The run stopped early (the daemon is stopping): changes not sent stay pending in the journal.
     pub interrupted: bool,
+    /// Application changes that failed after their retries (retried on the next run).
+    pub app_failed: Vec<AppFailed>,
+    /// Application changes applied, per op.
+    pub app_applied: BTreeMap<&'static str, usize>,
+    /// Each application's health in this run.
+    pub apps: BTreeMap<String, AppHealth>,
+}
+
+/// An application change that failed.
+#[derive(Clone, Debug)]
+pub struct AppFailed {
+    pub change: crate::apps::AppChange,
+    pub error: String,
+}
+
+/// How one application fared in a run (`status` shows it).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct AppHealth {
+    /// The application answered (its state could be read).
+    pub reachable: bool,
+    pub error: Option<String>,
+    pub planned: usize,
+    pub applied: usize,
+    pub failed: usize,
+    /// Accounts whose changes have failed on consecutive runs.
+    pub failing_accounts: usize,
+    pub requests: u64,
+    pub retries: u64,
 }
 
 impl RunOutcome {
     pub fn exit_code(&self) -> i32 {
         if !self.plan.refusals.is_empty() {
             exit::REFUSED
-        } else if !self.failed.is_empty() || !self.plan.quarantined.is_empty() {
+        } else if !self.plan.apps_unreachable.is_empty() {
+            exit::UNAVAILABLE
+        } else if !self.failed.is_empty()
+            || !self.app_failed.is_empty()
+            || !self.plan.quarantined.is_empty()
+        {
             exit::QUARANTINED
         } else {
             exit::OK
@@ -135,6 +169,28 @@ impl RunOutcome {
                 *n > 0 || matches!(op, Op::Add | Op::Modify | Op::Rename | Op::Delete)
             })
             .map(|(op, n)| format!("{n} {}", op.as_str()))
+            .chain(crate::apps::AppOp::ALL.iter().filter_map(|op| {
+                let n = if planned {
+                    p.app_changes.iter().filter(|c| c.op == *op).count()
+                } else {
+                    self.app_applied.get(op.as_str()).copied().unwrap_or(0)
+                };
+                let label = if op.as_str().starts_with("app-") {
+                    ""
+                } else {
+                    "app "
+                };
+                (n > 0).then(|| format!("{n} {label}{}", op.as_str()))
+            }))
+            .chain(
+                (!self.app_failed.is_empty())
+                    .then(|| format!("{} app change(s) failed", self.app_failed.len())),
+            )
+            .chain(
+                p.apps_unreachable
+                    .keys()
+                    .map(|a| format!("app {a} unreachable (its changes wait)")),
+            )
             .collect();
         format!(
             "{}: {} {verb}; {} failed; {} quarantined; {} records, {} entries read (full read); {:.2} s{}",
@@ -166,6 +222,16 @@ impl RunOutcome {
                 json!(self.duration.as_secs_f64()),
             );
             m.insert("dry-run".into(), json!(self.dry_run));
+            m.insert("apps".into(), json!(self.apps));
+            m.insert("app-applied".into(), json!(self.app_applied));
+            m.insert(
+                "app-failed".into(),
+                json!(self
+                    .app_failed
+                    .iter()
+                    .map(|f| json!({"app": f.change.app, "op": f.change.op.as_str(), "account": f.change.account, "key": f.change.key, "error": f.error}))
+                    .collect::<Vec<_>>()),
+            );
         }
         v
     }
@@ -393,6 +459,22 @@ pub struct DecideInput<'a> {
     pub posix_ids: &'a BTreeMap<String, u32>,
     pub today: jiff::civil::Date,
     pub only: Option<&'a str>,
+    /// Each application's state as read (or why it could not be), and its links in the mirror.
+    pub apps: &'a BTreeMap<String, AppInput>,
+}
+
+/// One application as a run found it.
+#[derive(Clone, Debug)]
+pub struct AppInput {
+    pub state: Result<crate::apps::AppState, String>,
+    pub links: BTreeMap<String, crate::apps::AppLink>,
+}
+
+/// One application's accounts and plan.
+#[derive(Clone, Debug, Default)]
+pub struct AppDecision {
+    pub accounts: Vec<crate::apps::Account>,
+    pub plan: crate::apps::AppPlan,
 }
 
 /// What [`decide`] found: the plan, and the pieces `explain` and the applier need.
@@ -404,6 +486,8 @@ pub struct Decision {
     pub overlay: crate::lifecycle::Overlay,
     /// uidNumbers given in this run, to keep in the mirror.
     pub posix_new: BTreeMap<String, u32>,
+    /// Per application: its accounts and what the plan does to them.
+    pub apps: BTreeMap<String, AppDecision>,
 }
 
 /// Link, evaluate the lifecycle, map, plan people and groups, and order the changes.
@@ -421,6 +505,7 @@ pub fn decide(i: &DecideInput<'_>) -> Decision {
         posix_ids,
         today,
         only,
+        apps: app_inputs,
     } = *i;
     let quarantined_keys = export.quarantined_keys();
     let present: BTreeSet<String> = export
@@ -671,7 +756,59 @@ pub fn decide(i: &DecideInput<'_>) -> Decision {
     }
     changes.extend(group_changes);
     plan.changes = plan::order(changes, rules);
+
+    // Applications: who gets an account, and what each app needs.
+    let mut apps = BTreeMap::new();
+    let mut app_changes = Vec::new();
+    let mut keep_apps: BTreeSet<String> = keep.clone();
+    keep_apps.extend(mapped.errors.iter().map(|e| e.key.clone()));
+    for app in &cfg.apps {
+        let Some(input) = app_inputs.get(&app.name) else {
+            continue;
+        };
+        let state = match &input.state {
+            Ok(s) => s,
+            Err(why) => {
+                plan.warnings.push(format!(
+                    "apps.{}: {why}; its changes wait for a later run (the directory's go ahead)",
+                    app.name
+                ));
+                plan.apps_unreachable.insert(app.name.clone(), why.clone());
+                continue;
+            }
+        };
+        let (accounts, errors) =
+            crate::apps::accounts(app, &mapped.desired, cfg.lifecycle.as_ref());
+        let mut keep_app = keep_apps.clone();
+        for e in &errors {
+            keep_app.insert(e.key.clone());
+            if only.is_none_or(|o| o == e.key) {
+                plan.quarantined.push(QuarantineNote {
+                    key: (!e.key.is_empty()).then(|| e.key.clone()),
+                    line: e.line,
+                    reason: e.reason.clone(),
+                });
+            }
+        }
+        let pushed = crate::apps::pushed_groups(app, &groups_out.groups);
+        let ap = crate::apps::plan(&crate::apps::AppPlanInput {
+            app,
+            accounts: &accounts,
+            state,
+            links: &input.links,
+            keep: &keep_app,
+            present: &present,
+            no_deactivations: export.keys_uncertain,
+            groups: &pushed,
+            today,
+            only,
+        });
+        app_changes.extend(ap.changes.iter().cloned());
+        apps.insert(app.name.clone(), AppDecision { accounts, plan: ap });
+    }
+    plan.app_changes = crate::apps::order(app_changes);
     Decision {
+        apps,
         posix_new,
         plan,
         linking,
@@ -679,6 +816,213 @@ pub fn decide(i: &DecideInput<'_>) -> Decision {
         groups_out,
         overlay,
     }
+}
+
+/// Apply each application's changes, phase by phase, after the directory's; journal them and keep
+/// the accounts' links in the mirror. An application that fails never stops the others.
+#[allow(clippy::too_many_arguments)]
+async fn apply_apps(
+    cfg: &Config,
+    inputs: &BTreeMap<String, AppInput>,
+    decisions: &BTreeMap<String, AppDecision>,
+    clients: &BTreeMap<String, crate::apps::scim::ScimClient>,
+    mirror: &mut Mirror,
+    run_id: i64,
+    clock: &dyn Clock,
+    today: jiff::civil::Date,
+    outcome: &mut RunOutcome,
+) -> Result<(), RunError> {
+    use crate::apps::{AppChange, AppLink, AppOp};
+    use crate::config::apps::AppKind;
+    use futures_util::StreamExt;
+    for app in &cfg.apps {
+        let (Some(input), Some(dec)) = (inputs.get(&app.name), decisions.get(&app.name)) else {
+            continue;
+        };
+        let Ok(state) = &input.state else { continue };
+        let mut links = input.links.clone();
+        let mut ids: BTreeMap<String, String> = links
+            .iter()
+            .map(|(k, l)| (k.clone(), l.remote_id.clone()))
+            .collect();
+        let changes: Vec<&AppChange> = outcome
+            .plan
+            .app_changes
+            .iter()
+            .filter(|c| c.app == app.name)
+            .collect();
+        for c in &changes {
+            if let (AppOp::AppLink, Some(id)) = (c.op, &c.remote_id) {
+                ids.insert(c.key.clone(), id.clone());
+            }
+        }
+        let mut phases: BTreeMap<u32, Vec<&AppChange>> = BTreeMap::new();
+        for c in changes {
+            phases.entry(c.phase).or_default().push(c);
+        }
+        let mut failed_keys: BTreeSet<String> = BTreeSet::new();
+        for (_, batch) in phases {
+            let journal = mirror.journal_pending_app(run_id, &batch, &clock.rfc3339())?;
+            let results: Vec<Result<Option<String>, String>> = match app.kind {
+                AppKind::Scim => match clients.get(&app.name) {
+                    Some(client) => {
+                        let snapshot = ids.clone();
+                        futures_util::stream::iter(batch.iter().map(|c| {
+                            let snapshot = &snapshot;
+                            async move {
+                                client
+                                    .apply(c, snapshot, state)
+                                    .await
+                                    .map_err(|e| e.to_string())
+                            }
+                        }))
+                        .buffered(app.concurrency)
+                        .collect()
+                        .await
+                    }
+                    None => batch.iter().map(|_| Err("no client".to_string())).collect(),
+                },
+                AppKind::Command => {
+                    let argv = app.command.clone();
+                    let timeout = app.timeout;
+                    let payloads: Vec<serde_json::Value> = batch
+                        .iter()
+                        .map(|c| crate::apps::command::payload(c))
+                        .collect();
+                    let batch_mode = app.batch;
+                    let keys: Vec<String> = batch.iter().map(|c| c.key.clone()).collect();
+                    tokio::task::spawn_blocking(move || {
+                        if batch_mode {
+                            let r = crate::apps::command::run(
+                                &argv,
+                                &serde_json::Value::Array(payloads.clone()),
+                                timeout,
+                            );
+                            keys.iter()
+                                .map(|k| r.clone().map(|_| Some(k.clone())))
+                                .collect::<Vec<_>>()
+                        } else {
+                            payloads
+                                .iter()
+                                .zip(&keys)
+                                .map(|(p, k)| {
+                                    crate::apps::command::run(&argv, p, timeout)
+                                        .map(|_| Some(k.clone()))
+                                })
+                                .collect()
+                        }
+                    })
+                    .await
+                    .unwrap_or_else(|e| vec![Err(format!("internal: {e}"))])
+                }
+            };
+            let mut done = Vec::with_capacity(batch.len());
+            for ((c, id), r) in batch.iter().zip(journal).zip(results) {
+                let health = outcome.apps.entry(app.name.clone()).or_default();
+                match r {
+                    Ok(remote) => {
+                        health.applied += 1;
+                        *outcome.app_applied.entry(c.op.as_str()).or_default() += 1;
+                        tracing::info!(target: "dirbridge::apps", app = %app.name, op = c.op.as_str(), account = %c.account, key = %c.key, "{}", c.reason);
+                        done.push((id, true, "success".to_string()));
+                        if c.subject != Subject::Person {
+                            continue;
+                        }
+                        match c.op {
+                            AppOp::AppDelete => {
+                                links.remove(&c.key);
+                                ids.remove(&c.key);
+                            }
+                            _ => {
+                                let l = links.entry(c.key.clone()).or_insert_with(|| AppLink {
+                                    active: true,
+                                    ..Default::default()
+                                });
+                                if let Some(r) = remote.or_else(|| c.remote_id.clone()) {
+                                    ids.insert(c.key.clone(), r.clone());
+                                    l.remote_id = r;
+                                }
+                                if c.op == AppOp::AppLink {
+                                    if let Some(ra) = state
+                                        .accounts
+                                        .iter()
+                                        .find(|a| Some(&a.id) == c.remote_id.as_ref())
+                                    {
+                                        l.active = ra.active;
+                                        l.attrs = ra.attrs.clone();
+                                    }
+                                }
+                                for d in &c.attributes {
+                                    if d.attr == "active" {
+                                        l.active = d.new.first().is_some_and(|v| v == "true");
+                                        l.deactivated_on =
+                                            if l.active { None } else { Some(today) };
+                                    } else if d.attr != "externalId" {
+                                        match d.new.first() {
+                                            Some(v) => {
+                                                l.attrs.insert(d.attr.clone(), v.clone());
+                                            }
+                                            None => {
+                                                l.attrs.remove(&d.attr);
+                                            }
+                                        }
+                                    }
+                                }
+                                if c.op == AppOp::AppCreate {
+                                    l.active = true;
+                                    l.deactivated_on = None;
+                                }
+                                if !failed_keys.contains(&c.key) {
+                                    l.failures = 0;
+                                    l.last_error = None;
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        health.failed += 1;
+                        tracing::error!(target: "dirbridge::apps", app = %app.name, op = c.op.as_str(), account = %c.account, key = %c.key, "quarantined for this run: {e}");
+                        done.push((id, false, e.clone()));
+                        if c.subject == Subject::Person && failed_keys.insert(c.key.clone()) {
+                            if let Some(l) = links.get_mut(&c.key) {
+                                l.failures += 1;
+                                l.last_error = Some(e.clone());
+                            }
+                        }
+                        outcome.app_failed.push(AppFailed {
+                            change: (*c).clone(),
+                            error: e,
+                        });
+                    }
+                }
+            }
+            mirror.journal_done(&done, &clock.rfc3339())?;
+        }
+        for k in &dec.plan.forget {
+            links.remove(k);
+        }
+        for k in &dec.plan.inactive_since {
+            if let Some(l) = links.get_mut(k) {
+                l.active = false;
+                l.deactivated_on.get_or_insert(today);
+            }
+        }
+        if let Some(h) = outcome.apps.get_mut(&app.name) {
+            h.failing_accounts = links.values().filter(|l| l.failures > 0).count();
+            if let Some(c) = clients.get(&app.name) {
+                h.requests = c
+                    .counters
+                    .requests
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                h.retries = c
+                    .counters
+                    .retries
+                    .load(std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        mirror.save_app_links(&app.name, &links)?;
+    }
+    Ok(())
 }
 
 /// Perform one run. `plan` and `sync --dry-run` pass `dry_run`; nothing is written then.
@@ -769,6 +1113,72 @@ pub async fn run(
         Some(m) => m.posix_ids()?,
         None => BTreeMap::new(),
     };
+    // Applications: read each one's state (concurrently); one that cannot be read waits.
+    let mut app_inputs: BTreeMap<String, AppInput> = BTreeMap::new();
+    let mut clients: BTreeMap<String, crate::apps::scim::ScimClient> = BTreeMap::new();
+    {
+        let mut reads = Vec::new();
+        for app in &cfg.apps {
+            let links = match &mirror {
+                Some(m) => m.app_links(&app.name)?,
+                None => BTreeMap::new(),
+            };
+            match app.kind {
+                crate::config::apps::AppKind::Command => {
+                    app_inputs.insert(
+                        app.name.clone(),
+                        AppInput {
+                            state: Ok(crate::apps::command::state(&links)),
+                            links,
+                        },
+                    );
+                }
+                crate::config::apps::AppKind::Scim => {
+                    match crate::apps::scim::ScimClient::new(app) {
+                        Ok(c) => {
+                            clients.insert(app.name.clone(), c);
+                            app_inputs.insert(
+                                app.name.clone(),
+                                AppInput {
+                                    state: Err(String::new()),
+                                    links,
+                                },
+                            );
+                            reads.push(app.name.clone());
+                        }
+                        Err(e) => {
+                            app_inputs.insert(
+                                app.name.clone(),
+                                AppInput {
+                                    state: Err(e.to_string()),
+                                    links,
+                                },
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        let futs = reads.iter().filter_map(|name| {
+            let c = clients.get(name)?;
+            let groups = cfg
+                .apps
+                .iter()
+                .any(|a| &a.name == name && !a.groups.is_empty());
+            Some(async move { (name.clone(), c.read(groups).await) })
+        });
+        for (name, r) in futures_util::future::join_all(futs).await {
+            if let Some(i) = app_inputs.get_mut(&name) {
+                i.state = r.map_err(|e| e.to_string());
+                match &i.state {
+                    Ok(st) => {
+                        tracing::info!(target: "dirbridge::apps", app = %name, accounts = st.accounts.len(), groups = st.groups.len(), "read")
+                    }
+                    Err(e) => tracing::warn!(target: "dirbridge::apps", app = %name, "{e}"),
+                }
+            }
+        }
+    }
     let Decision {
         mut plan,
         linking,
@@ -776,7 +1186,9 @@ pub async fn run(
         groups_out,
         overlay,
         posix_new,
+        apps: app_decisions,
     } = decide(&DecideInput {
+        apps: &app_inputs,
         posix_ids: &posix_ids,
         cfg,
         users: &users,
@@ -854,7 +1266,27 @@ pub async fn run(
         dry_run: opts.dry_run,
         details: None,
         interrupted: false,
+        app_failed: Vec::new(),
+        app_applied: BTreeMap::new(),
+        apps: BTreeMap::new(),
     };
+    for app in &cfg.apps {
+        let planned = outcome
+            .plan
+            .app_changes
+            .iter()
+            .filter(|c| c.app == app.name)
+            .count();
+        outcome.apps.insert(
+            app.name.clone(),
+            AppHealth {
+                reachable: !outcome.plan.apps_unreachable.contains_key(&app.name),
+                error: outcome.plan.apps_unreachable.get(&app.name).cloned(),
+                planned,
+                ..Default::default()
+            },
+        );
+    }
     if opts.details {
         outcome.details = Some(Details {
             users: users.clone(),
@@ -1026,6 +1458,20 @@ pub async fn run(
         mirror.journal_done(&outcomes, &clock.rfc3339())?;
     }
     target.unbind().await;
+    if !outcome.interrupted {
+        apply_apps(
+            cfg,
+            &app_inputs,
+            &app_decisions,
+            &clients,
+            &mut mirror,
+            run_id,
+            clock,
+            today,
+            &mut outcome,
+        )
+        .await?;
+    }
     mirror.save_links(&new_links, &now)?;
     mirror.note_groups(&groups_created, &groups_deleted, &now)?;
     mirror.save_posix_ids(&posix_new, &now)?;

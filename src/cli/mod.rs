@@ -735,6 +735,19 @@ fn status_text(s: &crate::control::StatusReport) -> String {
             for e in &r.errors {
                 out.push_str(&format!("  error: {e}\n"));
             }
+            for (a, h) in &r.apps {
+                if h.reachable {
+                    out.push_str(&format!(
+                        "  app {a}: ok, {} planned, {} applied, {} failed, {} account(s) failing, {} request(s), {} retried\n",
+                        h.planned, h.applied, h.failed, h.failing_accounts, h.requests, h.retries
+                    ));
+                } else {
+                    out.push_str(&format!(
+                        "  app {a}: UNREACHABLE: {}; its changes wait\n",
+                        h.error.as_deref().unwrap_or("?")
+                    ));
+                }
+            }
         }
         None => out.push_str("last run: none yet\n"),
     }

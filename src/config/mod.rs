@@ -2,6 +2,7 @@
 //! [`Config`] (paths checked, templates compiled against the export's header, secrets read).
 //! Every problem is collected before anything is reported.
 
+pub mod apps;
 pub mod diagnostic;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -32,7 +33,8 @@ struct RawConfig {
     #[serde(default)]
     groups: Vec<Spanned<RawGroup>>,
     lifecycle: Option<Spanned<RawLifecycle>>,
-    apps: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    apps: Vec<Spanned<apps::RawApp>>,
     daemon: Option<Spanned<RawDaemon>>,
 }
 
@@ -607,6 +609,7 @@ pub struct Config {
     pub lifecycle: Option<LifecycleConfig>,
     pub daemon: DaemonConfig,
     pub safety: SafetyConfig,
+    pub apps: Vec<apps::AppConfig>,
     /// The export's columns as read while checking the templates.
     pub header: Vec<String>,
 }
@@ -708,13 +711,6 @@ pub fn load_str(file: &Path, src: &str, mode: Check) -> Result<(Config, Diagnost
             base_dir.join(p)
         }
     };
-
-    if let Some(v) = &raw.apps {
-        cx.err(
-            Some(v.span()),
-            "[[apps]] is not supported yet by this version of dirbridge; remove it (it lands with a later release)",
-        );
-    }
 
     // ---- [source]
     let s = raw.source.get_ref();
@@ -1608,6 +1604,9 @@ pub fn load_str(file: &Path, src: &str, mode: Check) -> Result<(Config, Diagnost
         protected,
     };
 
+    let entry_attrs: Vec<String> = users.attributes.keys().cloned().collect();
+    let apps = apps::resolve(&mut cx, &raw.apps, &header, &entry_attrs, &rel);
+
     if cx.diags.has_errors() {
         return Err(cx.diags);
     }
@@ -1623,6 +1622,7 @@ pub fn load_str(file: &Path, src: &str, mode: Check) -> Result<(Config, Diagnost
             lifecycle,
             daemon,
             safety,
+            apps,
             header,
         },
         cx.diags,

@@ -54,6 +54,9 @@ pub struct RunSummary {
     pub refusals: Vec<String>,
     pub errors: Vec<String>,
     pub summary: String,
+    /// Each application's health in that run.
+    #[serde(default)]
+    pub apps: BTreeMap<String, crate::run::AppHealth>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
@@ -359,6 +362,40 @@ pub fn prometheus(s: &StatusReport) -> String {
                 .map(|(k, v)| (format!("{{target=\"directory\",op=\"{k}\"}}"), *v as f64))
                 .collect(),
         );
+        if !r.apps.is_empty() {
+            metric(
+                "dirbridge_app_up",
+                "1 when the application could be read in the last run.",
+                "gauge",
+                r.apps
+                    .iter()
+                    .map(|(a, h)| {
+                        (
+                            format!("{{app=\"{a}\"}}"),
+                            if h.reachable { 1.0 } else { 0.0 },
+                        )
+                    })
+                    .collect(),
+            );
+            metric(
+                "dirbridge_app_failed_changes",
+                "Application changes that failed in the last run.",
+                "gauge",
+                r.apps
+                    .iter()
+                    .map(|(a, h)| (format!("{{app=\"{a}\"}}"), h.failed as f64))
+                    .collect(),
+            );
+            metric(
+                "dirbridge_app_failing_accounts",
+                "Accounts whose application changes failed on consecutive runs.",
+                "gauge",
+                r.apps
+                    .iter()
+                    .map(|(a, h)| (format!("{{app=\"{a}\"}}"), h.failing_accounts as f64))
+                    .collect(),
+            );
+        }
         metric(
             "dirbridge_last_run_quarantined",
             "Records quarantined in the last run.",

@@ -93,6 +93,21 @@ fn alarms(cfg: &Config, s: &StatusReport) -> Vec<String> {
             "the last reload failed; the previous configuration is running: {err}"
         ));
     }
+    if let Some(r) = &s.last_run {
+        for (a, h) in &r.apps {
+            if !h.reachable {
+                out.push(format!(
+                    "application {a} was unreachable in the last run: {}",
+                    h.error.as_deref().unwrap_or("?")
+                ));
+            } else if h.failing_accounts > 0 {
+                out.push(format!(
+                    "application {a}: {} account(s) failing (see dirbridge history)",
+                    h.failing_accounts
+                ));
+            }
+        }
+    }
     let Some(stale) = cfg.daemon.stale_after else {
         return out;
     };
@@ -436,12 +451,22 @@ fn summarize(
                 .failed
                 .iter()
                 .map(|f| format!("{} {}: {}", f.change.op.as_str(), f.change.dn, f.failure))
+                .chain(o.app_failed.iter().map(|f| {
+                    format!(
+                        "{} app {}: {}: {}",
+                        f.change.op.as_str(),
+                        f.change.app,
+                        f.change.account,
+                        f.error
+                    )
+                }))
                 .collect(),
             summary: format!(
                 "{}{}",
                 o.summary_line(),
                 if o.interrupted { " (interrupted)" } else { "" }
             ),
+            apps: o.apps.clone(),
         },
         Err(e) => RunSummary {
             id,

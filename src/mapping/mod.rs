@@ -55,7 +55,7 @@ pub struct MapOutput {
     pub errors: Vec<MapError>,
 }
 
-fn new_env(person_dns: filters::PersonDns) -> Environment<'static> {
+pub(crate) fn new_env(person_dns: filters::PersonDns) -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
@@ -137,7 +137,7 @@ fn sample(header: &[String]) -> BTreeMap<String, Value> {
 }
 
 /// A trial evaluation finds unknown filters, tests and functions.
-fn trial(r: Result<(), minijinja::Error>) -> Result<(), String> {
+pub(crate) fn trial(r: Result<(), minijinja::Error>) -> Result<(), String> {
     match r {
         Err(e)
             if matches!(
@@ -155,7 +155,7 @@ fn trial(r: Result<(), minijinja::Error>) -> Result<(), String> {
     }
 }
 
-fn unknown_variables(
+pub(crate) fn unknown_variables(
     vars: std::collections::HashSet<String>,
     header: &[String],
 ) -> Result<(), String> {
@@ -183,7 +183,7 @@ fn unknown_variables(
     ))
 }
 
-fn describe(e: &minijinja::Error) -> String {
+pub(crate) fn describe(e: &minijinja::Error) -> String {
     let mut s = e.kind().to_string();
     if let Some(d) = e.detail() {
         s = format!("{s}: {d}");

@@ -104,6 +104,20 @@ const MIGRATIONS: &[&str] = &[
         assigned_at TEXT NOT NULL
     );
     "#,
+    // 5: application accounts (`[[apps]]`): the remote id, the state last sent, the retention clock
+    r#"
+    CREATE TABLE app_accounts (
+        app TEXT NOT NULL,
+        hr_key TEXT NOT NULL,
+        remote_id TEXT NOT NULL,
+        active INTEGER NOT NULL,
+        attrs TEXT NOT NULL,
+        deactivated_on TEXT,
+        failures INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        PRIMARY KEY (app, hr_key)
+    );
+    "#,
 ];
 
 /// One audit row: a change dirbridge sent, with its reason and outcome.
@@ -655,6 +669,100 @@ impl Mirror {
             )
             .map_err(sq(&p))?;
         Ok(())
+    }
+
+    /// What the mirror knows of one app's accounts: HR key → link.
+    pub fn app_links(
+        &self,
+        app: &str,
+    ) -> Result<BTreeMap<String, crate::apps::AppLink>, MirrorError> {
+        let p = self.path.clone();
+        let mut st = self
+            .conn
+            .prepare("SELECT hr_key, remote_id, active, attrs, deactivated_on, failures, last_error FROM app_accounts WHERE app = ?1")
+            .map_err(sq(&p))?;
+        let rows = st
+            .query_map(params![app], |r| {
+                let attrs: String = r.get(3)?;
+                let since: Option<String> = r.get(4)?;
+                Ok((
+                    r.get::<_, String>(0)?,
+                    crate::apps::AppLink {
+                        remote_id: r.get(1)?,
+                        active: r.get::<_, i64>(2)? != 0,
+                        attrs: serde_json::from_str(&attrs).unwrap_or_default(),
+                        deactivated_on: since.and_then(|d| d.parse().ok()),
+                        failures: r.get::<_, i64>(5)? as u32,
+                        last_error: r.get(6)?,
+                    },
+                ))
+            })
+            .map_err(sq(&p))?;
+        rows.collect::<Result<_, _>>().map_err(sq(&p))
+    }
+
+    /// Replace what the mirror knows of one app's accounts.
+    pub fn save_app_links(
+        &mut self,
+        app: &str,
+        links: &BTreeMap<String, crate::apps::AppLink>,
+    ) -> Result<(), MirrorError> {
+        let p = self.path.clone();
+        let tx = self.conn.transaction().map_err(sq(&p))?;
+        tx.execute("DELETE FROM app_accounts WHERE app = ?1", params![app])
+            .map_err(sq(&p))?;
+        {
+            let mut ins = tx
+                .prepare("INSERT INTO app_accounts (app, hr_key, remote_id, active, attrs, deactivated_on, failures, last_error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")
+                .map_err(sq(&p))?;
+            for (k, l) in links {
+                ins.execute(params![
+                    app,
+                    k,
+                    l.remote_id,
+                    l.active as i64,
+                    serde_json::to_string(&l.attrs).unwrap_or_else(|_| "{}".into()),
+                    l.deactivated_on.map(|d| d.to_string()),
+                    l.failures as i64,
+                    l.last_error
+                ])
+                .map_err(sq(&p))?;
+            }
+        }
+        tx.commit().map_err(sq(&p))
+    }
+
+    /// Journal application changes as pending (dn: `app NAME: account`).
+    pub fn journal_pending_app(
+        &mut self,
+        run: i64,
+        changes: &[&crate::apps::AppChange],
+        now: &str,
+    ) -> Result<Vec<i64>, MirrorError> {
+        let p = self.path.clone();
+        let tx = self.conn.transaction().map_err(sq(&p))?;
+        let mut ids = Vec::with_capacity(changes.len());
+        {
+            let mut ins = tx
+                .prepare("INSERT INTO journal (run_id, op, dn, hr_key, change, reason, state, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7)")
+                .map_err(sq(&p))?;
+            for c in changes {
+                let body = serde_json::to_string(&c.attributes).unwrap_or_default();
+                ins.execute(params![
+                    run,
+                    c.op.as_str(),
+                    format!("app {}: {}", c.app, c.account),
+                    c.key,
+                    body,
+                    c.reason,
+                    now
+                ])
+                .map_err(sq(&p))?;
+                ids.push(tx.last_insert_rowid());
+            }
+        }
+        tx.commit().map_err(sq(&p))?;
+        Ok(ids)
     }
 
     /// Journal changes as pending, before they are sent. Returns their journal ids.

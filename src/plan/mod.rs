@@ -126,6 +126,10 @@ pub struct QuarantineNote {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Plan {
     pub changes: Vec<Change>,
+    /// Changes to applications (`[[apps]]`), applied after the directory's.
+    pub app_changes: Vec<crate::apps::AppChange>,
+    /// Applications that could not be read: their changes wait for a later run.
+    pub apps_unreachable: BTreeMap<String, String>,
     pub quarantined: Vec<QuarantineNote>,
     pub relinked: Vec<Relink>,
     pub refusals: Vec<gates::Refusal>,
@@ -627,6 +631,15 @@ pub fn summary(plan: &Plan) -> BTreeMap<&'static str, usize> {
     let mut m = BTreeMap::new();
     for op in Op::ALL {
         m.insert(op.as_str(), plan.count(op));
+    }
+    for op in crate::apps::AppOp::ALL {
+        let n = plan.app_changes.iter().filter(|c| c.op == op).count();
+        if op.as_str().starts_with("app-") {
+            m.insert(op.as_str(), n);
+        } else if n > 0 {
+            // add-member/remove-member to apps count under the same names as the directory's.
+            *m.entry(op.as_str()).or_default() += n;
+        }
     }
     m.insert("quarantined", plan.quarantined.len());
     m.insert("relinked", plan.relinked.len());

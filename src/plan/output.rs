@@ -74,6 +74,37 @@ pub fn text(plan: &Plan) -> String {
             }
         }
     }
+    for c in &plan.app_changes {
+        let sign = match c.op {
+            crate::apps::AppOp::AppCreate => "+",
+            crate::apps::AppOp::AppDelete => "-",
+            _ => "~",
+        };
+        let what = if c.subject == super::Subject::Group {
+            format!("group {:?}", c.account)
+        } else {
+            format!("{} (record {})", c.account, c.key)
+        };
+        let _ = writeln!(s, "{sign} {} {}: {what}", c.op.as_str(), c.app);
+        let _ = writeln!(s, "    why: {}", c.reason);
+        for a in &c.attributes {
+            let j = |v: &[String]| v.iter().map(|x| quote(x)).collect::<Vec<_>>().join(", ");
+            match (c.op, a.kind) {
+                (crate::apps::AppOp::AppCreate, _) | (_, DeltaKind::Add) => {
+                    let _ = writeln!(s, "    + {}: {}", a.attr, j(&a.new));
+                }
+                (_, DeltaKind::Delete) => {
+                    let _ = writeln!(s, "    - {}: {}", a.attr, j(&a.old));
+                }
+                (_, DeltaKind::Replace) => {
+                    let _ = writeln!(s, "    ~ {}: {} → {}", a.attr, j(&a.old), j(&a.new));
+                }
+            }
+        }
+    }
+    for (app, why) in &plan.apps_unreachable {
+        let _ = writeln!(s, "! app {app} unreachable: {why}");
+    }
     for q in &plan.quarantined {
         let who = q
             .key
@@ -127,6 +158,23 @@ pub fn one_line(plan: &Plan) -> String {
     .filter(|op| plan.count(**op) > 0)
     .map(|op| format!(", {} {}", plan.count(*op), op.as_str()))
     .collect();
+    let apps: String = crate::apps::AppOp::ALL
+        .iter()
+        .map(|op| (op, plan.app_changes.iter().filter(|c| c.op == *op).count()))
+        .filter(|(_, n)| *n > 0)
+        .map(|(op, n)| {
+            format!(
+                ", {n} {}{}",
+                if op.as_str().starts_with("app-") {
+                    ""
+                } else {
+                    "app "
+                },
+                op.as_str()
+            )
+        })
+        .collect();
+    let extra = format!("{extra}{apps}");
     format!(
         "{} add, {} modify, {} rename, {} delete{extra}; {} quarantined; {} records, {} entries read{}",
         plan.count(Op::Add),
@@ -168,6 +216,35 @@ fn change_json(c: &Change) -> Value {
     Value::Object(o)
 }
 
+fn app_change_json(c: &crate::apps::AppChange) -> Value {
+    let mut attrs = Map::new();
+    for a in &c.attributes {
+        attrs.insert(
+            a.attr.clone(),
+            json!({"kind": a.kind, "old": a.old, "new": a.new}),
+        );
+    }
+    let mut o = Map::new();
+    o.insert("op".into(), json!(c.op.as_str()));
+    o.insert("target".into(), json!(c.app));
+    o.insert("dn".into(), json!(c.account));
+    o.insert("key".into(), json!(c.key));
+    o.insert(
+        "subject".into(),
+        json!(if c.subject == super::Subject::Group {
+            "group"
+        } else {
+            "account"
+        }),
+    );
+    if let Some(u) = &c.remote_id {
+        o.insert("remote-id".into(), json!(u));
+    }
+    o.insert("attributes".into(), Value::Object(attrs));
+    o.insert("reason".into(), json!(c.reason));
+    Value::Object(o)
+}
+
 pub fn json_value(plan: &Plan) -> Value {
     let mut summary_v = serde_json::to_value(summary(plan)).unwrap_or(Value::Null);
     if let Value::Object(m) = &mut summary_v {
@@ -181,7 +258,8 @@ pub fn json_value(plan: &Plan) -> Value {
     }
     json!({
         "summary": summary_v,
-        "changes": plan.changes.iter().map(change_json).collect::<Vec<_>>(),
+        "changes": plan.changes.iter().map(change_json).chain(plan.app_changes.iter().map(app_change_json)).collect::<Vec<_>>(),
+        "apps-unreachable": plan.apps_unreachable,
         "quarantined": plan.quarantined,
         "relinked": plan.relinked,
         "refusals": plan.refusals,
