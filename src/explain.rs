@@ -177,8 +177,44 @@ pub fn explain(cfg: &Config, d: &Details, key: &str, history: &[AuditRow]) -> Va
         "lifecycle": state.map(|s| json!({"state": s, "today": d.today.map(|t| t.to_string()), "next-change": next})),
         "attributes": attrs,
         "groups": groups,
+        "apps": apps_of(cfg, d, key),
         "history": history,
     })
+}
+
+/// The person's account in each application: in scope or not, active, attributes, remote id.
+fn apps_of(cfg: &Config, d: &Details, key: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    for app in &cfg.apps {
+        let Some(a) = d.apps.get(&app.name) else {
+            continue;
+        };
+        let account = a.accounts.iter().find(|x| x.key == key);
+        let link = a.links.get(key);
+        let remote = link
+            .and_then(|l| a.remote.iter().find(|r| r.id == l.remote_id))
+            .or_else(|| {
+                a.remote
+                    .iter()
+                    .find(|r| r.external_id.as_deref() == Some(key))
+            });
+        out.push(json!({
+            "app": app.name,
+            "kind": app.kind,
+            "in-scope": account.is_some(),
+            "when": app.when,
+            "active": account.map(|x| x.active),
+            "inactive-because": account.and_then(|x| x.inactive_why.clone()),
+            "attributes": account.map(|x| x.attrs.clone()),
+            "remote-id": link.map(|l| l.remote_id.clone()).or_else(|| remote.map(|r| r.id.clone())),
+            "remote": remote.map(|r| json!({"userName": r.user_name, "active": r.active, "attributes": r.attrs})),
+            "inactive-since": link.and_then(|l| l.deactivated_on).map(|d| d.to_string()),
+            "failures": link.map(|l| l.failures),
+            "last-error": link.and_then(|l| l.last_error.clone()),
+            "unreachable": a.error,
+        }));
+    }
+    out
 }
 
 /// Explain as text for a person at a terminal.
@@ -258,6 +294,33 @@ pub fn explain_text(v: &Value) -> String {
                 "    {} — {}\n",
                 str_of(&g["dn"]),
                 str_of(&g["note"])
+            ));
+        }
+    }
+    for a in v["apps"].as_array().cloned().unwrap_or_default() {
+        let status = if let Some(e) = a["unreachable"].as_str() {
+            format!("unreachable ({e})")
+        } else if a["in-scope"] != Value::Bool(true) {
+            format!("not in scope (when {})", str_of(&a["when"]))
+        } else if a["active"] == Value::Bool(false) {
+            format!("inactive: {}", str_of(&a["inactive-because"]))
+        } else {
+            "active".to_string()
+        };
+        s.push_str(&format!(
+            "  app {}: {status}; account {}\n",
+            str_of(&a["app"]),
+            str_of(&a["remote-id"])
+        ));
+        if let Some(m) = a["attributes"].as_object() {
+            for (k, val) in m {
+                s.push_str(&format!("    {k} = {}\n", str_of(val)));
+            }
+        }
+        if let Some(e) = a["last-error"].as_str() {
+            s.push_str(&format!(
+                "    last error ({} failure(s)): {e}\n",
+                str_of(&a["failures"])
             ));
         }
     }

@@ -47,6 +47,17 @@ pub struct Details {
     pub entries: Vec<crate::model::Entry>,
     pub group_entries: Vec<crate::model::Entry>,
     pub today: Option<jiff::civil::Date>,
+    /// Per application: its accounts, its links in the mirror, and what it was read as.
+    pub apps: BTreeMap<String, AppDetails>,
+}
+
+/// One application, for `explain`.
+#[derive(Debug, Default)]
+pub struct AppDetails {
+    pub accounts: Vec<crate::apps::Account>,
+    pub links: BTreeMap<String, crate::apps::AppLink>,
+    pub remote: Vec<crate::apps::RemoteAccount>,
+    pub error: Option<String>,
 }
 
 /// Who runs this process, for the audit: the user name and uid.
@@ -1297,6 +1308,27 @@ pub async fn run(
             entries: dir.entries.clone(),
             group_entries: dir.groups.clone(),
             today: cfg.lifecycle.as_ref().map(|_| today),
+            apps: app_inputs
+                .iter()
+                .map(|(name, i)| {
+                    (
+                        name.clone(),
+                        AppDetails {
+                            accounts: app_decisions
+                                .get(name)
+                                .map(|d| d.accounts.clone())
+                                .unwrap_or_default(),
+                            links: i.links.clone(),
+                            remote: i
+                                .state
+                                .as_ref()
+                                .map(|s| s.accounts.clone())
+                                .unwrap_or_default(),
+                            error: i.state.as_ref().err().cloned(),
+                        },
+                    )
+                })
+                .collect(),
         });
     }
     if opts.dry_run {

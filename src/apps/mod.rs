@@ -505,7 +505,11 @@ pub fn plan(i: &AppPlanInput<'_>) -> AppPlan {
                 attrs.remove("manager");
             }
         }
-        let user_name = attrs.get("userName").cloned().unwrap_or_default();
+        let user_name = attrs
+            .get("userName")
+            .or_else(|| attrs.get("uid"))
+            .cloned()
+            .unwrap_or_else(|| a.key.clone());
         match found.get(&a.key) {
             None => {
                 if !a.active {
@@ -615,6 +619,29 @@ pub fn plan(i: &AppPlanInput<'_>) -> AppPlan {
                 }
                 if r.external_id.as_deref() != Some(a.key.as_str()) {
                     deltas.extend(delta("externalId", r.external_id.as_ref(), Some(&a.key)));
+                }
+                // A manager who gets an account in this run has an id only afterwards.
+                if let Some(pos) = deltas.iter().position(|d| {
+                    d.attr == "manager"
+                        && d.new
+                            .first()
+                            .is_some_and(|m| !exists_now.contains(m.as_str()))
+                }) {
+                    let d = deltas.remove(pos);
+                    out.changes.push(AppChange {
+                        app: app.name.clone(),
+                        op: AppOp::AppUpdate,
+                        subject: Subject::Person,
+                        account: r.user_name.clone(),
+                        key: a.key.clone(),
+                        remote_id: Some(r.id.clone()),
+                        attributes: vec![d],
+                        reason: format!(
+                            "the manager of record {} gets an account in this run: set once it exists",
+                            a.key
+                        ),
+                        phase: PHASE_MANAGERS,
+                    });
                 }
                 let reactivate = a.active && !r.active;
                 let deactivate = !a.active && r.active;

@@ -492,7 +492,12 @@ impl ScimClient {
                 }
                 // Someone holds the userName: look again (it is linked if it is ours to link).
                 Err(AppError::Refused { status: 409, .. }) if attempt == 0 => {}
-                Err(AppError::Unreachable { .. }) if attempt < self.app.retries => {
+                // No answer, or the server failed: the POST may or may not have been applied; the
+                // next attempt looks the account up first.
+                Err(AppError::Unreachable { .. })
+                | Err(AppError::Refused { status: 500.., .. })
+                    if attempt < self.app.retries =>
+                {
                     tokio::time::sleep(jitter(Duration::from_millis(500) * 2u32.pow(attempt)))
                         .await;
                 }

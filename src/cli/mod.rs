@@ -576,8 +576,19 @@ fn history_command(
             let mut s = String::new();
             for r in &rows {
                 s.push_str(&format!(
-                    "{} run {} {} {} [{}] {} — {}\n",
-                    r.at, r.run, r.op, r.dn, r.key, r.state, r.reason
+                    "{} run {} {} {} [{}] {} — {}{}\n",
+                    r.at,
+                    r.run,
+                    r.op,
+                    r.dn,
+                    r.key,
+                    r.state,
+                    r.reason,
+                    if r.state == "failed" {
+                        format!(" — error: {}", r.result)
+                    } else {
+                        String::new()
+                    }
                 ));
             }
             print(&s);

@@ -374,3 +374,194 @@ impl std::fmt::Debug for Run {
 pub fn changes(plan: &serde_json::Value) -> Vec<serde_json::Value> {
     plan["changes"].as_array().cloned().unwrap_or_default()
 }
+
+/// The shared SCIM 2.0 server (PyPI scim2-server, one in-memory store per URL prefix, so each
+/// test uses a tenant of its own).
+pub struct Scim {
+    pub root: String,
+    pub token: String,
+}
+
+pub fn scim() -> &'static Scim {
+    static S: OnceLock<Scim> = OnceLock::new();
+    S.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("dirbridge-it-scim-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // Ports below 32768; the pair search leaves even ports to slapd.
+        let start = 21001 + (std::process::id() % 400) as u16 * 20;
+        let port = (start..32000)
+            .step_by(2)
+            .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+            .expect("a free port for the SCIM server");
+        let out = Command::new("bash")
+            .arg(repo().join("tests/support/scim-up.sh"))
+            .arg(&dir)
+            .arg(port.to_string())
+            .env("SCIM_DYNAMIC_TENANTS", "1")
+            .env("SCIM_WATCH_PID", std::process::id().to_string())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run tests/support/scim-up.sh");
+        assert!(
+            out.status.success(),
+            "the SCIM server did not start (.ci/run installs it: tests/support/scim-up.sh --install):\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let env: BTreeMap<String, String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
+            .collect();
+        Scim {
+            root: env["SCIM_ROOT"].clone(),
+            token: env["SCIM_TOKEN"].clone(),
+        }
+    })
+}
+
+/// Count a test that ran against the SCIM server.
+pub fn count_scim(test: &str) {
+    count("scim", test);
+}
+
+/// A recording, fault-injecting proxy in front of the SCIM server (tests/support/scim-proxy.py).
+pub struct ScimProxy {
+    pub port: u16,
+    child: Option<std::process::Child>,
+    pub log: PathBuf,
+    pub faults: PathBuf,
+}
+
+impl ScimProxy {
+    pub fn start(dir: &Path, port: Option<u16>) -> ScimProxy {
+        let s = scim();
+        let log = dir.join("scim-requests.jsonl");
+        let faults = dir.join("scim-faults.json");
+        let mut cmd = Command::new("python3");
+        cmd.arg(repo().join("tests/support/scim-proxy.py"))
+            .arg("--upstream")
+            .arg(&s.root)
+            .arg("--log")
+            .arg(&log)
+            .arg("--faults")
+            .arg(&faults)
+            .arg("--watch-pid")
+            .arg(std::process::id().to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some(p) = port {
+            cmd.arg("--port").arg(p.to_string());
+        }
+        let mut child = cmd.spawn().expect("start scim-proxy.py");
+        let mut line = String::new();
+        use std::io::BufRead;
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port: u16 = line
+            .trim()
+            .strip_prefix("PORT=")
+            .unwrap_or_else(|| panic!("scim-proxy said {line:?}"))
+            .parse()
+            .unwrap();
+        ScimProxy {
+            port,
+            child: Some(child),
+            log,
+            faults,
+        }
+    }
+
+    /// The tenant's base URL through the proxy.
+    pub fn url(&self, tenant: &str) -> String {
+        format!("http://127.0.0.1:{}/{tenant}/v2", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Requests recorded so far: (method, path, body, status, monotonic time, injected).
+    pub fn requests(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    pub fn clear(&self) {
+        let _ = std::fs::remove_file(&self.log);
+    }
+
+    pub fn inject(&self, spec: serde_json::Value) {
+        std::fs::write(&self.faults, spec.to_string()).unwrap();
+    }
+}
+
+impl Drop for ScimProxy {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A request straight to the SCIM server (not through a proxy): (status, body).
+pub fn scim_get(tenant: &str, path: &str) -> (u16, serde_json::Value) {
+    let s = scim();
+    let out = Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}", "-H"])
+        .arg(format!("Authorization: Bearer {}", s.token))
+        .arg(format!("{}/{tenant}/v2{path}", s.root))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (
+        code.trim().parse().unwrap_or(0),
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// POST a resource straight to the SCIM server.
+pub fn scim_post(tenant: &str, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    let s = scim();
+    let out = Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}", "-X", "POST", "-H"])
+        .arg(format!("Authorization: Bearer {}", s.token))
+        .args(["-H", "Content-Type: application/scim+json", "-d"])
+        .arg(body.to_string())
+        .arg(format!("{}/{tenant}/v2{path}", s.root))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (
+        code.trim().parse().unwrap_or(0),
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// Every user of a tenant, by externalId (or userName when it has none).
+pub fn scim_users(tenant: &str) -> BTreeMap<String, serde_json::Value> {
+    let (code, v) = scim_get(tenant, "/Users?count=1000");
+    assert_eq!(code, 200, "{v}");
+    v["Resources"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|u| {
+            let k = u["externalId"]
+                .as_str()
+                .or(u["userName"].as_str())
+                .unwrap_or_default()
+                .to_string();
+            (k, u)
+        })
+        .collect()
+}
