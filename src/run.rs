@@ -1257,6 +1257,12 @@ pub async fn run(
         dir_empty: linking.managed == 0,
         links: links.len(),
     });
+    let linked: BTreeMap<String, usize> = app_inputs
+        .iter()
+        .map(|(k, i)| (k.clone(), i.links.len()))
+        .collect();
+    plan.refusals
+        .extend(gates::check_apps(&cfg.safety, &plan.app_changes, &linked));
     let (accepted, refused): (Vec<_>, Vec<_>) = std::mem::take(&mut plan.refusals)
         .into_iter()
         .partition(|r| opts.accept.iter().any(|a| a == r.gate));

@@ -415,8 +415,18 @@ pub struct AppPlanInput<'a> {
     pub only: Option<&'a str>,
 }
 
+/// Attributes whose values compare case-insensitively (RFC 7643: userName and email values are
+/// not case-exact), so the app's own spelling never makes a change.
+const CASE_INSENSITIVE: &[&str] = &["userName", "emails"];
+
 fn delta(attr: &str, old: Option<&String>, new: Option<&String>) -> Option<AttrDelta> {
-    if old == new {
+    let same = match (old, new) {
+        (Some(a), Some(b)) if CASE_INSENSITIVE.contains(&attr) => {
+            a.to_lowercase() == b.to_lowercase()
+        }
+        (a, b) => a == b,
+    };
+    if same {
         return None;
     }
     let v = |x: Option<&String>| x.map(|s| vec![s.clone()]).unwrap_or_default();

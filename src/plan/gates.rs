@@ -246,3 +246,56 @@ pub fn check(g: &GateInput<'_>) -> Vec<Refusal> {
     }
     out
 }
+
+/// The same count and share limits for each application: deactivations count as disables, app
+/// deletes as deletes, against the accounts the mirror links in that app. A `when` typo that puts
+/// everyone out of scope is refused like a truncated export.
+pub fn check_apps(
+    s: &SafetyConfig,
+    changes: &[crate::apps::AppChange],
+    linked: &BTreeMap<String, usize>,
+) -> Vec<Refusal> {
+    use crate::apps::AppOp;
+    let mut out = Vec::new();
+    for (app, of) in linked {
+        for (op, verb, name, max, max_pct) in [
+            (
+                AppOp::AppDeactivate,
+                "deactivated",
+                "disable",
+                s.max_disables,
+                s.max_disable_percent,
+            ),
+            (
+                AppOp::AppDelete,
+                "deleted",
+                "delete",
+                s.max_deletes,
+                s.max_delete_percent,
+            ),
+        ] {
+            let n = changes
+                .iter()
+                .filter(|c| &c.app == app && c.op == op)
+                .count();
+            if n as u64 > max {
+                out.push(Refusal {
+                    gate: gate_name(name, false),
+                    message: format!(
+                        "{n} accounts in app {app} would be {verb}, more than safety.max-{name}s = {max}; check the export and apps.{app}.when"
+                    ),
+                });
+            }
+            if n > 0 && pct(n, *of) > max_pct {
+                out.push(Refusal {
+                    gate: gate_name(name, true),
+                    message: format!(
+                        "{n} of {of} accounts in app {app} ({:.1}%) would be {verb}, more than safety.max-{name}-percent = {max_pct}%; check the export and apps.{app}.when",
+                        pct(n, *of)
+                    ),
+                });
+            }
+        }
+    }
+    out
+}
