@@ -4,12 +4,21 @@
 #
 #   bash scripts/test.sh
 #
-# Installs what the tests need when it is missing: Debian's slapd, ldap-utils, openssl, util-linux
-# (needs root or sudo).
+# Installs what the tests need when it is missing: Debian's slapd, ldap-utils, openssl, util-linux,
+# curl, python3 with venv (needs root or sudo), and the pinned SCIM 2.0 test server from PyPI
+# (scim2-server, into ~/.cache/dirbridge/scim-venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash scripts/need-packages.sh /usr/sbin/slapd=slapd ldapsearch=ldap-utils openssl=openssl flock=util-linux
+bash scripts/need-packages.sh /usr/sbin/slapd=slapd ldapsearch=ldap-utils openssl=openssl flock=util-linux \
+    curl=curl python3=python3
+if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+fi
+echo "==> the SCIM 2.0 test server (PyPI scim2-server, pinned)"
+bash tests/support/scim-up.sh --install
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
@@ -36,7 +45,7 @@ bash packaging/test-deb.sh
 
 echo "==> integration tests per server"
 total=0
-for server in slapd; do
+for server in slapd scim; do
     n=0
     [ -f "$COUNTS/$server" ] && n=$(sort -u "$COUNTS/$server" | wc -l)
     echo "integration tests against $server: $n"

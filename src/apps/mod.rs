@@ -40,6 +40,17 @@ fn known(header: &[String]) -> Vec<String> {
     k
 }
 
+fn entry_hint(m: String, entry_attrs: &[String]) -> String {
+    if m.contains("entry.") {
+        format!(
+            "{m}; entry holds the attributes of [users.attributes]: {}",
+            entry_attrs.join(", ")
+        )
+    } else {
+        m
+    }
+}
+
 /// Check an app attribute template: it may read the export's columns and `entry.<attribute>` (the
 /// person's directory attributes as `[users.attributes]` renders them).
 pub fn check_template(src: &str, header: &[String], entry_attrs: &[String]) -> Result<(), String> {
@@ -49,7 +60,8 @@ pub fn check_template(src: &str, header: &[String], entry_attrs: &[String]) -> R
         .map_err(|e| crate::mapping::describe(&e))?;
     if !header.is_empty() {
         crate::mapping::unknown_variables(t.undeclared_variables(false), &known(header))?;
-        crate::mapping::trial(t.render(sample(header, entry_attrs)).map(|_| ()))?;
+        crate::mapping::trial(t.render(sample(header, entry_attrs)).map(|_| ()))
+            .map_err(|m| entry_hint(m, entry_attrs))?;
     }
     Ok(())
 }
@@ -66,7 +78,8 @@ pub fn check_expression(
         .map_err(|e| crate::mapping::describe(&e))?;
     if !header.is_empty() {
         crate::mapping::unknown_variables(e.undeclared_variables(false), &known(header))?;
-        crate::mapping::trial(e.eval(sample(header, entry_attrs)).map(|_| ()))?;
+        crate::mapping::trial(e.eval(sample(header, entry_attrs)).map(|_| ()))
+            .map_err(|m| entry_hint(m, entry_attrs))?;
     }
     Ok(())
 }

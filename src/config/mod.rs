@@ -1848,4 +1848,71 @@ uid = true
         let _ = std::fs::remove_dir_all(dir);
         let _ = std::fs::remove_dir_all(dir2);
     }
+
+    #[test]
+    fn apps_are_checked_with_every_problem_at_once() {
+        let apps = r#"
+[[apps]]
+name = "wiki"
+kind = "scim"
+url = "http://wiki.example.com/scim/v2"
+token-file = "missing.token"
+when = "departmnet == 'x'"
+[apps.attributes]
+userName = "{{ entry.uidd }}"
+nickname = "{{ given }}"
+
+[[apps]]
+name = "wiki"
+kind = "command"
+command = ["relative/prog"]
+url = "https://x"
+[apps.attributes]
+home = "{{ sn }}"
+"#;
+        let (dir, r) = setup("apps", &format!("{GOOD}{apps}"));
+        let d = r.unwrap_err().to_string();
+        for want in [
+            "apps.wiki.url: plain http would send the token in clear text",
+            "cannot read token file",
+            "apps.wiki.when: unknown variable `departmnet`",
+            "apps.wiki.attributes.userName: undefined value",
+            "entry holds the attributes of [users.attributes]: sn, uid",
+            "apps.wiki.attributes.nickname: not a SCIM attribute dirbridge maps",
+            "is used by another [[apps]] entry",
+            "the program must be an absolute path",
+            "apps.wiki.url only applies to kind = \"scim\"",
+        ] {
+            assert!(d.contains(want), "missing {want:?} in:\n{d}");
+        }
+        // A loopback http URL, a token file and good templates pass.
+        std::fs::write(dir.join("t"), "tok\n").unwrap();
+        let ok = r#"
+[[apps]]
+name = "wiki"
+kind = "scim"
+url = "http://127.0.0.1:8080/v2/"
+token-file = "t"
+delete-after = "30d"
+[apps.attributes]
+userName = "{{ entry.uid }}"
+"name.familyName" = "{{ sn }}"
+"#;
+        let file = dir.join("ok.toml");
+        std::fs::write(&file, format!("{GOOD}{ok}")).unwrap();
+        let (c, _) = load(&file, Check::Strict).unwrap();
+        assert_eq!(c.apps.len(), 1);
+        assert_eq!(c.apps[0].url.as_deref(), Some("http://127.0.0.1:8080/v2"));
+        assert_eq!(c.apps[0].token.as_ref().map(|t| t.expose()), Some("tok"));
+        assert_eq!(
+            c.apps[0].delete_after,
+            Some(Duration::from_secs(30 * 86_400))
+        );
+        let shown = serde_json::to_string(&c).unwrap();
+        assert!(
+            !shown.contains("\"tok\""),
+            "the token is never shown: {shown}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

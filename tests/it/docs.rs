@@ -136,6 +136,10 @@ uid = "{{ name }}"
         ("[lifecycle]", "[lifecycle]\nzz-unknown = 1\n"),
         ("[daemon]", "[daemon]\nzz-unknown = 1\n"),
         ("[safety]", "[safety]\nzz-unknown = 1\n"),
+        (
+            "[[apps]]",
+            "[[apps]]\nname = \"x\"\nkind = \"command\"\nzz-unknown = 1\n",
+        ),
     ];
     let mut checked = 0;
     for (name, snippet) in sections {
