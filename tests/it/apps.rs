@@ -159,7 +159,7 @@ fn scim_joiners_get_accounts_and_a_title_change_is_one_patch() {
 
 #[test]
 fn scim_leaver_is_deactivated_then_deleted_after_retention_and_a_rehire_reactivates() {
-    let lifecycle = "\n[lifecycle]\nend-date = \"end_date\"\ndelete-after = \"never\"\n\n[safety]\nmax-disable-percent = 100\n";
+    let lifecycle = "\n[lifecycle]\nend-date = \"end_date\"\ndelete-after = \"never\"\n\n[safety]\nmax-disable-percent = 100\nmax-delete-percent = 100\n";
     let (t, proxy) = setup("scim_leaver", "delete-after = \"30d\"", lifecycle);
     let rows = |end: &str| {
         vec![
@@ -223,6 +223,12 @@ fn scim_leaver_is_deactivated_then_deleted_after_retention_and_a_rehire_reactiva
     proxy.clear();
     let r = t.run(&["sync", "--as-of", "2026-06-02"]);
     assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        writes(&proxy.requests())
+            .iter()
+            .all(|w| w["method"] != "PUT"),
+        "never a PUT"
+    );
     assert!(r.stdout.contains("1 app-delete"), "{}", r.stdout);
     let w = writes(&proxy.requests());
     assert_eq!(w.len(), 1, "{w:#?}");
@@ -577,4 +583,150 @@ title = "{{{{ title }}}}"
         got[0]["reason"].as_str().unwrap().contains("leaver"),
         "{got:#?}"
     );
+}
+
+#[test]
+fn scim_etag_is_sent_and_a_412_rereads_and_retries_once() {
+    let (t, proxy) = setup("scim_etag", "", "");
+    t.write_csv(APP_HEADER, &["1,Ann,,Boss,CEO,ann@example.com,,Board,"]);
+    t.sync_ok();
+    let id = scim_users("scim_etag")["1"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    t.write_csv(APP_HEADER, &["1,Ann,,Boss,Chair,ann@example.com,,Board,"]);
+    proxy.clear();
+    proxy.inject(json!({"status": 412, "count": 1, "methods": ["PATCH"]}));
+    let r = t.run(&["sync"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let reqs: Vec<Value> = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r["path"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("/Users/{id}"))
+        })
+        .collect();
+    let seq: Vec<String> = reqs
+        .iter()
+        .map(|r| format!("{} {}", r["method"].as_str().unwrap(), r["status"]))
+        .collect();
+    assert_eq!(seq, vec!["PATCH 412", "GET 200", "PATCH 204"], "{reqs:#?}");
+    assert!(
+        reqs[0]["if_match"].as_str().unwrap().starts_with("W/"),
+        "If-Match carries the ETag read: {reqs:#?}"
+    );
+    assert_eq!(scim_users("scim_etag")["1"]["title"], "Chair");
+}
+
+#[test]
+fn scim_service_without_patch_gets_put_and_the_budget_spaces_requests() {
+    let (t, proxy) = setup("scim_put", "", "");
+    // 4 requests per second at most.
+    let cfg = std::fs::read_to_string(&t.config)
+        .unwrap()
+        .replace("max-requests-per-second = 0", "max-requests-per-second = 4");
+    t.write_config(&cfg);
+    proxy.inject(json!({"no_patch": true}));
+    t.write_csv(APP_HEADER, &["1,Ann,,Boss,CEO,ann@example.com,,Board,"]);
+    t.sync_ok();
+    t.write_csv(APP_HEADER, &["1,Ann,,Boss,Chair,ann@example.com,,Board,"]);
+    proxy.clear();
+    t.sync_ok();
+    let reqs = proxy.requests();
+    let w = writes(&reqs);
+    assert_eq!(w.len(), 1, "{w:#?}");
+    assert_eq!(w[0]["method"], "PUT", "no PATCH on a service without it");
+    assert_eq!(w[0]["body"]["title"], "Chair");
+    assert_eq!(
+        w[0]["body"]["userName"], "aboss",
+        "the whole resource is sent"
+    );
+    assert_eq!(scim_users("scim_put")["1"]["title"], "Chair");
+    let times: Vec<f64> = reqs.iter().map(|r| r["t"].as_f64().unwrap()).collect();
+    assert!(times.len() >= 4, "{reqs:#?}");
+    for pair in times.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= 0.2,
+            "requests closer than the budget of 4/s allows: {times:?}"
+        );
+    }
+}
+
+#[test]
+fn scim_account_deleted_by_hand_is_created_again() {
+    let (t, proxy) = setup("scim_gone", "", "");
+    t.write_csv(APP_HEADER, &["1,Ann,,Boss,CEO,ann@example.com,,Board,"]);
+    t.sync_ok();
+    let id = scim_users("scim_gone")["1"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let s = scim();
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "DELETE",
+            "-H",
+        ])
+        .arg(format!("Authorization: Bearer {}", s.token))
+        .arg(format!("{}/scim_gone/v2/Users/{id}", s.root))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "204");
+    let (_, plan) = t.plan_json();
+    let c: Vec<Value> = changes(&plan)
+        .into_iter()
+        .filter(|c| c["target"] == "wiki")
+        .collect();
+    assert_eq!(c.len(), 1, "{plan:#}");
+    assert_eq!(c[0]["op"], "app-create");
+    assert!(c[0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("no longer exists"));
+    t.sync_ok();
+    let users = scim_users("scim_gone");
+    assert_eq!(users.len(), 1);
+    assert_ne!(users["1"]["id"], id.as_str());
+    proxy.clear();
+    t.sync_ok();
+    assert!(writes(&proxy.requests()).is_empty());
+}
+
+#[test]
+fn a_when_typo_that_deactivates_everyone_is_refused_by_the_gates() {
+    let (t, proxy) = setup("scim_gate", "", "");
+    let rows: Vec<String> = (1..=30)
+        .map(|i| format!("{i},Person,,Number{i},Staff,p{i}@example.com,,Engineering,"))
+        .collect();
+    let refs: Vec<&str> = rows.iter().map(String::as_str).collect();
+    t.write_csv(APP_HEADER, &refs);
+    t.sync_ok();
+    assert_eq!(scim_users("scim_gate").len(), 30);
+    // A typo in `when`: nobody matches any more.
+    let cfg = std::fs::read_to_string(&t.config).unwrap().replace(
+        "timeout = \"5s\"",
+        "timeout = \"5s\"\nwhen = \"department == 'Engineeering'\"",
+    );
+    t.write_config(&cfg);
+    proxy.clear();
+    let r = t.run(&["sync"]);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("30 of 30 accounts in app wiki (100.0%) would be deactivated"),
+        "{r:?}"
+    );
+    assert!(writes(&proxy.requests()).is_empty());
+    assert!(scim_users("scim_gate")
+        .values()
+        .all(|u| u["active"] == true));
 }

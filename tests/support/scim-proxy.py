@@ -5,6 +5,9 @@
 
 Every request is forwarded as is (method, path, headers, body) and recorded as one JSON line in
 the log: {"t": monotonic seconds, "method", "path", "body" (parsed JSON or null), "status"}.
+Also recorded: "if_match" (the If-Match header). With "no_patch": true in the faults file the
+proxy plays a service without PATCH: ServiceProviderConfig says patch.supported = false and a
+PATCH is answered 501.
 The faults file (JSON, re-read on every request) may say:
     {"status": 429, "retry_after": 2, "count": 1, "methods": ["PATCH"]}
 meaning: answer the next `count` requests whose method is in `methods` with that status (and a
@@ -35,6 +38,16 @@ def main():
     a = ap.parse_args()
     up = urllib.parse.urlsplit(a.upstream)
 
+    def spec_now():
+        if not a.faults or not os.path.exists(a.faults):
+            return {}
+        with LOCK:
+            try:
+                with open(a.faults) as f:
+                    return json.load(f)
+            except ValueError:
+                return {}
+
     def fault(method):
         if not a.faults or not os.path.exists(a.faults):
             return None
@@ -60,7 +73,19 @@ def main():
         def handle_any(self):
             n = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(n) if n else b""
-            rec = {"t": time.monotonic(), "method": self.command, "path": self.path}
+            rec = {"t": time.monotonic(), "method": self.command, "path": self.path,
+                   "if_match": self.headers.get("If-Match")}
+            no_patch = spec_now().get("no_patch", False)
+            if no_patch and self.command == "PATCH":
+                self.send_response(501)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                rec["status"] = 501
+                rec["injected"] = True
+                with LOCK:
+                    with open(a.log, "a") as lf:
+                        lf.write(json.dumps(rec) + "\n")
+                return
             try:
                 rec["body"] = json.loads(body) if body else None
             except ValueError:
@@ -97,6 +122,10 @@ def main():
                     c.request(self.command, self.path, body=body or None, headers=headers)
                     r = c.getresponse()
                     data = r.read()
+                    if no_patch and self.path.endswith("/ServiceProviderConfig") and r.status == 200:
+                        spc = json.loads(data)
+                        spc["patch"] = {"supported": False}
+                        data = json.dumps(spc).encode()
                     self.send_response(r.status)
                     for k, v in r.getheaders():
                         if k.lower() not in ("connection", "content-length", "transfer-encoding", "server", "date"):
