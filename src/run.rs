@@ -829,6 +829,33 @@ pub fn decide(i: &DecideInput<'_>) -> Decision {
     }
 }
 
+/// `check-config --online` for applications: each SCIM service answers and takes its token;
+/// each command's program exists and is executable.
+pub async fn check_apps_online(cfg: &Config) -> Vec<(String, Result<String, String>)> {
+    let mut out = Vec::new();
+    for app in &cfg.apps {
+        let r = match app.kind {
+            crate::config::apps::AppKind::Scim => match crate::apps::scim::ScimClient::new(app) {
+                Ok(c) => c.probe().await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            },
+            crate::config::apps::AppKind::Command => {
+                use std::os::unix::fs::PermissionsExt;
+                let prog = app.command.first().cloned().unwrap_or_default();
+                match std::fs::metadata(&prog) {
+                    Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => {
+                        Ok(format!("{prog} is an executable file"))
+                    }
+                    Ok(_) => Err(format!("{prog} is not an executable file")),
+                    Err(e) => Err(format!("{prog}: {e}")),
+                }
+            }
+        };
+        out.push((app.name.clone(), r));
+    }
+    out
+}
+
 /// Apply each application's changes, phase by phase, after the directory's; journal them and keep
 /// the accounts' links in the mirror. An application that fails never stops the others.
 #[allow(clippy::too_many_arguments)]

@@ -418,6 +418,35 @@ impl ScimClient {
         })
     }
 
+    /// `check-config --online`: the service answers, takes the token, and says whether it has PATCH.
+    pub async fn probe(&self) -> Result<String, AppError> {
+        let spc = self
+            .send(Method::GET, "/ServiceProviderConfig", None, None, true)
+            .await?;
+        let patch = spc
+            .body
+            .pointer("/patch/supported")
+            .and_then(Value::as_bool)
+            .unwrap_or(true);
+        let users = self
+            .send(Method::GET, "/Users?startIndex=1&count=1", None, None, true)
+            .await?;
+        let total = users
+            .body
+            .get("totalResults")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        Ok(format!(
+            "{} answers and takes the token; {total} user(s); {}",
+            self.base,
+            if patch {
+                "PATCH supported"
+            } else {
+                "no PATCH: updates use GET + PUT"
+            }
+        ))
+    }
+
     async fn find(&self, attr: &str, value: &str) -> Result<Option<RemoteAccount>, AppError> {
         let filter = format!("{attr} eq {}", quote_filter(value));
         let mut u = reqwest::Url::parse(&format!("{}/Users", self.base))

@@ -308,6 +308,19 @@ pub fn main() -> i32 {
                         return e.exit_code();
                     }
                 }
+                let mut unreachable = false;
+                for (name, r) in rt.block_on(run::check_apps_online(&cfg)) {
+                    match r {
+                        Ok(m) => eprintln!("online: apps.{name}: {m}"),
+                        Err(e) => {
+                            eprintln!("dirbridge: apps.{name}: {e}");
+                            unreachable = true;
+                        }
+                    }
+                }
+                if unreachable {
+                    return exit::UNAVAILABLE;
+                }
             }
             let resolved = serde_json::to_string_pretty(&cfg).unwrap_or_default();
             print(&format!("{resolved}\n"));

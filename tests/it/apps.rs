@@ -155,6 +155,27 @@ fn scim_joiners_get_accounts_and_a_title_change_is_one_patch() {
     // history has the app rows
     let h = t.run(&["history", "--who", "2"]);
     assert!(h.stdout.contains("app-update"), "{}", h.stdout);
+
+    // The bearer token is never printed, logged or kept.
+    let token = &scim().token;
+    for args in [
+        vec!["-vv", "sync"],
+        vec!["-vv", "--log-format", "json", "plan"],
+        vec!["check-config"],
+    ] {
+        let r = t.run(&args);
+        assert!(
+            !r.stdout.contains(token.as_str()) && !r.stderr.contains(token.as_str()),
+            "{args:?} printed the token:\n{r:?}"
+        );
+    }
+    for f in std::fs::read_dir(t.dir.join("state")).unwrap() {
+        let bytes = std::fs::read(f.unwrap().path()).unwrap();
+        assert!(
+            !bytes.windows(token.len()).any(|w| w == token.as_bytes()),
+            "the token is in the mirror"
+        );
+    }
 }
 
 #[test]
@@ -729,4 +750,26 @@ fn a_when_typo_that_deactivates_everyone_is_refused_by_the_gates() {
     assert!(scim_users("scim_gate")
         .values()
         .all(|u| u["active"] == true));
+}
+
+#[test]
+fn check_config_online_probes_each_application() {
+    let (t, mut proxy) = setup("scim_online", "", "");
+    t.write_csv(APP_HEADER, &["1,Ann,,Boss,CEO,ann@example.com,,Board,"]);
+    let r = t.run(&["check-config", "--online"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr.contains("apps.wiki: http://127.0.0.1:") && r.stderr.contains("PATCH supported"),
+        "{r:?}"
+    );
+    // A wrong token is named as such.
+    std::fs::write(t.dir.join("scim.token"), "wrong\n").unwrap();
+    let r = t.run(&["check-config", "--online"]);
+    assert_eq!(r.code, 69, "{r:?}");
+    assert!(r.stderr.contains("refused the bearer token"), "{r:?}");
+    assert!(!r.stderr.contains(&scim().token), "{r:?}");
+    proxy.stop();
+    let r = t.run(&["check-config", "--online"]);
+    assert_eq!(r.code, 69, "{r:?}");
+    assert!(r.stderr.contains("is unreachable"), "{r:?}");
 }

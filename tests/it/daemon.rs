@@ -544,3 +544,48 @@ fn a_stale_export_is_an_alarm() {
         .contains("alarm: the export"));
     assert_eq!(d.stop(), 0);
 }
+
+#[test]
+fn status_shows_each_applications_health() {
+    let t = TestEnv::new("dapps");
+    std::fs::write(t.dir.join("app.token"), "tok\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        t.dir.join("app.token"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    // Nothing listens on this port: the app is down.
+    let port = free_port();
+    daemon_config(
+        &t,
+        &format!(
+            "\n[[apps]]\nname = \"chat\"\nkind = \"scim\"\nurl = \"http://127.0.0.1:{port}/v2\"\ntoken-file = \"app.token\"\nretries = 0\ntimeout = \"2s\"\n[apps.attributes]\nuserName = \"{{{{ entry.uid }}}}\"\n"
+        ),
+    );
+    t.write_export(&["1,Ann,,Boss,,ann@example.com,"]);
+    let d = Daemon::start(&t, &[]);
+    d.wait_runs(1);
+    let s = d.status();
+    let run = &s["last-run"];
+    assert_eq!(run["exit-code"], 69, "{s:#}");
+    assert_eq!(run["apps"]["chat"]["reachable"], false, "{s:#}");
+    assert!(run["apps"]["chat"]["error"]
+        .as_str()
+        .unwrap()
+        .contains("unreachable"));
+    assert!(
+        s["alarms"].as_array().unwrap().iter().any(|a| a
+            .as_str()
+            .unwrap()
+            .contains("application chat was unreachable")),
+        "{s:#}"
+    );
+    assert_eq!(t.people().len(), 1, "the directory went ahead");
+    let (code, text, _) = d.ctl(&["status"]);
+    assert_eq!(code, 3, "an alarm: exit 3");
+    assert!(text.contains("app chat: UNREACHABLE"), "{text}");
+    let (_, prom, _) = d.ctl(&["status", "--format", "prometheus"]);
+    assert!(prom.contains("dirbridge_app_up{app=\"chat\"} 0"), "{prom}");
+    assert_eq!(d.stop(), 0);
+}
