@@ -32,7 +32,8 @@ fn reports_several_errors_with_lines() {
         ("nosuchfilter", "unknown filter"),
         ("missing.password", "cannot read password file"),
         ("ebcdic", "source.encoding = \"ebcdic\""),
-        ("[[apps]]", "[[apps]] is not supported yet"),
+        ("[[apps]]", "apps.wiki: kind = \"scim\" needs url"),
+        ("[[apps]]", "apps.wiki: kind = \"scim\" needs token-file"),
     ] {
         let prefix = format!("{file}:{}:", line_of(needle));
         let hit = r
@@ -41,7 +42,7 @@ fn reports_several_errors_with_lines() {
             .any(|l| l.starts_with(&prefix) && l.contains(msg));
         assert!(hit, "expected `{prefix}… {msg}` in:\n{}", r.stderr);
     }
-    assert!(r.stderr.contains("5 errors in"), "{r:?}");
+    assert!(r.stderr.contains("7 errors in"), "{r:?}");
     // plan and sync refuse the same configuration with the same code
     assert_eq!(t.run(&["plan"]).code, 78);
 }
