@@ -773,3 +773,74 @@ fn check_config_online_probes_each_application() {
     assert_eq!(r.code, 69, "{r:?}");
     assert!(r.stderr.contains("is unreachable"), "{r:?}");
 }
+
+#[test]
+fn scim_over_https_is_verified_with_the_ca_file() {
+    let t = TestEnv::new("scim_tls");
+    count_scim("scim_tls");
+    let proxy = ScimProxy::start_with(&t.dir, None, true);
+    let url = format!("https://127.0.0.1:{}/scim_tls/v2", proxy.port);
+    // Without ca-file the system's trust store does not know the test CA: refused, and said so.
+    write_app_config(&t, &url, "", "");
+    t.write_csv(APP_HEADER, &["1,Ann,,Boss,CEO,ann@example.com,,Board,"]);
+    let r = t.run(&["sync"]);
+    assert_eq!(r.code, 69, "{r:?}");
+    assert!(r.stdout.contains("app wiki unreachable"), "{r:?}");
+    assert!(
+        r.stderr.to_lowercase().contains("certificate")
+            || r.stdout.to_lowercase().contains("certificate"),
+        "the error names the certificate: {r:?}"
+    );
+    assert!(proxy.requests().is_empty(), "no request got through");
+    // With the CA: verified, applied.
+    write_app_config(
+        &t,
+        &url,
+        &format!("ca-file = \"{}\"", slapd().ca.display()),
+        "",
+    );
+    let r = t.run(&["sync"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(scim_users("scim_tls").len(), 1);
+}
+
+#[test]
+fn command_app_in_batch_mode_gets_one_array_per_run() {
+    let t = TestEnv::new("cmd_batch");
+    let script = t.dir.join("record.sh");
+    let log = t.dir.join("received.jsonl");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ntr -d '\\n' >> {0}\necho >> {0}\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cfg = t.default_config(&slapd().ldaps_uri)
+        + &format!(
+            "\n[[apps]]\nname = \"homes\"\nkind = \"command\"\ncommand = [\"{}\"]\nbatch = true\n[apps.attributes]\nuid = \"{{{{ entry.uid }}}}\"\n",
+            script.display()
+        );
+    t.write_config(&cfg);
+    t.write_export(&[
+        "1,Ann,,Boss,,ann@example.com,",
+        "2,Bob,,Worker,,bob@example.com,1",
+    ]);
+    t.sync_ok();
+    let lines: Vec<Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "one invocation: {lines:#?}");
+    let batch = lines[0].as_array().unwrap();
+    assert_eq!(batch.len(), 2);
+    assert_eq!(batch[0]["op"], "app-create");
+    assert_eq!(batch[1]["attributes"]["uid"], "bworker");
+    // Nothing changed: the program is not run.
+    t.sync_ok();
+    assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 1);
+}

@@ -435,6 +435,11 @@ pub struct ScimProxy {
 
 impl ScimProxy {
     pub fn start(dir: &Path, port: Option<u16>) -> ScimProxy {
+        Self::start_with(dir, port, false)
+    }
+
+    /// With `tls`, the proxy serves HTTPS with the test slapd's certificate (CA: `slapd().ca`).
+    pub fn start_with(dir: &Path, port: Option<u16>, tls: bool) -> ScimProxy {
         let s = scim();
         let log = dir.join("scim-requests.jsonl");
         let faults = dir.join("scim-faults.json");
@@ -453,6 +458,13 @@ impl ScimProxy {
             .stderr(Stdio::inherit());
         if let Some(p) = port {
             cmd.arg("--port").arg(p.to_string());
+        }
+        if tls {
+            let tls_dir = slapd().ca.parent().unwrap().to_path_buf();
+            cmd.arg("--tls-cert")
+                .arg(tls_dir.join("server.crt"))
+                .arg("--tls-key")
+                .arg(tls_dir.join("server.key"));
         }
         let mut child = cmd.spawn().expect("start scim-proxy.py");
         let mut line = String::new();

@@ -35,6 +35,8 @@ def main():
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--faults")
     ap.add_argument("--watch-pid", type=int)
+    ap.add_argument("--tls-cert")
+    ap.add_argument("--tls-key")
     a = ap.parse_args()
     up = urllib.parse.urlsplit(a.upstream)
 
@@ -168,6 +170,11 @@ def main():
         print("scim-proxy: no port", file=sys.stderr)
         sys.exit(1)
     srv.daemon_threads = True
+    if a.tls_cert:
+        import ssl
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(a.tls_cert, a.tls_key)
+        srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
     if a.watch_pid:
         def watch():
             while True:
