@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod ad;
 pub mod apps;
 pub mod cli;
 pub mod clock;

@@ -468,6 +468,8 @@ pub fn finish(
                 match cfg.disable_method {
                     crate::config::DisableMethod::Ppolicy => vec![],
                     crate::config::DisableMethod::Attributes => templated.unwrap_or_default(),
+                    // userAccountControl is set by crate::ad::accounts (other bits kept).
+                    crate::config::DisableMethod::UserAccountControl => vec![],
                 }
             };
             d.lifecycle_attrs.insert(a.clone(), want);

@@ -407,8 +407,8 @@ async fn read_directory(
         for e in t
             .search(
                 &parent,
-                "(|(objectClass=groupOfNames)(objectClass=groupOfUniqueNames)(objectClass=posixGroup))",
-                &["objectClass", "cn", "member", "uniqueMember", "memberUid", "gidNumber", "entryUUID"],
+                "(|(objectClass=groupOfNames)(objectClass=groupOfUniqueNames)(objectClass=posixGroup)(objectClass=group))",
+                &["objectClass", "cn", "member", "uniqueMember", "memberUid", "gidNumber", "sAMAccountName", "groupType", "entryUUID"],
             )
             .await?
         {
@@ -592,6 +592,9 @@ pub fn decide(i: &DecideInput<'_>) -> Decision {
     if let Some(lc) = &cfg.lifecycle {
         crate::lifecycle::finish(&mut mapped.desired, &overlay, lc, users, dir);
     }
+    if cfg.directory.is_ad() {
+        crate::ad::accounts(&mut mapped.desired, dir, cfg.lifecycle.as_ref());
+    }
     // POSIX: uidNumber from the range (stable, never reused), gidNumber, home, shell.
     let mut posix_new = BTreeMap::new();
     if let Some(px) = &users.posix {
@@ -720,6 +723,9 @@ pub fn decide(i: &DecideInput<'_>) -> Decision {
         lifecycle: cfg.lifecycle.is_some(),
         purge: &overlay.purge,
     });
+    if cfg.directory.is_ad() {
+        changes = plan::linked_after_add(changes, rules);
+    }
     changes.extend(plan::containers(users, &mapped.desired, dir));
     // Groups: what the rules grant, against what the groups hold.
     let groups_out = mapper.groups(&cfg.groups, &mapped.desired, &overlay.drop_groups);
@@ -1119,6 +1125,7 @@ pub async fn run(
     let mapper = Mapper::new(&users, &export.header)
         .and_then(|m| m.with_groups(&cfg.groups))
         .map(|m| m.with_disabled_base(cfg.lifecycle.as_ref().and_then(|l| l.disabled_base.clone())))
+        .map(|m| m.with_ad(cfg.directory.is_ad()))
         .and_then(|m| m.with_posix(users.posix.as_ref()))
         .map_err(RunError::Config)?;
     let mut dir = read_directory(cfg, &users, &mut target).await?;
@@ -1453,7 +1460,7 @@ pub async fn run(
             };
             passwords.push(pw);
         }
-        let results = target
+        let mut results = target
             .apply_with(
                 &batch,
                 &passwords,
@@ -1461,6 +1468,49 @@ pub async fn run(
                 opts.cancel.clone(),
             )
             .await;
+        // Active Directory refused a generated password (0000052D: length, complexity, history):
+        // make a new one and try the add again, twice at most.
+        for _ in 0..2 {
+            let retry: Vec<usize> = results
+                .iter()
+                .enumerate()
+                .filter(|(i, r)| {
+                    passwords[*i].is_some() && matches!(r, Err(f) if f.text.starts_with("0000052D"))
+                })
+                .map(|(i, _)| i)
+                .collect();
+            if retry.is_empty() {
+                break;
+            }
+            let len = cfg
+                .lifecycle
+                .as_ref()
+                .map(|l| l.password_length)
+                .unwrap_or(20);
+            for i in &retry {
+                tracing::warn!(target: "dirbridge::password", key = %batch[*i].key, "the domain's password policy refused the generated password; trying a new one");
+                passwords[*i] = Some(crate::target::password::generate(len).map_err(|err| {
+                    MirrorError::Io {
+                        path: "/dev/urandom".into(),
+                        err,
+                    }
+                })?);
+            }
+            let sub: Vec<&Change> = retry.iter().map(|i| batch[*i]).collect();
+            let sub_pw: Vec<Option<crate::secret::Secret>> =
+                retry.iter().map(|i| passwords[*i].clone()).collect();
+            let again = target
+                .apply_with(
+                    &sub,
+                    &sub_pw,
+                    cfg.directory.max_in_flight,
+                    opts.cancel.clone(),
+                )
+                .await;
+            for (i, r) in retry.into_iter().zip(again) {
+                results[i] = r;
+            }
+        }
         let mut outcomes = Vec::with_capacity(batch.len());
         for (((c, id), r), pw) in batch.iter().zip(ids).zip(results).zip(passwords) {
             if let (Ok(_), Some(pw), Some(cmd)) = (&r, &pw, &password_cmd) {

@@ -73,6 +73,7 @@ struct RawDirectory {
     operation_timeout: Option<Spanned<String>>,
     page_size: Option<u32>,
     max_in_flight: Option<u32>,
+    range_size: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -86,9 +87,9 @@ struct RawState {
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 struct RawUsers {
     base: Spanned<String>,
-    rdn: Spanned<String>,
-    object_classes: Spanned<Vec<String>>,
-    anchor: Spanned<String>,
+    rdn: Option<Spanned<String>>,
+    object_classes: Option<Spanned<Vec<String>>>,
+    anchor: Option<Spanned<String>>,
     attributes: Spanned<BTreeMap<String, Spanned<String>>>,
     #[serde(default)]
     unique: BTreeMap<String, Spanned<bool>>,
@@ -113,6 +114,7 @@ struct RawGroup {
     placeholder: Option<Spanned<String>>,
     gid_number: Option<Spanned<i64>>,
     create: Option<bool>,
+    group_type: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -248,6 +250,15 @@ pub struct DirectoryConfig {
     pub operation_timeout: Duration,
     pub page_size: u32,
     pub max_in_flight: usize,
+    /// Read multi-valued `member` in ranges of this many values (`member;range=0-1499`); None:
+    /// ask for the whole attribute and follow the ranges the server chooses.
+    pub range_size: Option<u32>,
+}
+
+impl DirectoryConfig {
+    pub fn is_ad(&self) -> bool {
+        self.flavor == "active-directory"
+    }
 }
 
 mod opt_secs {
@@ -335,6 +346,9 @@ pub enum GroupKind {
     GroupOfUniqueNames,
     #[serde(rename = "posixGroup")]
     PosixGroup,
+    /// Active Directory's `group` (security or distribution, with sAMAccountName and groupType).
+    #[serde(rename = "group")]
+    AdGroup,
 }
 
 impl GroupKind {
@@ -343,6 +357,7 @@ impl GroupKind {
             GroupKind::GroupOfNames => "groupOfNames",
             GroupKind::GroupOfUniqueNames => "groupOfUniqueNames",
             GroupKind::PosixGroup => "posixGroup",
+            GroupKind::AdGroup => "group",
         }
     }
     /// The attribute that lists members.
@@ -351,11 +366,12 @@ impl GroupKind {
             GroupKind::GroupOfNames => "member",
             GroupKind::GroupOfUniqueNames => "uniqueMember",
             GroupKind::PosixGroup => "memberUid",
+            GroupKind::AdGroup => "member",
         }
     }
     /// Whether the schema requires at least one member.
     pub fn member_required(self) -> bool {
-        !matches!(self, GroupKind::PosixGroup)
+        !matches!(self, GroupKind::PosixGroup | GroupKind::AdGroup)
     }
 }
 
@@ -394,6 +410,8 @@ pub struct GroupRule {
     pub placeholder: String,
     pub gid_number: Option<i64>,
     pub create: bool,
+    /// Active Directory groupType (global security by default).
+    pub group_type: Option<i64>,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -431,6 +449,8 @@ pub enum DisableMethod {
     /// ppolicy's pwdAccountLockedTime = 000001010000Z (needs the ppolicy overlay).
     #[default]
     Ppolicy,
+    /// Active Directory: the ACCOUNTDISABLE bit (2) of userAccountControl, other bits kept.
+    UserAccountControl,
     /// A configured set of attributes (`disable-attributes`).
     Attributes,
 }
@@ -560,6 +580,7 @@ impl LifecycleConfig {
             .into_iter()
             .collect(),
             DisableMethod::Attributes => self.disable_attributes.clone(),
+            DisableMethod::UserAccountControl => BTreeMap::new(),
         }
     }
 }
@@ -826,10 +847,7 @@ pub fn load_str(file: &Path, src: &str, mode: Check) -> Result<(Config, Diagnost
     if let Some(f) = &d.flavor {
         match f.get_ref().as_str() {
             "openldap" => {}
-            "active-directory" => cx.err(
-                Some(f.span()),
-                "flavor = \"active-directory\" is not supported yet by this version of dirbridge",
-            ),
+            "active-directory" => {}
             other => cx.err(
                 Some(f.span()),
                 format!(
@@ -970,6 +988,7 @@ pub fn load_str(file: &Path, src: &str, mode: Check) -> Result<(Config, Diagnost
         connect_timeout,
         operation_timeout,
         page_size: d.page_size.unwrap_or(500).max(1),
+        range_size: d.range_size.filter(|r| *r > 0),
         max_in_flight: d.max_in_flight.unwrap_or(32).clamp(1, 1024) as usize,
     };
 
@@ -1007,27 +1026,70 @@ pub fn load_str(file: &Path, src: &str, mode: Check) -> Result<(Config, Diagnost
         Err(e) => cx.err(Some(u.base.span()), format!("users.base: {e}")),
     }
     let attrs = u.attributes.get_ref();
-    let rdn = u.rdn.get_ref().trim().to_string();
-    if !attrs.contains_key(&rdn) {
+    let ad = directory.is_ad();
+    // Defaults by flavor: OpenLDAP uid / inetOrgPerson / employeeNumber; Active Directory
+    // CN / top person organizationalPerson user / employeeID.
+    let users_span = raw.users.span();
+    let rdn_span = u
+        .rdn
+        .as_ref()
+        .map(|r| r.span())
+        .unwrap_or(users_span.clone());
+    let rdn = u
+        .rdn
+        .as_ref()
+        .map(|r| r.get_ref().trim().to_string())
+        .unwrap_or_else(|| if ad { "cn".into() } else { "uid".into() });
+    if !attrs.contains_key(&rdn) && !attrs.keys().any(|k| k.eq_ignore_ascii_case(&rdn)) {
         cx.err(
-            Some(u.rdn.span()),
+            Some(rdn_span),
             format!(
                 "users.rdn = {rdn:?} needs a template in [users.attributes] (add `{rdn} = \"…\"`)"
             ),
         );
     }
-    let anchor = u.anchor.get_ref().trim().to_string();
+    let anchor = u
+        .anchor
+        .as_ref()
+        .map(|a| a.get_ref().trim().to_string())
+        .unwrap_or_else(|| {
+            if ad {
+                "employeeID".into()
+            } else {
+                "employeeNumber".into()
+            }
+        });
     if let Some(a) = attrs.get(&anchor) {
         cx.err(
             Some(a.span()),
             format!("users.attributes.{anchor}: the anchor attribute is set by dirbridge to the HR key ({key}); remove this template"),
         );
     }
-    if u.object_classes.get_ref().is_empty() {
-        cx.err(
-            Some(u.object_classes.span()),
-            "users.object-classes must list at least one object class",
-        );
+    let object_classes_in: Vec<String> = match &u.object_classes {
+        Some(o) => {
+            if o.get_ref().is_empty() {
+                cx.err(
+                    Some(o.span()),
+                    "users.object-classes must list at least one object class",
+                );
+            }
+            o.get_ref().clone()
+        }
+        None if ad => ["top", "person", "organizationalPerson", "user"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        None => vec!["inetOrgPerson".to_string()],
+    };
+    if ad {
+        for (name, tpl) in attrs {
+            if name.eq_ignore_ascii_case("sAMAccountName") && !tpl.get_ref().contains("{{ n") {
+                cx.warn(
+                    Some(tpl.span()),
+                    "users.attributes.sAMAccountName does not use {{ n }}: a taken name cannot get the next candidate (jdoe2)",
+                );
+            }
+        }
     }
     let mut attributes = BTreeMap::new();
     for (name, tpl) in attrs {
@@ -1055,6 +1117,15 @@ pub fn load_str(file: &Path, src: &str, mode: Check) -> Result<(Config, Diagnost
             );
         } else if *v.get_ref() {
             unique.insert(name.clone());
+        }
+    }
+    if ad {
+        for a in attrs.keys() {
+            if a.eq_ignore_ascii_case("sAMAccountName")
+                || a.eq_ignore_ascii_case("userPrincipalName")
+            {
+                unique.insert(a.clone());
+            }
         }
     }
     let mut policy = BTreeMap::new();
@@ -1167,7 +1238,7 @@ pub fn load_str(file: &Path, src: &str, mode: Check) -> Result<(Config, Diagnost
             login_shell: pr.login_shell.as_ref().map(|s| s.get_ref().clone()),
         }
     });
-    let mut object_classes = u.object_classes.get_ref().clone();
+    let mut object_classes = object_classes_in;
     if posix.is_some()
         && !object_classes
             .iter()
@@ -1249,13 +1320,36 @@ pub fn load_str(file: &Path, src: &str, mode: Check) -> Result<(Config, Diagnost
             .as_ref()
             .map(|o| (o.get_ref().to_ascii_lowercase(), o.span()))
         {
+            None if directory.is_ad() => GroupKind::AdGroup,
             None => GroupKind::GroupOfNames,
+            Some((o, _)) if o == "group" && directory.is_ad() => GroupKind::AdGroup,
             Some((o, _)) if o == "groupofnames" => GroupKind::GroupOfNames,
             Some((o, _)) if o == "groupofuniquenames" => GroupKind::GroupOfUniqueNames,
             Some((o, _)) if o == "posixgroup" => GroupKind::PosixGroup,
             Some((o, span)) => {
                 cx.err(Some(span), format!("{name}.object-class = {o:?} is not groupOfNames, groupOfUniqueNames or posixGroup"));
                 GroupKind::GroupOfNames
+            }
+        };
+        // groupType: scope bit (2 global, 4 domain local, 8 universal) + 0x80000000 for security.
+        let group_type = match (&gr.group_type, kind) {
+            (None, GroupKind::AdGroup) => Some(-2147483646),
+            (None, _) => None,
+            (Some(t), GroupKind::AdGroup) => match t.get_ref().as_str() {
+                "global-security" | "security" => Some(-2147483646),
+                "domain-local-security" => Some(-2147483644),
+                "universal-security" => Some(-2147483640),
+                "global-distribution" | "distribution" => Some(2),
+                "domain-local-distribution" => Some(4),
+                "universal-distribution" => Some(8),
+                other => {
+                    cx.err(Some(t.span()), format!("{name}.group-type = {other:?} is not one of \"global-security\" (the default), \"domain-local-security\", \"universal-security\", \"global-distribution\", \"domain-local-distribution\", \"universal-distribution\""));
+                    None
+                }
+            },
+            (Some(t), _) => {
+                cx.err(Some(t.span()), format!("{name}.group-type only applies to Active Directory groups (object-class = \"group\")"));
+                None
             }
         };
         if kind == GroupKind::PosixGroup {
@@ -1305,6 +1399,7 @@ pub fn load_str(file: &Path, src: &str, mode: Check) -> Result<(Config, Diagnost
             None => DEFAULT_PLACEHOLDER.to_string(),
         };
         groups.push(GroupRule {
+            group_type,
             index,
             dn: dn_src,
             parent: parent.unwrap_or_default(),
@@ -1379,13 +1474,20 @@ pub fn load_str(file: &Path, src: &str, mode: Check) -> Result<(Config, Diagnost
         }
         if let Some(v) = &lr.disable_method {
             lc.disable_method = match v.get_ref().as_str() {
+                "ppolicy" if directory.is_ad() => {
+                    cx.err(Some(v.span()), "lifecycle.disable-method = \"ppolicy\" is OpenLDAP's; with flavor = \"active-directory\" use \"user-account-control\" (the default)");
+                    DisableMethod::UserAccountControl
+                }
                 "ppolicy" => DisableMethod::Ppolicy,
                 "attributes" => DisableMethod::Attributes,
+                "user-account-control" => DisableMethod::UserAccountControl,
                 other => {
-                    cx.err(Some(v.span()), format!("lifecycle.disable-method = {other:?} is not \"ppolicy\" or \"attributes\""));
+                    cx.err(Some(v.span()), format!("lifecycle.disable-method = {other:?} is not \"ppolicy\", \"user-account-control\" or \"attributes\""));
                     DisableMethod::Ppolicy
                 }
             };
+        } else if directory.is_ad() {
+            lc.disable_method = DisableMethod::UserAccountControl;
         }
         lc.disable_attributes = lr.disable_attributes.clone();
         if lc.disable_method == DisableMethod::Attributes && lc.disable_attributes.is_empty() {

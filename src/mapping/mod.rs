@@ -245,6 +245,8 @@ pub struct Mapper {
     uses_n: BTreeSet<String>,
     /// `lifecycle.disabled-base`: people found there who are not leavers go back to `users.base`.
     disabled_base: Option<String>,
+    /// Active Directory: sAMAccountName is made to fit (20 characters, no forbidden ones).
+    ad: bool,
 }
 
 impl Mapper {
@@ -264,6 +266,7 @@ impl Mapper {
             }
         }
         Ok(Mapper {
+            ad: false,
             disabled_base: None,
             uses_n,
             env,
@@ -271,6 +274,11 @@ impl Mapper {
             header: header.to_vec(),
             person_dns,
         })
+    }
+
+    pub fn with_ad(mut self, ad: bool) -> Mapper {
+        self.ad = ad;
+        self
     }
 
     pub fn with_disabled_base(mut self, base: Option<String>) -> Mapper {
@@ -383,6 +391,11 @@ impl Mapper {
         let out = t
             .render(with_n)
             .map_err(|e| format!("users.attributes.{attr}: {}", describe(&e)))?;
+        let out = if self.ad && attr.eq_ignore_ascii_case("sAMAccountName") {
+            crate::ad::fit_sam(&out, n)
+        } else {
+            out
+        };
         // Only an all-blank render means "absent"; other values are kept as rendered, spaces included.
         Ok(if out.trim().is_empty() {
             None

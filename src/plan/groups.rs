@@ -105,6 +105,20 @@ pub fn plan_groups(i: &GroupPlanInput<'_>) -> Vec<Change> {
                         new: vec![first.value.clone()],
                     },
                 ];
+                if let Some(t) = rule.group_type {
+                    attributes.push(AttrDelta {
+                        attr: "sAMAccountName".into(),
+                        kind: DeltaKind::Add,
+                        old: vec![],
+                        new: vec![crate::ad::fit_sam(&first.value, "")],
+                    });
+                    attributes.push(AttrDelta {
+                        attr: "groupType".into(),
+                        kind: DeltaKind::Add,
+                        old: vec![],
+                        new: vec![t.to_string()],
+                    });
+                }
                 if let Some(g) = rule.gid_number {
                     attributes.push(AttrDelta {
                         attr: "gidNumber".into(),

@@ -581,6 +581,53 @@ pub fn order(changes: Vec<Change>, rules: &MatchRules) -> Vec<Change> {
     out
 }
 
+/// Active Directory: DN-valued attributes of new entries (`manager`, a linked attribute) are set
+/// in a modify after every add, so that the order of creation never matters and cycles in the HR
+/// data (A manages B manages A) do not fail. A self-reference is dropped.
+pub fn linked_after_add(changes: Vec<Change>, rules: &MatchRules) -> Vec<Change> {
+    let mut out = Vec::with_capacity(changes.len());
+    let mut later = Vec::new();
+    for mut c in changes {
+        if c.op == Op::Add && c.subject == Subject::Person {
+            let own = dn::normalize(&c.dn);
+            let (links, rest): (Vec<AttrDelta>, Vec<AttrDelta>) = c
+                .attributes
+                .into_iter()
+                .partition(|a| rules.rule(&a.attr) == Rule::Dn);
+            c.attributes = rest;
+            let links: Vec<AttrDelta> = links
+                .into_iter()
+                .map(|mut a| {
+                    a.new.retain(|v| dn::normalize(v) != own);
+                    a
+                })
+                .filter(|a| !a.new.is_empty())
+                .collect();
+            if !links.is_empty() {
+                let names: Vec<&str> = links.iter().map(|a| a.attr.as_str()).collect();
+                later.push(Change {
+                    op: Op::Modify,
+                    dn: c.dn.clone(),
+                    new_dn: None,
+                    key: c.key.clone(),
+                    uuid: None,
+                    reason: format!(
+                        "record {}: {} set once the entry exists (a linked attribute in Active Directory)",
+                        c.key,
+                        names.join(", ")
+                    ),
+                    attributes: links,
+                    phase: 0,
+                    subject: Subject::Person,
+                });
+            }
+        }
+        out.push(c);
+    }
+    out.extend(later);
+    out
+}
+
 /// Order adds so that an entry another new entry refers to (say, as its `manager`) is added first.
 /// Cycles (and self-references) are broken by putting the rest in the last wave.
 fn add_waves(adds: &[Change], rules: &MatchRules) -> Vec<u32> {

@@ -21,6 +21,12 @@ pub struct LdapTarget {
     pub url: String,
     op_timeout: Duration,
     page_size: i32,
+    /// Active Directory: objectGUID is the immutable id; passwords go in unicodePwd.
+    ad: bool,
+    /// `directory.range-size`: read `member` in ranges of this many values.
+    range_size: Option<u32>,
+    /// Extra requests made to read the rest of a ranged attribute (`member;range=1500-*`).
+    pub ranged_reads: std::sync::atomic::AtomicU64,
 }
 
 /// The result code of an operation that was not sent because the run was told to stop.
@@ -188,7 +194,11 @@ impl LdapTarget {
                 Ok(r) if r.rc == 0 => {}
                 Ok(r) => {
                     let who = cfg.bind_dn.as_deref().unwrap_or("SASL EXTERNAL");
-                    let hint = if r.rc == 49 {
+                    let hint = if let Some(why) = crate::ad::explain_bind(&r.text) {
+                        format!("; {why}")
+                    } else if r.rc == 8 {
+                        "; the server requires an encrypted connection: use ldaps:// or starttls = true".to_string()
+                    } else if r.rc == 49 {
                         match &cfg.password_source {
                             Some(p) => format!("; check the password in {}", p.display()),
                             None => String::new(),
@@ -224,6 +234,9 @@ impl LdapTarget {
                 url: url.clone(),
                 op_timeout: cfg.operation_timeout,
                 page_size: cfg.page_size as i32,
+                ad: cfg.is_ad(),
+                range_size: cfg.range_size,
+                ranged_reads: std::sync::atomic::AtomicU64::new(0),
             });
         }
         Err(TargetError::Unreachable(format!(
@@ -242,7 +255,19 @@ impl LdapTarget {
     ) -> Result<Vec<Entry>, TargetError> {
         let mut ldap = self.ldap.clone();
         ldap.with_timeout(self.op_timeout);
-        let attrs_owned: Vec<String> = attrs.iter().map(|s| s.to_string()).collect();
+        let attrs_owned: Vec<String> = attrs
+            .iter()
+            .map(|s| {
+                if self.ad && s.eq_ignore_ascii_case("entryUUID") {
+                    "objectGUID".to_string()
+                } else if let (Some(n), true) = (self.range_size, s.eq_ignore_ascii_case("member"))
+                {
+                    format!("member;range=0-{}", n.saturating_sub(1))
+                } else {
+                    s.to_string()
+                }
+            })
+            .collect();
         let mut stream = ldap
             .streaming_search_with(
                 PagedResults::new(self.page_size),
@@ -266,12 +291,22 @@ impl LdapTarget {
             let se = SearchEntry::construct(re);
             let mut attrs: std::collections::BTreeMap<String, Vec<String>> =
                 std::collections::BTreeMap::new();
+            let mut guid = se
+                .bin_attrs
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("objectGUID"))
+                .and_then(|(_, v)| v.first())
+                .and_then(|b| crate::ad::guid_text(b));
             for (k, v) in se.attrs {
+                if k.eq_ignore_ascii_case("objectGUID") {
+                    // 16 bytes that happened to be valid UTF-8
+                    guid = v.first().and_then(|s| crate::ad::guid_text(s.as_bytes()));
+                    continue;
+                }
                 attrs.entry(k.to_ascii_lowercase()).or_default().extend(v);
             }
-            let uuid = attrs
-                .remove("entryuuid")
-                .and_then(|v| v.into_iter().next())
+            let uuid = guid
+                .or_else(|| attrs.remove("entryuuid").and_then(|v| v.into_iter().next()))
                 .unwrap_or_default();
             out.push(Entry {
                 uuid,
@@ -280,6 +315,12 @@ impl LdapTarget {
             });
         }
         let res = stream.finish().await;
+        if res.rc == 0 {
+            // Ranged attributes (AD: `member;range=0-1499`): read the rest, range by range.
+            for e in out.iter_mut() {
+                self.complete_ranges(e).await?;
+            }
+        }
         match res.rc {
             0 => Ok(out),
             32 => Err(TargetError::Read(format!(
@@ -294,6 +335,64 @@ impl LdapTarget {
                 OpFailure { rc, text: res.text }
             ))),
         }
+    }
+
+    /// Replace `attr;range=a-b` values by the whole attribute, asking for the following ranges
+    /// until the server answers with `attr;range=x-*`.
+    async fn complete_ranges(&self, e: &mut Entry) -> Result<(), TargetError> {
+        let ranged: Vec<String> = e
+            .attrs
+            .keys()
+            .filter(|k| k.contains(";range="))
+            .cloned()
+            .collect();
+        for key in ranged {
+            let Some(values) = e.attrs.remove(&key) else {
+                continue;
+            };
+            let (attr, range) = key.split_once(";range=").unwrap_or((&key, "0-*"));
+            let attr = attr.to_string();
+            let mut all = values;
+            let mut high = range
+                .split_once('-')
+                .map(|(_, h)| h.to_string())
+                .unwrap_or_default();
+            while high != "*" {
+                let Ok(h) = high.parse::<u64>() else { break };
+                let next = match self.range_size {
+                    Some(n) => format!("{attr};range={}-{}", h + 1, h + n as u64),
+                    None => format!("{attr};range={}-*", h + 1),
+                };
+                let mut ldap = self.ldap.clone();
+                ldap.with_timeout(self.op_timeout);
+                self.ranged_reads
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let (rs, _) = ldap
+                    .search(&e.dn, Scope::Base, "(objectClass=*)", vec![next.as_str()])
+                    .await
+                    .and_then(|r| r.success())
+                    .map_err(|err| {
+                        TargetError::Read(format!("reading {next} of {} failed: {err}", e.dn))
+                    })?;
+                let Some(se) = rs.into_iter().next().map(SearchEntry::construct) else {
+                    break;
+                };
+                let Some((k, v)) = se.attrs.into_iter().find(|(k, _)| {
+                    k.to_ascii_lowercase()
+                        .starts_with(&format!("{attr};range="))
+                }) else {
+                    break;
+                };
+                all.extend(v);
+                high = k
+                    .split_once(";range=")
+                    .and_then(|(_, r)| r.split_once('-'))
+                    .map(|(_, h)| h.to_string())
+                    .unwrap_or_else(|| "*".into());
+            }
+            e.attrs.entry(attr).or_default().extend(all);
+        }
+        Ok(())
     }
 
     /// Whether an entry exists (a base-scope search; noSuchObject is `false`).
@@ -385,6 +484,7 @@ impl LdapTarget {
             let t = self.op_timeout;
             let pw = passwords.get(i).cloned().flatten();
             let cancel = cancel.clone();
+            let ad = self.ad;
             async move {
                 // An operation not yet sent when the daemon is told to stop is not sent at all;
                 // those in flight finish.
@@ -397,7 +497,18 @@ impl LdapTarget {
                         }),
                     );
                 }
-                (i, apply_one(&mut ldap, c, t, pw).await)
+                let r = apply_one(&mut ldap, c, t, pw, ad).await;
+                // AD's diagnostics (`0000XXXX: …`) get what they mean and what happens next.
+                let r = match r {
+                    Err(mut f) if ad => {
+                        if let Some(why) = crate::ad::explain_error(f.rc, &f.text) {
+                            f.text = format!("{} — {why}", f.text.trim_end_matches('\0'));
+                        }
+                        Err(f)
+                    }
+                    other => other,
+                };
+                (i, r)
             }
         });
         let mut results: Vec<(usize, Result<Option<String>, OpFailure>)> =
@@ -472,11 +583,75 @@ fn lerr(e: ldap3::LdapError) -> OpFailure {
     }
 }
 
+/// The value AD wants in unicodePwd: the password in double quotes, UTF-16LE.
+pub fn unicode_pwd(pw: &str) -> Vec<u8> {
+    format!("\"{pw}\"")
+        .encode_utf16()
+        .flat_map(|u| u.to_le_bytes())
+        .collect()
+}
+
+/// An AD add: values as bytes (unicodePwd is binary), then the new entry's objectGUID read back.
+async fn add_ad(
+    ldap: &mut Ldap,
+    c: &Change,
+    password: Option<&crate::secret::Secret>,
+) -> Result<Option<String>, OpFailure> {
+    let mut attrs: HashMap<Vec<u8>, HashSet<Vec<u8>>> = HashMap::new();
+    for a in &c.attributes {
+        attrs
+            .entry(a.attr.as_bytes().to_vec())
+            .or_default()
+            .extend(a.new.iter().map(|v| v.as_bytes().to_vec()));
+    }
+    if let Some(pw) = password {
+        attrs.insert(
+            b"unicodePwd".to_vec(),
+            [unicode_pwd(pw.expose())].into_iter().collect(),
+        );
+        // The person sets their own password at first logon.
+        attrs.insert(
+            b"pwdLastSet".to_vec(),
+            [b"0".to_vec()].into_iter().collect(),
+        );
+    }
+    let attrs: Vec<(Vec<u8>, HashSet<Vec<u8>>)> = attrs.into_iter().collect();
+    let r = ldap.add(&c.dn, attrs).await.map_err(lerr)?;
+    if r.rc != 0 {
+        return Err(OpFailure {
+            rc: r.rc,
+            text: r.text,
+        });
+    }
+    let (rs, _) = ldap
+        .search(&c.dn, Scope::Base, "(objectClass=*)", vec!["objectGUID"])
+        .await
+        .and_then(|r| r.success())
+        .map_err(lerr)?;
+    Ok(rs
+        .into_iter()
+        .next()
+        .map(SearchEntry::construct)
+        .and_then(|e| {
+            e.bin_attrs
+                .get("objectGUID")
+                .and_then(|v| v.first())
+                .and_then(|b| crate::ad::guid_text(b))
+                .or_else(|| {
+                    e.attrs
+                        .get("objectGUID")
+                        .and_then(|v| v.first())
+                        .and_then(|s| crate::ad::guid_text(s.as_bytes()))
+                })
+        }))
+}
+
 async fn apply_one(
     ldap: &mut Ldap,
     c: &Change,
     t: Duration,
     password: Option<crate::secret::Secret>,
+    ad: bool,
 ) -> Result<Option<String>, OpFailure> {
     // A test-only delay per operation, so that tests can stop the daemon in the middle of a run
     // (documented in tests/it/daemon.rs; never set in production).
@@ -498,6 +673,7 @@ async fn apply_one(
         }
     };
     match c.op {
+        Op::Add if ad => add_ad(ldap, c, password.as_ref()).await,
         Op::Add => {
             let mut attrs: HashMap<String, HashSet<String>> = HashMap::new();
             for a in &c.attributes {

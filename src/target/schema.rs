@@ -54,6 +54,7 @@ fn parse_def(def: &str) -> (Vec<String>, Option<String>, Option<String>) {
     let mut names = Vec::new();
     let mut eq = None;
     let mut sup = None;
+    let mut syntax: Option<String> = None;
     let mut i = 0;
     while i < t.len() {
         match t[i].as_str() {
@@ -79,9 +80,30 @@ fn parse_def(def: &str) -> (Vec<String>, Option<String>, Option<String>) {
                     sup = t.get(i).cloned();
                 }
             }
+            "SYNTAX" => {
+                i += 1;
+                syntax = t
+                    .get(i)
+                    .map(|s| s.split('{').next().unwrap_or("").to_string());
+            }
             _ => {}
         }
         i += 1;
+    }
+    // Active Directory publishes no EQUALITY: its matching follows the syntax (strings are
+    // case-insensitive, DNs are compared as DNs).
+    if eq.is_none() {
+        eq = syntax.and_then(|s| {
+            let rule = match s.strip_prefix("1.3.6.1.4.1.1466.115.121.1.")? {
+                "12" => "distinguishedNameMatch",
+                "15" | "26" | "44" | "7" => "caseIgnoreMatch",
+                "27" => "integerMatch",
+                "36" => "numericStringMatch",
+                "50" => "telephoneNumberMatch",
+                _ => return None,
+            };
+            Some(rule.to_string())
+        });
     }
     (names, eq, sup)
 }
