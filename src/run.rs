@@ -204,13 +204,16 @@ impl RunOutcome {
             )
             .collect();
         format!(
-            "{}: {} {verb}; {} failed; {} quarantined; {} records, {} entries read (full read); {:.2} s{}",
+            "{}: {} {verb}; {} failed; {} quarantined; {} records, {} entries read ({} read, {} fetched{}); {:.2} s{}",
             if self.dry_run { "sync --dry-run" } else { "sync" },
             ops.join(", "),
             self.failed.len(),
             p.quarantined.len(),
             p.records,
             p.entries_read,
+            if p.read_mode.is_empty() { "full" } else { p.read_mode.as_str() },
+            p.fetched,
+            if p.ranged_reads > 0 { format!(", {} ranged requests", p.ranged_reads) } else { String::new() },
             self.duration.as_secs_f64(),
             if p.refusals.is_empty() { "" } else { "; REFUSED by a safety gate, nothing written" }
         )
@@ -349,11 +352,82 @@ fn canonical_users(
     }
 }
 
-async fn read_directory(
+/// How a run read the directory: `full` (every managed subtree, paged) or `incremental` (only
+/// what changed since the last run: Active Directory's uSNChanged, with deleted objects).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ReadInfo {
+    pub mode: &'static str,
+    /// Entries fetched from the server (for a full read: every entry of the managed subtrees).
+    pub fetched: usize,
+    /// Why a full read was made when an incremental one was possible.
+    pub why_full: Option<String>,
+    /// Extra requests to read ranged attributes (large groups).
+    pub ranged_reads: u64,
+}
+
+/// What the mirror keeps between runs to read Active Directory incrementally.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct AdState {
+    /// The DC's invocationId: another DC (or a restored one) means a full read.
+    pub invocation: String,
+    /// highestCommittedUSN read before the last read began.
+    pub usn: u64,
+    /// What was read (bases, groups, unique attributes): a change in the configuration means a
+    /// full read.
+    pub fingerprint: String,
+    pub entries: Vec<crate::model::Entry>,
+    pub groups: Vec<crate::model::Entry>,
+    /// Entries anywhere under base-dn that hold a unique attribute (for uniqueness).
+    pub uniques: Vec<crate::model::Entry>,
+}
+
+pub const AD_STATE: &str = "ad-usn";
+
+struct ReadScope {
+    subtrees: Vec<String>,
+    configured: BTreeSet<String>,
+    parents: Vec<String>,
+    missing_bases: BTreeSet<String>,
+    names: Vec<String>,
+}
+
+impl ReadScope {
+    fn fingerprint(&self, base_dn: &str) -> String {
+        format!(
+            "{}|{}|{}|{}",
+            base_dn.to_lowercase(),
+            self.subtrees.join(";").to_lowercase(),
+            self.parents.join(";").to_lowercase(),
+            self.names.join(";").to_lowercase()
+        )
+    }
+    fn in_subtree(&self, dn: &str) -> bool {
+        let Ok(d) = crate::dn::Dn::parse(dn) else {
+            return false;
+        };
+        !self.configured.contains(&crate::dn::normalize(dn))
+            && self
+                .subtrees
+                .iter()
+                .filter_map(|s| crate::dn::Dn::parse(s).ok())
+                .any(|s| d.is_within(&s))
+    }
+    fn in_group_parent(&self, dn: &str) -> bool {
+        let Ok(d) = crate::dn::Dn::parse(dn) else {
+            return false;
+        };
+        self.parents
+            .iter()
+            .filter_map(|s| crate::dn::Dn::parse(s).ok())
+            .any(|s| d.is_within(&s) && d.normalized() != s.normalized())
+    }
+}
+
+async fn read_scope(
     cfg: &Config,
     users: &crate::config::UsersConfig,
     t: &mut LdapTarget,
-) -> Result<DirSnapshot, RunError> {
+) -> Result<ReadScope, RunError> {
     use crate::dn::{normalize, Dn};
     // Every managed subtree: users.base and the placement bases outside it.
     let mut missing_bases = BTreeSet::new();
@@ -378,9 +452,119 @@ async fn read_directory(
             subtrees.push(base.clone());
         }
     }
+    let mut parents = Vec::new();
+    let wanted: BTreeSet<String> = cfg.groups.iter().map(|g| g.parent.clone()).collect();
+    for parent in wanted {
+        if !t.exists(&parent).await? {
+            missing_bases.insert(normalize(&parent));
+            continue;
+        }
+        parents.push(parent);
+    }
+    let mut names: Vec<String> = users.unique.iter().cloned().collect();
+    if users.posix.is_some() {
+        names.push("uidNumber".into());
+    }
+    Ok(ReadScope {
+        subtrees,
+        configured,
+        parents,
+        missing_bases,
+        names,
+    })
+}
+
+const GROUP_FILTER: &str = "(|(objectClass=groupOfNames)(objectClass=groupOfUniqueNames)(objectClass=posixGroup)(objectClass=group))";
+const GROUP_ATTRS: &[&str] = &[
+    "objectClass",
+    "cn",
+    "member",
+    "uniqueMember",
+    "memberUid",
+    "gidNumber",
+    "sAMAccountName",
+    "groupType",
+    "entryUUID",
+];
+
+fn taken_from(
+    uniques: &[crate::model::Entry],
+    names: &[String],
+) -> std::collections::HashMap<String, std::collections::HashMap<String, Vec<String>>> {
+    let rules_default = crate::model::MatchRules::default();
+    let mut taken: std::collections::HashMap<
+        String,
+        std::collections::HashMap<String, Vec<String>>,
+    > = Default::default();
+    for e in uniques {
+        for a in names {
+            for v in e.get(a) {
+                taken
+                    .entry(a.to_ascii_lowercase())
+                    .or_default()
+                    .entry(rules_default.fold(a, v))
+                    .or_default()
+                    .push(e.uuid.clone());
+            }
+        }
+    }
+    taken
+}
+
+/// Read the directory: in full, or (Active Directory, with the mirror's state of the last run)
+/// only what changed since.
+async fn read_directory(
+    cfg: &Config,
+    users: &crate::config::UsersConfig,
+    t: &mut LdapTarget,
+    prior: Option<AdState>,
+) -> Result<(DirSnapshot, ReadInfo, Option<AdState>), RunError> {
+    let scope = read_scope(cfg, users, t).await?;
+    let fingerprint = scope.fingerprint(&cfg.directory.base_dn);
+    let mut info = ReadInfo {
+        mode: "full",
+        ..Default::default()
+    };
+    // Active Directory: the DC's position before anything is read.
+    let ad_pos = if cfg.directory.is_ad() {
+        Some(t.ad_position().await?)
+    } else {
+        None
+    };
+    if let (Some(pos), Some(prior)) = (&ad_pos, prior) {
+        let why = if prior.fingerprint != fingerprint {
+            Some("the configuration reads other bases or attributes than the last run".to_string())
+        } else if prior.invocation != pos.invocation {
+            Some(format!(
+                "the domain controller's invocationId changed ({} → {}): another or a restored DC",
+                prior.invocation, pos.invocation
+            ))
+        } else if prior.usn > pos.highest_usn {
+            Some(format!(
+                "the DC's highestCommittedUSN ({}) is below the last run's ({}): a restored DC",
+                pos.highest_usn, prior.usn
+            ))
+        } else {
+            None
+        };
+        match why {
+            None => {
+                let (snap, state, fetched) =
+                    read_ad_incremental(cfg, &scope, t, prior, pos, fingerprint).await?;
+                info.mode = "incremental";
+                info.fetched = fetched;
+                info.ranged_reads = t.ranged_reads.load(std::sync::atomic::Ordering::Relaxed);
+                return Ok((snap, info, Some(state)));
+            }
+            Some(w) => {
+                tracing::warn!(target: "dirbridge::read", "full read: {w}");
+                info.why_full = Some(w);
+            }
+        }
+    }
     let mut seen = BTreeSet::new();
     let mut entries = Vec::new();
-    for base in &subtrees {
+    for base in &scope.subtrees {
         for e in t
             .search(
                 base,
@@ -389,7 +573,9 @@ async fn read_directory(
             )
             .await?
         {
-            if configured.contains(&normalize(&e.dn)) || !seen.insert(e.uuid.clone()) {
+            if scope.configured.contains(&crate::dn::normalize(&e.dn))
+                || !seen.insert(e.uuid.clone())
+            {
                 continue;
             }
             entries.push(e);
@@ -397,61 +583,115 @@ async fn read_directory(
     }
     // Managed groups: everything group-like under the rules' parents.
     let mut groups = Vec::new();
-    let parents: BTreeSet<String> = cfg.groups.iter().map(|g| g.parent.clone()).collect();
     let mut seen_groups = BTreeSet::new();
-    for parent in parents {
-        if !t.exists(&parent).await? {
-            missing_bases.insert(normalize(&parent));
-            continue;
-        }
-        for e in t
-            .search(
-                &parent,
-                "(|(objectClass=groupOfNames)(objectClass=groupOfUniqueNames)(objectClass=posixGroup)(objectClass=group))",
-                &["objectClass", "cn", "member", "uniqueMember", "memberUid", "gidNumber", "sAMAccountName", "groupType", "entryUUID"],
-            )
-            .await?
-        {
+    for parent in &scope.parents {
+        for e in t.search(parent, GROUP_FILTER, GROUP_ATTRS).await? {
             if seen_groups.insert(e.uuid.clone()) {
                 groups.push(e);
             }
         }
     }
-    let mut taken: std::collections::HashMap<
-        String,
-        std::collections::HashMap<String, Vec<String>>,
-    > = Default::default();
-    let mut names: Vec<&str> = users.unique.iter().map(String::as_str).collect();
-    if users.posix.is_some() {
-        names.push("uidNumber");
-    }
-    if !names.is_empty() {
-        let rules_default = crate::model::MatchRules::default();
+    let mut uniques = Vec::new();
+    if !scope.names.is_empty() {
         let filter = format!(
             "(|{})",
-            names.iter().map(|a| format!("({a}=*)")).collect::<String>()
+            scope
+                .names
+                .iter()
+                .map(|a| format!("({a}=*)"))
+                .collect::<String>()
         );
-        let mut attrs = names.clone();
+        let mut attrs: Vec<&str> = scope.names.iter().map(String::as_str).collect();
         attrs.push("entryUUID");
-        for e in t.search(&cfg.directory.base_dn, &filter, &attrs).await? {
-            for a in &names {
-                for v in e.get(a) {
-                    taken
-                        .entry(a.to_ascii_lowercase())
-                        .or_default()
-                        .entry(rules_default.fold(a, v))
-                        .or_default()
-                        .push(e.uuid.clone());
-                }
-            }
+        uniques = t.search(&cfg.directory.base_dn, &filter, &attrs).await?;
+    }
+    info.fetched = entries.len() + groups.len() + uniques.len();
+    info.ranged_reads = t.ranged_reads.load(std::sync::atomic::Ordering::Relaxed);
+    let taken = taken_from(&uniques, &scope.names);
+    let state = ad_pos.map(|pos| AdState {
+        invocation: pos.invocation,
+        usn: pos.highest_usn,
+        fingerprint,
+        entries: entries.clone(),
+        groups: groups.clone(),
+        uniques,
+    });
+    Ok((
+        DirSnapshot {
+            entries,
+            taken,
+            groups,
+            missing_bases: scope.missing_bases,
+        },
+        info,
+        state,
+    ))
+}
+
+/// Active Directory, incrementally: the objects whose uSNChanged is above the last run's
+/// highestCommittedUSN, and the objects deleted since (isDeleted, with the show-deleted control),
+/// applied to the state the mirror kept.
+async fn read_ad_incremental(
+    cfg: &Config,
+    scope: &ReadScope,
+    t: &mut LdapTarget,
+    mut st: AdState,
+    pos: &crate::target::ldap::AdPosition,
+    fingerprint: String,
+) -> Result<(DirSnapshot, AdState, usize), RunError> {
+    let from = st.usn + 1;
+    let changed = t
+        .search(
+            &cfg.directory.base_dn,
+            &format!("(&(uSNChanged>={from})(|(objectClass=user)(objectClass=group)))"),
+            &["*", "entryUUID", "uSNChanged"],
+        )
+        .await?;
+    let deleted = t
+        .search_deleted(
+            &pos.naming_context,
+            &format!("(&(isDeleted=TRUE)(uSNChanged>={from}))"),
+        )
+        .await?;
+    let fetched = changed.len() + deleted.len();
+    tracing::info!(target: "dirbridge::read", changed = changed.len(), deleted = deleted.len(), "incremental read from uSN {from}");
+    let gone: BTreeSet<String> = changed
+        .iter()
+        .map(|e| e.uuid.clone())
+        .chain(deleted.iter().cloned())
+        .collect();
+    st.entries.retain(|e| !gone.contains(&e.uuid));
+    st.groups.retain(|e| !gone.contains(&e.uuid));
+    st.uniques.retain(|e| !gone.contains(&e.uuid));
+    let base = crate::dn::Dn::parse(&cfg.directory.base_dn).ok();
+    for e in changed {
+        let is_group = e
+            .get("objectClass")
+            .iter()
+            .any(|c| c.eq_ignore_ascii_case("group"));
+        if is_group && scope.in_group_parent(&e.dn) {
+            st.groups.push(e.clone());
+        } else if !is_group && scope.in_subtree(&e.dn) {
+            st.entries.push(e.clone());
+        }
+        let under_base = match (&base, crate::dn::Dn::parse(&e.dn)) {
+            (Some(b), Ok(d)) => d.is_within(b),
+            _ => false,
+        };
+        if under_base && scope.names.iter().any(|a| !e.get(a).is_empty()) {
+            st.uniques.push(e);
         }
     }
-    Ok(DirSnapshot {
-        entries,
-        taken,
-        groups,
-        missing_bases,
-    })
+    st.usn = pos.highest_usn;
+    st.invocation = pos.invocation.clone();
+    st.fingerprint = fingerprint;
+    let snap = DirSnapshot {
+        entries: st.entries.clone(),
+        taken: taken_from(&st.uniques, &scope.names),
+        groups: st.groups.clone(),
+        missing_bases: scope.missing_bases.clone(),
+    };
+    Ok((snap, st, fetched))
 }
 
 /// Everything a run decides, from what it read (pure: no I/O, `today` is given).
@@ -1128,7 +1368,13 @@ pub async fn run(
         .map(|m| m.with_ad(cfg.directory.is_ad()))
         .and_then(|m| m.with_posix(users.posix.as_ref()))
         .map_err(RunError::Config)?;
-    let mut dir = read_directory(cfg, &users, &mut target).await?;
+    let prior_ad = match (&mirror, cfg.directory.is_ad()) {
+        (Some(m), true) => m
+            .get_state(AD_STATE)?
+            .and_then(|v| serde_json::from_str::<AdState>(&v).ok()),
+        _ => None,
+    };
+    let (mut dir, read_info, ad_state) = read_directory(cfg, &users, &mut target, prior_ad).await?;
     // Re-fold the unique values with the server's rules.
     for (attr, vals) in dir.taken.iter_mut() {
         let refolded: std::collections::HashMap<String, Vec<String>> =
@@ -1247,6 +1493,13 @@ pub async fn run(
         today,
         only: opts.only.as_deref(),
     });
+    plan.read_mode = read_info.mode.to_string();
+    plan.fetched = read_info.fetched;
+    plan.ranged_reads = read_info.ranged_reads;
+    if let Some(w) = &read_info.why_full {
+        plan.warnings
+            .push(format!("full read of the directory: {w}"));
+    }
     for r in &linking.relinked {
         tracing::warn!(target: "dirbridge::link", key = %r.key, dn = %r.dn, "{}", r.why);
     }
@@ -1605,6 +1858,12 @@ pub async fn run(
         }
     }
     mirror.save_snapshot(&dir)?;
+    if let Some(st) = &ad_state {
+        mirror.put_state(
+            AD_STATE,
+            &serde_json::to_string(st).map_err(|e| RunError::Config(format!("internal: {e}")))?,
+        )?;
+    }
     if !export.keys_uncertain && opts.only.is_none() {
         mirror.save_hr(&export)?;
     }

@@ -118,6 +118,13 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (app, hr_key)
     );
     "#,
+    // 6: what incremental directory reads need between runs (AD: uSN cursor and state)
+    r#"
+    CREATE TABLE dir_state (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    "#,
 ];
 
 /// One audit row: a change dirbridge sent, with its reason and outcome.
@@ -666,6 +673,31 @@ impl Mirror {
             .execute(
                 "INSERT INTO journal (run_id, op, dn, hr_key, change, reason, state, at) VALUES (?1, ?2, '', '', 'null', ?3, 'done', ?4)",
                 params![run, op, reason, now],
+            )
+            .map_err(sq(&p))?;
+        Ok(())
+    }
+
+    /// A named piece of read state (e.g. the AD uSN cursor), as JSON.
+    pub fn get_state(&self, name: &str) -> Result<Option<String>, MirrorError> {
+        let p = self.path.clone();
+        match self.conn.query_row(
+            "SELECT value FROM dir_state WHERE name = ?1",
+            params![name],
+            |r| r.get::<_, String>(0),
+        ) {
+            Ok(v) => Ok(Some(v)),
+            Err(rusqlite::Error::QueryReturnedNoRows) => Ok(None),
+            Err(e) => Err(sq(&p)(e)),
+        }
+    }
+
+    pub fn put_state(&mut self, name: &str, value: &str) -> Result<(), MirrorError> {
+        let p = self.path.clone();
+        self.conn
+            .execute(
+                "INSERT INTO dir_state (name, value) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                params![name, value],
             )
             .map_err(sq(&p))?;
         Ok(())

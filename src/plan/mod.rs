@@ -140,6 +140,11 @@ pub struct Plan {
     pub deletes_suppressed: bool,
     pub records: usize,
     pub entries_read: usize,
+    /// How the directory was read: "full" or "incremental", and how many entries were fetched.
+    pub read_mode: String,
+    pub fetched: usize,
+    /// Extra requests that read the rest of ranged attributes (large AD groups).
+    pub ranged_reads: u64,
     pub managed: usize,
     /// The day the lifecycle was evaluated for (with `[lifecycle]`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -692,6 +697,8 @@ pub fn summary(plan: &Plan) -> BTreeMap<&'static str, usize> {
     m.insert("relinked", plan.relinked.len());
     m.insert("records", plan.records);
     m.insert("entries-read", plan.entries_read);
+    m.insert("entries-fetched", plan.fetched);
+    m.insert("ranged-reads", plan.ranged_reads as usize);
     m
 }
 

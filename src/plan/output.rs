@@ -176,7 +176,7 @@ pub fn one_line(plan: &Plan) -> String {
         .collect();
     let extra = format!("{extra}{apps}");
     format!(
-        "{} add, {} modify, {} rename, {} delete{extra}; {} quarantined; {} records, {} entries read{}",
+        "{} add, {} modify, {} rename, {} delete{extra}; {} quarantined; {} records, {} entries read{}{}",
         plan.count(Op::Add),
         plan.count(Op::Modify),
         plan.count(Op::Rename),
@@ -184,6 +184,11 @@ pub fn one_line(plan: &Plan) -> String {
         plan.quarantined.len(),
         plan.records,
         plan.entries_read,
+        if plan.read_mode == "incremental" {
+            format!(" (incremental read, {} fetched)", plan.fetched)
+        } else {
+            String::new()
+        },
         if plan.refusals.is_empty() {
             ""
         } else {

@@ -29,6 +29,14 @@ pub struct LdapTarget {
     pub ranged_reads: std::sync::atomic::AtomicU64,
 }
 
+/// Where an Active Directory DC stands: its invocationId, highestCommittedUSN and naming context.
+#[derive(Clone, Debug)]
+pub struct AdPosition {
+    pub invocation: String,
+    pub highest_usn: u64,
+    pub naming_context: String,
+}
+
 /// The result code of an operation that was not sent because the run was told to stop.
 pub const NOT_SENT: u32 = u32::MAX;
 
@@ -393,6 +401,125 @@ impl LdapTarget {
             e.attrs.entry(attr).or_default().extend(all);
         }
         Ok(())
+    }
+
+    /// Active Directory: the DC's position, read from the root DSE and its NTDS Settings object.
+    pub async fn ad_position(&mut self) -> Result<AdPosition, TargetError> {
+        let mut ldap = self.ldap.clone();
+        ldap.with_timeout(self.op_timeout);
+        let (rs, _) = ldap
+            .search(
+                "",
+                Scope::Base,
+                "(objectClass=*)",
+                vec![
+                    "highestCommittedUSN",
+                    "dsServiceName",
+                    "defaultNamingContext",
+                ],
+            )
+            .await
+            .and_then(|r| r.success())
+            .map_err(|e| TargetError::Read(format!("reading the root DSE failed: {e}")))?;
+        let root = rs
+            .into_iter()
+            .next()
+            .map(SearchEntry::construct)
+            .ok_or_else(|| TargetError::Read("the root DSE is empty".into()))?;
+        let one = |n: &str| {
+            root.attrs
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(n))
+                .and_then(|(_, v)| v.first().cloned())
+        };
+        let highest_usn = one("highestCommittedUSN")
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| {
+                TargetError::Read(
+                    "the root DSE has no highestCommittedUSN: is this Active Directory? (directory.flavor)"
+                        .into(),
+                )
+            })?;
+        let naming_context = one("defaultNamingContext").unwrap_or_default();
+        let service = one("dsServiceName").unwrap_or_default();
+        let (rs, _) = ldap
+            .search(
+                &service,
+                Scope::Base,
+                "(objectClass=*)",
+                vec!["invocationId"],
+            )
+            .await
+            .and_then(|r| r.success())
+            .map_err(|e| TargetError::Read(format!("reading {service} failed: {e}")))?;
+        let invocation = rs
+            .into_iter()
+            .next()
+            .map(SearchEntry::construct)
+            .and_then(|e| {
+                e.bin_attrs
+                    .get("invocationId")
+                    .and_then(|v| v.first())
+                    .and_then(|b| crate::ad::guid_text(b))
+                    .or_else(|| {
+                        e.attrs
+                            .get("invocationId")
+                            .and_then(|v| v.first())
+                            .and_then(|s| crate::ad::guid_text(s.as_bytes()))
+                    })
+            })
+            .unwrap_or_default();
+        Ok(AdPosition {
+            invocation,
+            highest_usn,
+            naming_context,
+        })
+    }
+
+    /// The objectGUIDs of deleted objects matching `filter` (AD's show-deleted control).
+    pub async fn search_deleted(
+        &mut self,
+        base: &str,
+        filter: &str,
+    ) -> Result<Vec<String>, TargetError> {
+        let mut ldap = self.ldap.clone();
+        ldap.with_timeout(self.op_timeout);
+        let show_deleted = ldap3::controls::RawControl {
+            ctype: "1.2.840.113556.1.4.417".to_string(),
+            crit: true,
+            val: None,
+        };
+        let ldap3::SearchResult(rs, res) = ldap
+            .with_controls(show_deleted)
+            .search(base, Scope::Subtree, filter, vec!["objectGUID"])
+            .await
+            .map_err(|e| TargetError::Read(format!("reading deleted objects failed: {e}")))?;
+        if res.rc != 0 {
+            return Err(TargetError::Read(format!(
+                "reading deleted objects under {base} failed: {}",
+                OpFailure {
+                    rc: res.rc,
+                    text: res.text
+                }
+            )));
+        }
+        Ok(rs
+            .into_iter()
+            .filter(|r| !r.is_ref())
+            .map(SearchEntry::construct)
+            .filter_map(|e| {
+                e.bin_attrs
+                    .get("objectGUID")
+                    .and_then(|v| v.first())
+                    .and_then(|b| crate::ad::guid_text(b))
+                    .or_else(|| {
+                        e.attrs
+                            .get("objectGUID")
+                            .and_then(|v| v.first())
+                            .and_then(|s| crate::ad::guid_text(s.as_bytes()))
+                    })
+            })
+            .collect())
     }
 
     /// Whether an entry exists (a base-scope search; noSuchObject is `false`).
