@@ -32,6 +32,8 @@ pub struct RunOptions {
     pub accept: Vec<String>,
     /// The daemon holds the mirror's lock for its whole life: its runs do not take it again.
     pub daemon_holds_lock: bool,
+    /// Read the whole directory even when an incremental read is possible.
+    pub full_read: bool,
     /// Set to true to stop after the operations in flight (SIGTERM in the daemon).
     pub cancel: Option<tokio::sync::watch::Receiver<bool>>,
 }
@@ -640,13 +642,23 @@ async fn read_ad_incremental(
     fingerprint: String,
 ) -> Result<(DirSnapshot, AdState, usize), RunError> {
     let from = st.usn + 1;
-    let changed = t
+    let mut changed = t
         .search(
             &cfg.directory.base_dn,
-            &format!("(&(uSNChanged>={from})(|(objectClass=user)(objectClass=group)))"),
+            &format!("(&(uSNChanged>={from})(objectClass=user))"),
             &["*", "entryUUID", "uSNChanged"],
         )
         .await?;
+    let mut group_attrs = GROUP_ATTRS.to_vec();
+    group_attrs.push("uSNChanged");
+    changed.extend(
+        t.search(
+            &cfg.directory.base_dn,
+            &format!("(&(uSNChanged>={from})(objectClass=group))"),
+            &group_attrs,
+        )
+        .await?,
+    );
     let deleted = t
         .search_deleted(
             &pos.naming_context,
@@ -1368,7 +1380,7 @@ pub async fn run(
         .map(|m| m.with_ad(cfg.directory.is_ad()))
         .and_then(|m| m.with_posix(users.posix.as_ref()))
         .map_err(RunError::Config)?;
-    let prior_ad = match (&mirror, cfg.directory.is_ad()) {
+    let prior_ad = match (&mirror, cfg.directory.is_ad() && !opts.full_read) {
         (Some(m), true) => m
             .get_state(AD_STATE)?
             .and_then(|v| serde_json::from_str::<AdState>(&v).ok()),
@@ -1682,10 +1694,27 @@ pub async fn run(
         phases.entry(c.phase).or_default().push(c);
     }
     let cancelled = || opts.cancel.as_ref().is_some_and(|c| *c.borrow());
+    // Entries whose add failed: their later changes (manager, memberships) are not sent.
+    let mut failed_adds: BTreeSet<String> = BTreeSet::new();
     for (_, batch) in phases {
         if cancelled() {
             outcome.interrupted = true;
             break;
+        }
+        let (batch, skipped): (Vec<&Change>, Vec<&Change>) = batch
+            .into_iter()
+            .partition(|c| !failed_adds.contains(&crate::dn::normalize(&c.dn)));
+        for c in skipped {
+            outcome.failed.push(Failed {
+                change: c.clone(),
+                failure: OpFailure {
+                    rc: 80,
+                    text: "not sent: the entry's add failed earlier in this run".into(),
+                },
+            });
+        }
+        if batch.is_empty() {
+            continue;
         }
         let ids = mirror.journal_pending(run_id, &batch, &clock.rfc3339())?;
         // Joiners' initial passwords: made now, sent in the add, handed to the delivery program.
@@ -1773,7 +1802,7 @@ pub async fn run(
                         .find(|x| x.attr.eq_ignore_ascii_case(a))
                         .and_then(|x| x.new.first().cloned())
                 };
-                let payload = json!({"key": c.key, "dn": c.dn, "uid": first("uid"), "mail": first("mail"), "cn": first("cn")});
+                let payload = json!({"key": c.key, "dn": c.dn, "uid": first("uid"), "mail": first("mail"), "cn": first("cn"), "sAMAccountName": first("sAMAccountName"), "userPrincipalName": first("userPrincipalName")});
                 let note = match crate::target::password::deliver(
                     cmd,
                     &payload,
@@ -1814,6 +1843,9 @@ pub async fn run(
                     outcome.interrupted = true;
                 }
                 Err(f) => {
+                    if c.op == Op::Add {
+                        failed_adds.insert(crate::dn::normalize(&c.dn));
+                    }
                     tracing::error!(target: "dirbridge::apply", op = c.op.as_str(), dn = %c.dn, key = %c.key, rc = f.rc, "quarantined: {f}");
                     outcomes.push((id, false, f.to_string()));
                     outcome.failed.push(Failed {

@@ -107,6 +107,9 @@ pub enum Command {
         /// Go ahead although this safety gate refuses (repeatable); the override is audited.
         #[arg(long = "accept-gate", value_name = "GATE", value_parser = clap::builder::PossibleValuesParser::new(crate::plan::gates::GATES))]
         accept_gate: Vec<String>,
+        /// Read the whole directory even when an incremental read is possible.
+        #[arg(long)]
+        full_read: bool,
     },
     /// Why a person has each value and group: templates and source columns, the group rules that
     /// grant, placement, lifecycle state and next change, and the audit history.
@@ -180,6 +183,9 @@ pub enum Command {
         /// Go ahead although this safety gate refuses (repeatable); the override is audited.
         #[arg(long = "accept-gate", value_name = "GATE", value_parser = clap::builder::PossibleValuesParser::new(crate::plan::gates::GATES))]
         accept_gate: Vec<String>,
+        /// Read the whole directory even when an incremental read is possible.
+        #[arg(long)]
+        full_read: bool,
     },
 }
 
@@ -338,6 +344,7 @@ pub fn main() -> i32 {
             as_of,
             only,
             accept_gate,
+            full_read,
         } => run_command(
             &cli.config,
             RunArgs {
@@ -348,6 +355,7 @@ pub fn main() -> i32 {
                 only,
                 accept: accept_gate,
                 is_plan: true,
+                full_read,
             },
         ),
         Command::Explain { who, format, as_of } => {
@@ -383,6 +391,7 @@ pub fn main() -> i32 {
             as_of,
             only,
             accept_gate,
+            full_read,
         } => run_command(
             &cli.config,
             RunArgs {
@@ -393,6 +402,7 @@ pub fn main() -> i32 {
                 only,
                 accept: accept_gate,
                 is_plan: false,
+                full_read,
             },
         ),
     }
@@ -406,6 +416,7 @@ struct RunArgs {
     only: Option<String>,
     accept: Vec<String>,
     is_plan: bool,
+    full_read: bool,
 }
 
 fn run_command(path: &std::path::Path, args: RunArgs) -> i32 {
@@ -417,6 +428,7 @@ fn run_command(path: &std::path::Path, args: RunArgs) -> i32 {
         only,
         accept,
         is_plan,
+        full_read,
     } = args;
     let cfg = match load(path, config::Check::Run) {
         Ok(c) => c,
@@ -437,6 +449,7 @@ fn run_command(path: &std::path::Path, args: RunArgs) -> i32 {
         as_of,
         details: false,
         accept,
+        full_read,
         ..Default::default()
     };
     let outcome = match rt.block_on(run::run(&cfg, &opts, &SystemClock)) {

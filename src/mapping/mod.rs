@@ -472,8 +472,26 @@ impl Mapper {
         let mut failed: Vec<Option<String>> = vec![None; order.len()];
         let mut values: Vec<BTreeMap<String, Vec<String>>> = vec![BTreeMap::new(); order.len()];
 
+        // Active Directory: a userPrincipalName's local part implies a sAMAccountName, so the two
+        // are unique against each other too (`bjoiner@…` collides with sAMAccountName BJOINER).
+        let local = |v: &str| v.split('@').next().unwrap_or("").to_lowercase();
+        let mut sam_like: HashMap<String, Vec<String>> = HashMap::new();
+        if self.ad {
+            for a in ["samaccountname", "userprincipalname"] {
+                for (v, us) in dir.taken.get(a).into_iter().flatten() {
+                    sam_like
+                        .entry(local(v))
+                        .or_default()
+                        .extend(us.iter().cloned());
+                }
+            }
+        }
+        let mut chosen_sam: HashMap<String, usize> = HashMap::new();
         // Pass 1: unique attributes, in name order; existing holders first, then new ones by key.
         for attr in &self.users.unique {
+            let sam_rule = self.ad
+                && (attr.eq_ignore_ascii_case("sAMAccountName")
+                    || attr.eq_ignore_ascii_case("userPrincipalName"));
             let lower = attr.to_ascii_lowercase();
             let taken = dir.taken.get(&lower);
             let mut reserved: HashMap<String, usize> = HashMap::new();
@@ -522,7 +540,17 @@ impl Mapper {
                                 .unwrap_or(false);
                             let by_other_record =
                                 reserved.get(&f).map(|&j| j != i).unwrap_or(false);
-                            if !by_other_entry && !by_other_record {
+                            let by_sam_rule = sam_rule && {
+                                let l = local(&v);
+                                sam_like
+                                    .get(&l)
+                                    .is_some_and(|us| us.iter().any(|u| Some(u.as_str()) != own))
+                                    || chosen_sam.get(&l).is_some_and(|&j| j != i)
+                            };
+                            if !by_other_entry && !by_other_record && !by_sam_rule {
+                                if sam_rule {
+                                    chosen_sam.insert(local(&v), i);
+                                }
                                 reserved.insert(f, i);
                                 values[i].insert(attr.clone(), vec![v]);
                                 break;

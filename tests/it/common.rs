@@ -577,3 +577,313 @@ pub fn scim_users(tenant: &str) -> BTreeMap<String, serde_json::Value> {
         })
         .collect()
 }
+
+/// The shared Samba AD DC (tests/support/samba-ad-up.sh): its own network namespace with only
+/// loopback; dirbridge and the LDAP tools run inside it (`ip netns exec`). Needs root, as CI has.
+pub struct Ad {
+    pub netns: String,
+    pub uri: String,
+    pub uri_ldap: String,
+    pub base: String,
+    pub bind_dn: String,
+    pub password: String,
+    pub ca: PathBuf,
+}
+
+pub fn ad() -> &'static Ad {
+    static S: OnceLock<Ad> = OnceLock::new();
+    S.get_or_init(|| {
+        assert!(
+            control_uid() == 0,
+            "the Active Directory tests start a Samba DC in a network namespace and need root (CI runs as root)"
+        );
+        let dir = std::env::temp_dir().join(format!("dirbridge-it-ad-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let out = Command::new("bash")
+            .arg(repo().join("tests/support/samba-ad-up.sh"))
+            .arg(&dir)
+            .env("AD_WATCH_PID", std::process::id().to_string())
+            .env(
+                "AD_NETNS",
+                format!("dbit-{}", std::process::id()),
+            )
+            .stdin(Stdio::null())
+            .output()
+            .expect("run tests/support/samba-ad-up.sh");
+        assert!(
+            out.status.success(),
+            "the Samba AD DC did not start:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let env: BTreeMap<String, String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.strip_prefix("export "))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
+            .collect();
+        Ad {
+            netns: env["AD_NETNS"].clone(),
+            uri: env["AD_URI"].clone(),
+            uri_ldap: env["AD_URI_LDAP"].clone(),
+            base: env["AD_BASE_DN"].clone(),
+            bind_dn: env["AD_BIND_DN"].clone(),
+            password: env["AD_PASSWORD"].clone(),
+            ca: PathBuf::from(&env["AD_CA"]),
+        }
+    })
+}
+
+fn control_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(1)
+}
+
+/// An LDAP tool inside the DC's namespace, bound as `who` (DN or UPN) with `pw`.
+pub fn ad_tool(tool: &str, who: &str, pw: &str, args: &[&str], input: Option<&str>) -> Output {
+    let a = ad();
+    let mut cmd = Command::new("ip");
+    cmd.args([
+        "netns", "exec", &a.netns, tool, "-x", "-H", &a.uri, "-D", who, "-w", pw,
+    ])
+    .args(args)
+    .env("LDAPTLS_CACERT", &a.ca)
+    .env("LDAPTLS_REQCERT", "demand")
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("ip netns exec");
+    if let Some(i) = input {
+        child.stdin.take().unwrap().write_all(i.as_bytes()).unwrap();
+    } else {
+        drop(child.stdin.take());
+    }
+    child.wait_with_output().unwrap()
+}
+
+pub fn ad_modify(ldif: &str) {
+    let a = ad();
+    let out = ad_tool("ldapmodify", &a.bind_dn, &a.password, &[], Some(ldif));
+    assert!(
+        out.status.success(),
+        "ldapmodify on AD failed: {}\n{ldif}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Entries under `base` matching `filter`, with the attributes asked for.
+pub fn ad_search(base: &str, filter: &str, attrs: &[&str]) -> Vec<LdapEntry> {
+    let a = ad();
+    let mut args = vec!["-LLL", "-o", "ldif-wrap=no", "-b", base, filter];
+    args.extend_from_slice(attrs);
+    let out = ad_tool("ldapsearch", &a.bind_dn, &a.password, &args, None);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut entries = Vec::new();
+    for block in text.split("\n\n") {
+        let mut dn = String::new();
+        let mut attrs: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for line in block.lines() {
+            if line.starts_with('#') {
+                continue;
+            }
+            let (k, v) = if let Some((k, v)) = line.split_once(":: ") {
+                (
+                    k,
+                    String::from_utf8(b64(v)).unwrap_or_else(|_| format!("base64:{v}")),
+                )
+            } else if let Some((k, v)) = line.split_once(": ") {
+                (k, v.to_string())
+            } else {
+                continue;
+            };
+            if k == "dn" {
+                dn = v;
+            } else {
+                attrs.entry(k.to_ascii_lowercase()).or_default().push(v);
+            }
+        }
+        if !dn.is_empty() {
+            entries.push(LdapEntry { dn, attrs });
+        }
+    }
+    entries
+}
+
+/// One AD test's world: `OU=<name>` under the domain with `OU=People` in it, the export, the
+/// configuration and the mirror; dirbridge runs inside the DC's namespace.
+pub struct AdEnv {
+    pub dir: PathBuf,
+    pub ou: String,
+    pub people: String,
+    pub config: PathBuf,
+}
+
+pub const AD_HEADER: &str = "employee_id,given_name,surname,title,department,manager_id,end_date";
+
+impl AdEnv {
+    pub fn new(name: &str) -> AdEnv {
+        let a = ad();
+        count("samba-ad", name);
+        let dir = std::env::temp_dir().join(format!("dirbridge-it-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let ou = format!("OU={name},{}", a.base);
+        let people = format!("OU=People,{ou}");
+        ad_modify(&format!(
+            "dn: {ou}\nchangetype: add\nobjectClass: organizationalUnit\n\n\
+             dn: {people}\nchangetype: add\nobjectClass: organizationalUnit\n\n"
+        ));
+        std::fs::write(dir.join("bind.password"), format!("{}\n", a.password)).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            dir.join("bind.password"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        let env = AdEnv {
+            config: dir.join("dirbridge.toml"),
+            dir,
+            ou,
+            people,
+        };
+        env.write_config(&env.default_config(""));
+        env
+    }
+
+    /// The documented AD configuration (docs/dirbridge.toml.5.md), plus `extra`.
+    pub fn default_config(&self, extra: &str) -> String {
+        let a = ad();
+        format!(
+            r#"[source]
+kind = "csv"
+path = "export.csv"
+key = "employee_id"
+
+[directory]
+url = "{uri}"
+flavor = "active-directory"
+bind-dn = "{bind}"
+password-file = "bind.password"
+ca-file = "{ca}"
+base-dn = "{base}"
+
+[state]
+path = "state/mirror.db"
+
+[users]
+base = "{people}"
+
+[users.attributes]
+cn = "{{{{ given_name }}}} {{{{ surname }}}}"
+sAMAccountName = "{{{{ (given_name[:1] ~ surname) | ascii | lower }}}}{{{{ n }}}}"
+userPrincipalName = "{{{{ (given_name[:1] ~ surname) | ascii | lower }}}}{{{{ n }}}}@ad.example.test"
+givenName = "{{{{ given_name }}}}"
+sn = "{{{{ surname }}}}"
+displayName = "{{{{ given_name }}}} {{{{ surname }}}}"
+title = "{{{{ title }}}}"
+department = "{{{{ department }}}}"
+manager = "{{{{ manager_id | person_dn }}}}"
+{extra}"#,
+            uri = a.uri,
+            bind = a.bind_dn,
+            ca = a.ca.display(),
+            base = a.base,
+            people = self.people,
+        )
+    }
+
+    pub fn write_config(&self, text: &str) {
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    pub fn write_export(&self, rows: &[&str]) {
+        let mut s = String::from(AD_HEADER);
+        s.push('\n');
+        for r in rows {
+            s.push_str(r);
+            s.push('\n');
+        }
+        std::fs::write(self.dir.join("export.csv"), s).unwrap();
+    }
+
+    /// Run dirbridge inside the DC's network namespace.
+    pub fn run(&self, args: &[&str]) -> Run {
+        let a = ad();
+        let out = Command::new("ip")
+            .args(["netns", "exec", &a.netns])
+            .arg(env!("CARGO_BIN_EXE_dirbridge"))
+            .arg("-c")
+            .arg(&self.config)
+            .args(args)
+            .current_dir(&self.dir)
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let r = Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+        };
+        assert!(
+            !r.stdout.contains(&a.password) && !r.stderr.contains(&a.password),
+            "the bind password appeared in the output of {args:?}"
+        );
+        r
+    }
+
+    pub fn sync_ok(&self) -> Run {
+        let r = self.run(&["sync"]);
+        assert_eq!(r.code, 0, "sync failed:\n{r:?}");
+        r
+    }
+
+    /// The people dirbridge manages here, by employeeID.
+    pub fn people(&self) -> BTreeMap<String, LdapEntry> {
+        ad_search(
+            &self.ou,
+            "(employeeID=*)",
+            &[
+                "*",
+                "objectGUID",
+                "userAccountControl",
+                "pwdLastSet",
+                "accountExpires",
+            ],
+        )
+        .into_iter()
+        .map(|e| (e.one("employeeID").unwrap_or_default().to_string(), e))
+        .collect()
+    }
+}
+
+impl Drop for AdEnv {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Tests that create accounts with passwords, or change the domain's password policy, hold this
+/// (the policy is domain-wide).
+pub static AD_PASSWORD_POLICY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A simple bind as `who`: Ok, or the server's message (`… data 773 …`).
+pub fn ad_bind(who: &str, pw: &str) -> Result<(), String> {
+    let out = ad_tool(
+        "ldapsearch",
+        who,
+        pw,
+        &["-s", "base", "-b", "", "(objectClass=*)", "1.1"],
+        None,
+    );
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).to_string())
+    }
+}

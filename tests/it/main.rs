@@ -2,6 +2,7 @@
 //! subtree per test. See tests/it/common.rs.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+mod ad;
 mod apps;
 mod check_config;
 mod common;
