@@ -5,8 +5,9 @@
 #   bash scripts/test.sh
 #
 # Installs what the tests need when it is missing: Debian's slapd, ldap-utils, openssl, util-linux,
-# curl, python3 with venv (needs root or sudo), and the pinned SCIM 2.0 test server from PyPI
-# (scim2-server, into ~/.cache/dirbridge/scim-venv).
+# curl, python3 with venv, Samba's AD DC packages (needs root or sudo), and the pinned SCIM 2.0
+# test server from PyPI (scim2-server, into ~/.cache/dirbridge/scim-venv). The Active Directory
+# tests start a Samba DC in a network namespace and must run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +17,24 @@ if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+fi
+# Samba's AD DC for the Active Directory tests (run in a network namespace; needs root, as CI has).
+ad_missing=""
+for p in samba samba-dsdb-modules samba-vfs-modules samba-ad-provision iproute2; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || ad_missing="$ad_missing $p"
+done
+if [ -n "$ad_missing" ]; then
+    echo "==> installing$ad_missing (Samba AD DC for the Active Directory tests)"
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+    # Keep the packages' scripts from starting Samba's services on this machine.
+    made_policy=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+        $SUDO chmod 755 /usr/sbin/policy-rc.d; made_policy=1
+    fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $ad_missing >/dev/null
+    [ $made_policy = 1 ] && $SUDO rm -f /usr/sbin/policy-rc.d
 fi
 echo "==> the SCIM 2.0 test server (PyPI scim2-server, pinned)"
 bash tests/support/scim-up.sh --install
@@ -45,7 +64,7 @@ bash packaging/test-deb.sh
 
 echo "==> integration tests per server"
 total=0
-for server in slapd scim; do
+for server in slapd scim samba-ad; do
     n=0
     [ -f "$COUNTS/$server" ] && n=$(sort -u "$COUNTS/$server" | wc -l)
     echo "integration tests against $server: $n"
