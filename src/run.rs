@@ -1722,10 +1722,15 @@ pub async fn run(
             .lifecycle
             .as_ref()
             .and_then(|l| l.password_command.clone());
+        let password_dir = cfg
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.password_directory.clone());
+        let make_passwords = password_cmd.is_some() || password_dir.is_some();
         let mut passwords: Vec<Option<crate::secret::Secret>> = Vec::with_capacity(batch.len());
         for c in &batch {
-            let pw = match (&password_cmd, c.subject, c.op) {
-                (Some(_), Subject::Person, Op::Add) => {
+            let pw = match (make_passwords, c.subject, c.op) {
+                (true, Subject::Person, Op::Add) => {
                     let len = cfg
                         .lifecycle
                         .as_ref()
@@ -1795,7 +1800,7 @@ pub async fn run(
         }
         let mut outcomes = Vec::with_capacity(batch.len());
         for (((c, id), r), pw) in batch.iter().zip(ids).zip(results).zip(passwords) {
-            if let (Ok(_), Some(pw), Some(cmd)) = (&r, &pw, &password_cmd) {
+            if let (Ok(_), Some(pw)) = (&r, &pw) {
                 let first = |a: &str| {
                     c.attributes
                         .iter()
@@ -1803,13 +1808,18 @@ pub async fn run(
                         .and_then(|x| x.new.first().cloned())
                 };
                 let payload = json!({"key": c.key, "dn": c.dn, "uid": first("uid"), "mail": first("mail"), "cn": first("cn"), "sAMAccountName": first("sAMAccountName"), "userPrincipalName": first("userPrincipalName")});
-                let note = match crate::target::password::deliver(
-                    cmd,
-                    &payload,
-                    pw,
-                    Duration::from_secs(30),
-                ) {
-                    Ok(()) => format!("initial password for record {} handed to {}", c.key, cmd[0]),
+                let delivered = match (&password_cmd, &password_dir) {
+                    (Some(cmd), _) => {
+                        crate::target::password::deliver(cmd, &payload, pw, Duration::from_secs(30))
+                            .map(|()| cmd[0].clone())
+                    }
+                    (None, Some(dir)) => {
+                        crate::target::password::write_file(dir, &c.key, &payload, pw)
+                    }
+                    (None, None) => Err("no delivery configured".into()),
+                };
+                let note = match delivered {
+                    Ok(to) => format!("initial password for record {} handed to {to}", c.key),
                     Err(e) => {
                         tracing::error!(target: "dirbridge::password", key = %c.key, dn = %c.dn, "password delivery failed: {e}");
                         outcome.plan.warnings.push(format!("record {}: password delivery failed: {e}; the account exists, its password is unknown: reset it", c.key));

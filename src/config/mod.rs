@@ -138,6 +138,7 @@ struct RawLifecycle {
     delete_after: Option<Spanned<String>>,
     password: Option<Spanned<String>>,
     password_command: Option<Spanned<Vec<String>>>,
+    password_directory: Option<Spanned<PathBuf>>,
     password_length: Option<Spanned<i64>>,
 }
 
@@ -543,6 +544,8 @@ pub struct LifecycleConfig {
     pub delete_after_days: Option<u32>,
     /// Joiners get a random password handed to this command (argv, no shell; JSON on stdin).
     pub password_command: Option<Vec<String>>,
+    /// Initial passwords written to `<dir>/<key>.json` (0600) instead of a program.
+    pub password_directory: Option<PathBuf>,
     pub password_length: usize,
 }
 
@@ -564,6 +567,7 @@ impl Default for LifecycleConfig {
             disabled_base: None,
             delete_after_days: Some(90),
             password_command: None,
+            password_directory: None,
             password_length: 20,
         }
     }
@@ -1527,16 +1531,39 @@ pub fn load_str(file: &Path, src: &str, mode: Check) -> Result<(Config, Diagnost
                     cx.warn(Some(c.span()), "lifecycle.password-command is ignored unless password = \"random\"");
                 }
             }
-            Some(("random", span)) => match &lr.password_command {
-                Some(c) if !c.get_ref().is_empty() => {
-                    let prog = std::path::Path::new(&c.get_ref()[0]);
-                    if !prog.is_absolute() {
-                        cx.err(Some(c.span()), "lifecycle.password-command: the program must be an absolute path (it runs without a shell)");
+            Some(("random", span)) => {
+                match (&lr.password_command, &lr.password_directory) {
+                    (Some(c), _) if !c.get_ref().is_empty() => {
+                        let prog = std::path::Path::new(&c.get_ref()[0]);
+                        if !prog.is_absolute() {
+                            cx.err(Some(c.span()), "lifecycle.password-command: the program must be an absolute path (it runs without a shell)");
+                        }
+                        lc.password_command = Some(c.get_ref().clone());
                     }
-                    lc.password_command = Some(c.get_ref().clone());
+                    (None, Some(d)) => {
+                        let p = rel(d.get_ref());
+                        use std::os::unix::fs::PermissionsExt;
+                        match std::fs::metadata(&p) {
+                            Ok(m) if m.is_dir() && m.permissions().mode() & 0o077 == 0 => {}
+                            Ok(m) if m.is_dir() => cx.err(Some(d.span()), format!("lifecycle.password-directory {} is readable by others: chmod 700 it", p.display())),
+                            Ok(_) => cx.err(Some(d.span()), format!("lifecycle.password-directory {} is not a directory", p.display())),
+                            Err(e) => cx.err(Some(d.span()), format!("lifecycle.password-directory {}: {e}", p.display())),
+                        }
+                        lc.password_directory = Some(p);
+                    }
+                    _ => cx.err(Some(span.clone()), "lifecycle.password = \"random\" needs password-command = [\"/path/to/program\", …] or password-directory = \"/var/lib/dirbridge/passwords\""),
                 }
-                _ => cx.err(Some(span), "lifecycle.password = \"random\" needs password-command = [\"/path/to/program\", …]"),
-            },
+                // Active Directory accepts unicodePwd only over an encrypted connection.
+                if directory.is_ad()
+                    && !directory.starttls
+                    && directory
+                        .urls
+                        .iter()
+                        .any(|u| !u.to_ascii_lowercase().starts_with("ldaps://"))
+                {
+                    cx.err(Some(span), "lifecycle.password = \"random\" with Active Directory sets unicodePwd, which AD accepts only over ldaps:// or StartTLS: use ldaps:// urls or starttls = true");
+                }
+            }
             Some((other, span)) => cx.err(Some(span), format!("lifecycle.password = {other:?} is not \"none\" or \"random\"")),
         }
         if let Some(n) = &lr.password_length {

@@ -104,6 +104,55 @@ pub fn deliver(
     Err(format!("{prog} exited with {status}: {}", err.trim()))
 }
 
+/// Write the initial password to `<dir>/<key>.json`, readable only by this process's user
+/// (0600; the directory must not be readable by others). Returns the file's path, for the audit.
+pub fn write_file(
+    dir: &std::path::Path,
+    key: &str,
+    payload: &serde_json::Value,
+    password: &Secret,
+) -> Result<String, String> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let meta = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(format!(
+            "{} is readable by others (mode {:o}): chmod 700 it",
+            dir.display(),
+            meta.permissions().mode() & 0o777
+        ));
+    }
+    let safe: String = key
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let path = dir.join(format!("{safe}.json"));
+    let mut body = payload.clone();
+    if let serde_json::Value::Object(m) = &mut body {
+        m.insert(
+            "password".into(),
+            serde_json::Value::String(password.expose().to_string()),
+        );
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    f.write_all(format!("{body}\n").as_bytes())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(path.display().to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -174,22 +174,48 @@ fn ad_hand_edits_are_seen_incrementally_and_renames_keep_the_object_guid() {
         r.stdout.contains("0 add, 0 modify, 0 rename, 0 delete"),
         "{r:?}"
     );
+    // A state the DC does not recognise (another or a restored DC: its invocationId differs) is
+    // not trusted: one full read, said so.
+    let db = t.dir.join("state/mirror.db");
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg("import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(\"UPDATE dir_state SET value = json_set(value, '$.invocation', 'not-this-dc')\"); c.commit()")
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = t.run(&["-v", "sync"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("(full read"), "{r:?}");
+    assert!(r.stderr.contains("invocationId changed"), "{r:?}");
+    let r = t.sync_ok();
+    assert!(
+        r.stdout.contains("incremental read"),
+        "back to incremental: {r:?}"
+    );
 }
 
 #[test]
 fn ad_leaver_is_disabled_then_moved_then_deleted() {
     let _policy = AD_PASSWORD_POLICY.lock().unwrap_or_else(|e| e.into_inner());
     let t = AdEnv::new("adleave");
-    let (script, out) = deliver_script(&t);
+    // Initial passwords go to files readable only by the service user.
+    let pwdir = t.dir.join("passwords");
+    std::fs::create_dir(&pwdir).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&pwdir, std::fs::Permissions::from_mode(0o700)).unwrap();
     ad_modify(&format!(
         "dn: OU=Leavers,{}\nchangetype: add\nobjectClass: organizationalUnit\n\n",
         t.ou
     ));
     t.write_config(&t.default_config(&format!(
-        "\n[lifecycle]\nend-date = \"end_date\"\ntimezone = \"UTC\"\ndisabled-base = \"OU=Leavers,{}\"\ndelete-after = \"30d\"\npassword = \"random\"\npassword-command = [\"{}\", \"{}\"]\n\n[safety]\nmax-disable-percent = 100\nmax-move-percent = 100\nmax-delete-percent = 100\n",
+        "\n[lifecycle]\nend-date = \"end_date\"\ntimezone = \"UTC\"\ndisabled-base = \"OU=Leavers,{}\"\ndelete-after = \"30d\"\npassword = \"random\"\npassword-directory = \"{}\"\n\n[safety]\nmax-disable-percent = 100\nmax-move-percent = 100\nmax-delete-percent = 100\n",
         t.ou,
-        script.display(),
-        out.display()
+        pwdir.display()
     )));
     t.write_export(&[
         "1,Ann,Leaver,CEO,Board,,",
@@ -206,13 +232,13 @@ fn ad_leaver_is_disabled_then_moved_then_deleted() {
         Some("0"),
         "no end date: never"
     );
-    let pw = delivered(&out)
-        .into_iter()
-        .find(|x| x["key"] == "2")
-        .unwrap()["password"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let file = pwdir.join("2.json");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the password file is the service user's only");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(v["sAMAccountName"], "bleaver");
+    let pw = v["password"].as_str().unwrap().to_string();
     ad_modify(&format!(
         "dn: {}\nchangetype: modify\nreplace: pwdLastSet\npwdLastSet: -1\n-\nreplace: accountExpires\naccountExpires: 0\n\n",
         p["2"].dn
