@@ -1124,11 +1124,22 @@ pub fn load_str(file: &Path, src: &str, mode: Check) -> Result<(Config, Diagnost
         }
     }
     if ad {
-        for a in attrs.keys() {
+        for (a, tpl) in attrs {
             if a.eq_ignore_ascii_case("sAMAccountName")
                 || a.eq_ignore_ascii_case("userPrincipalName")
             {
                 unique.insert(a.clone());
+            }
+            // The RDN (cn) names the entry in its OU: homonyms need the next candidate too.
+            if a.eq_ignore_ascii_case(&rdn) {
+                if tpl.get_ref().contains("{{ n") {
+                    unique.insert(a.clone());
+                } else {
+                    cx.warn(
+                        Some(tpl.span()),
+                        format!("users.attributes.{a} names the entry (users.rdn) but does not use {{{{ n }}}}: two people with the same name would collide (entryAlreadyExists); e.g. \"{{{{ given_name }}}} {{{{ surname }}}}{{{{ n }}}}\""),
+                    );
+                }
             }
         }
     }

@@ -41,11 +41,19 @@ fn ad_joiners_get_enabled_accounts_with_a_working_password_and_unique_names() {
         "1,Ann,Joiner,CEO,Board,1,",
         "2,Bob,Joiner,Engineer,Engineering,1,",
         "3,Maximilian-Alexander,Kowalczykowski-Joiner,Engineer,Engineering,2,",
+        "4,Ann,Joiner,Intern,Engineering,2,",
     ]);
     let r = t.sync_ok();
-    assert!(r.stdout.contains("3 add"), "{r:?}");
+    assert!(r.stdout.contains("4 add"), "{r:?}");
     let p = t.people();
-    assert_eq!(p.len(), 3, "{p:#?}");
+    assert_eq!(p.len(), 4, "{p:#?}");
+    // A homonym: the next candidate for the CN, the sAMAccountName and the UPN.
+    assert!(p["4"].dn.starts_with("CN=Ann Joiner2,"), "{}", p["4"].dn);
+    assert_eq!(p["4"].one("sAMAccountName"), Some("ajoiner2"));
+    assert_eq!(
+        p["4"].one("userPrincipalName"),
+        Some("ajoiner2@ad.example.test")
+    );
     let ann = &p["1"];
     let bob = &p["2"];
     let max = &p["3"];
@@ -83,7 +91,7 @@ fn ad_joiners_get_enabled_accounts_with_a_working_password_and_unique_names() {
     // cleared; the test clears it as an administrator (pwdLastSet = -1) because the user's own
     // change needs Kerberos kpasswd or SAMR, which the test DC does not run.
     let d = delivered(&out);
-    assert_eq!(d.len(), 3, "{d:#?}");
+    assert_eq!(d.len(), 4, "{d:#?}");
     let dann = d.iter().find(|x| x["key"] == "1").unwrap();
     assert_eq!(dann["sAMAccountName"], "ajoiner");
     let pw = dann["password"].as_str().unwrap().to_string();

@@ -776,7 +776,7 @@ path = "state/mirror.db"
 base = "{people}"
 
 [users.attributes]
-cn = "{{{{ given_name }}}} {{{{ surname }}}}"
+cn = "{{{{ given_name }}}} {{{{ surname }}}}{{{{ n }}}}"
 sAMAccountName = "{{{{ (given_name[:1] ~ surname) | ascii | lower }}}}{{{{ n }}}}"
 userPrincipalName = "{{{{ (given_name[:1] ~ surname) | ascii | lower }}}}{{{{ n }}}}@ad.example.test"
 givenName = "{{{{ given_name }}}}"
