@@ -160,7 +160,10 @@ pub fn plan_groups(i: &GroupPlanInput<'_>) -> Vec<Change> {
                     .iter()
                     .map(|(f, (m, _))| (f.clone(), m.clone()))
                     .collect();
-                if rule.members == MemberPolicy::Merge {
+                // Active Directory groups: members that are not people dirbridge manages (nested
+                // groups, contacts, computers) are left alone under both policies.
+                if rule.members == MemberPolicy::Merge || kind == crate::config::GroupKind::AdGroup
+                {
                     for (f, v) in &current {
                         if !i.managed_members.contains(f) && *f != placeholder {
                             keep.insert(f.clone(), v.clone());

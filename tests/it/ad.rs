@@ -331,6 +331,12 @@ fn ad_group_above_1500_members_is_read_in_ranges() {
         "{n} members in ranges of 400: {ranged} ranged requests\n{:#}",
         v["summary"]
     );
+    // A nested group added by hand is left alone.
+    let staff = g[0].dn.clone();
+    ad_modify(&format!(
+        "dn: CN=nested-adgroup,OU=Groups,{ou}\nchangetype: add\nobjectClass: group\nsAMAccountName: nested-adgroup\n\ndn: {staff}\nchangetype: modify\nadd: member\nmember: CN=nested-adgroup,OU=Groups,{ou}\n\n",
+        ou = t.ou
+    ));
     // One person leaves the export: removed from the big group by a member delta.
     let rows: Vec<&str> = refs[1..].to_vec();
     t.write_export(&rows);
@@ -350,6 +356,11 @@ fn ad_group_above_1500_members_is_read_in_ranges() {
     assert!(
         r.stdout.contains("0 add, 0 modify, 0 rename, 0 delete"),
         "{r:?}"
+    );
+    let nested = ad_search(&format!("OU=Groups,{}", t.ou), "(memberOf=*)", &["cn"]);
+    assert!(
+        nested.iter().any(|e| e.one("cn") == Some("nested-adgroup")),
+        "the nested group is still a member: {nested:?}"
     );
 }
 
