@@ -367,23 +367,32 @@ pub struct ReadInfo {
     pub ranged_reads: u64,
 }
 
-/// What the mirror keeps between runs to read Active Directory incrementally.
+/// Where the last read stopped (small; read every run): the content-sync cookies per search,
+/// or Active Directory's invocationId and USN.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
-pub struct AdState {
-    /// The DC's invocationId: another DC (or a restored one) means a full read.
-    pub invocation: String,
-    /// highestCommittedUSN read before the last read began.
-    pub usn: u64,
-    /// What was read (bases, groups, unique attributes): a change in the configuration means a
-    /// full read.
+pub struct ReadCursor {
+    /// What was read (bases, groups, unique attributes): another configuration means a full read.
     pub fingerprint: String,
+    /// Active Directory: the DC's invocationId and its highestCommittedUSN before the last read.
+    pub invocation: String,
+    pub usn: u64,
+    /// OpenLDAP: RFC 4533 cookies by search (`entries:<base>`, `groups:<parent>`, `uniques:<base>`),
+    /// base64.
+    #[serde(default)]
+    pub cookies: BTreeMap<String, String>,
+}
+
+/// The directory as the last read left it, to which an incremental read applies the changes.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct ReadSnapshot {
     pub entries: Vec<crate::model::Entry>,
     pub groups: Vec<crate::model::Entry>,
     /// Entries anywhere under base-dn that hold a unique attribute (for uniqueness).
     pub uniques: Vec<crate::model::Entry>,
 }
 
-pub const AD_STATE: &str = "ad-usn";
+pub const READ_CURSOR: &str = "read-cursor";
+pub const READ_SNAPSHOT: &str = "read-snapshot";
 
 struct ReadScope {
     subtrees: Vec<String>,
@@ -513,68 +522,279 @@ fn taken_from(
     taken
 }
 
-/// Read the directory: in full, or (Active Directory, with the mirror's state of the last run)
-/// only what changed since.
+fn b64(v: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(v)
+}
+
+fn unb64(v: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(v).ok()
+}
+
+/// Apply a content-sync result to the entries the last read left for this search.
+fn merge_sync(
+    prior: Vec<crate::model::Entry>,
+    r: &crate::target::ldap::SyncResult,
+) -> Vec<crate::model::Entry> {
+    if r.full {
+        return r.changed.clone();
+    }
+    let changed: BTreeSet<&str> = r.changed.iter().map(|e| e.uuid.as_str()).collect();
+    let mut out: Vec<crate::model::Entry> = prior
+        .into_iter()
+        .filter(|e| {
+            !r.deleted.contains(&e.uuid)
+                && !changed.contains(e.uuid.as_str())
+                && (!r.present_phase || r.present.contains(&e.uuid))
+        })
+        .collect();
+    out.extend(r.changed.iter().cloned());
+    out
+}
+
+/// What a directory read found.
+pub struct DirRead {
+    pub snapshot: DirSnapshot,
+    pub info: ReadInfo,
+    /// What to keep for the next incremental read (None: the server offers none).
+    pub keep: Option<(ReadCursor, ReadSnapshot)>,
+}
+
+/// Read the directory: in full the first time, then incrementally where the server allows it —
+/// OpenLDAP by RFC 4533 content synchronization (refreshOnly, cookies kept in the mirror), Active
+/// Directory by uSNChanged with deleted objects. A refused or unusable state means one full read,
+/// logged and noted in the plan.
 async fn read_directory(
     cfg: &Config,
     users: &crate::config::UsersConfig,
     t: &mut LdapTarget,
-    prior: Option<AdState>,
-) -> Result<(DirSnapshot, ReadInfo, Option<AdState>), RunError> {
+    mirror: Option<&Mirror>,
+    full_read: bool,
+) -> Result<DirRead, RunError> {
     let scope = read_scope(cfg, users, t).await?;
     let fingerprint = scope.fingerprint(&cfg.directory.base_dn);
     let mut info = ReadInfo {
         mode: "full",
         ..Default::default()
     };
-    // Active Directory: the DC's position before anything is read.
-    let ad_pos = if cfg.directory.is_ad() {
-        Some(t.ad_position().await?)
-    } else {
+    let load = |name: &str| -> Option<String> { mirror.and_then(|m| m.get_state(name).ok().flatten()) };
+    let prior_cursor: Option<ReadCursor> = if full_read {
         None
+    } else {
+        load(READ_CURSOR).and_then(|v| serde_json::from_str(&v).ok())
     };
-    if let (Some(pos), Some(prior)) = (&ad_pos, prior) {
-        let why = if prior.fingerprint != fingerprint {
-            Some("the configuration reads other bases or attributes than the last run".to_string())
-        } else if prior.invocation != pos.invocation {
-            Some(format!(
-                "the domain controller's invocationId changed ({} → {}): another or a restored DC",
-                prior.invocation, pos.invocation
-            ))
-        } else if prior.usn > pos.highest_usn {
-            Some(format!(
-                "the DC's highestCommittedUSN ({}) is below the last run's ({}): a restored DC",
-                pos.highest_usn, prior.usn
-            ))
+    let prior_cursor = match prior_cursor {
+        Some(c) if c.fingerprint != fingerprint => {
+            info.why_full =
+                Some("the configuration reads other bases or attributes than the last run".into());
+            None
+        }
+        other => other,
+    };
+    let prior_snapshot = || -> Option<ReadSnapshot> {
+        load(READ_SNAPSHOT).and_then(|v| serde_json::from_str(&v).ok())
+    };
+    let uniques_filter = format!(
+        "(|{})",
+        scope
+            .names
+            .iter()
+            .map(|a| format!("({a}=*)"))
+            .collect::<String>()
+    );
+    let mut unique_attrs: Vec<&str> = scope.names.iter().map(String::as_str).collect();
+    unique_attrs.push("entryUUID");
+    let entry_attrs = ["*", "entryUUID", crate::config::PPOLICY_LOCK_ATTR];
+
+    if cfg.directory.is_ad() {
+        let pos = t.ad_position().await?;
+        let usable = match &prior_cursor {
+            None => None,
+            Some(c) if c.invocation != pos.invocation => {
+                info.why_full = Some(format!(
+                    "the domain controller's invocationId changed ({} → {}): another or a restored DC",
+                    c.invocation, pos.invocation
+                ));
+                None
+            }
+            Some(c) if c.usn > pos.highest_usn => {
+                info.why_full = Some(format!(
+                    "the DC's highestCommittedUSN ({}) is below the last run's ({}): a restored DC",
+                    pos.highest_usn, c.usn
+                ));
+                None
+            }
+            Some(c) => prior_snapshot().map(|s| (c.clone(), s)),
+        };
+        if let Some((cursor, snap)) = usable {
+            let (snapshot, kept, fetched) =
+                read_ad_incremental(cfg, &scope, t, snap, cursor.usn, &pos).await?;
+            info.mode = "incremental";
+            info.fetched = fetched;
+            info.ranged_reads = t.ranged_reads.load(std::sync::atomic::Ordering::Relaxed);
+            let cursor = ReadCursor {
+                fingerprint,
+                invocation: pos.invocation.clone(),
+                usn: pos.highest_usn,
+                cookies: BTreeMap::new(),
+            };
+            return Ok(DirRead {
+                snapshot,
+                info,
+                keep: Some((cursor, kept)),
+            });
+        }
+        let (snapshot, kept) = read_full(cfg, &scope, t, &entry_attrs, &uniques_filter, &unique_attrs, &mut info).await?;
+        let cursor = ReadCursor {
+            fingerprint,
+            invocation: pos.invocation,
+            usn: pos.highest_usn,
+            cookies: BTreeMap::new(),
+        };
+        if let Some(w) = &info.why_full {
+            tracing::warn!(target: "dirbridge::read", "full read: {w}");
+        }
+        return Ok(DirRead {
+            snapshot,
+            info,
+            keep: Some((cursor, kept)),
+        });
+    }
+
+    if !t.supports_content_sync().await? {
+        // No RFC 4533 here: every run reads everything.
+        let (snapshot, _) = read_full(cfg, &scope, t, &entry_attrs, &uniques_filter, &unique_attrs, &mut info).await?;
+        return Ok(DirRead {
+            snapshot,
+            info,
+            keep: None,
+        });
+    }
+    // OpenLDAP: one content-sync refresh per search, each with its own cookie.
+    let mut snap = match &prior_cursor {
+        Some(_) => prior_snapshot().unwrap_or_default(),
+        None => ReadSnapshot::default(),
+    };
+    let have_snapshot = prior_cursor.is_some();
+    let mut cookies: BTreeMap<String, String> = BTreeMap::new();
+    let mut incremental = have_snapshot;
+    let mut fetched = 0usize;
+    let mut searches: Vec<(String, String, String, Vec<&str>)> = Vec::new();
+    for base in &scope.subtrees {
+        searches.push((format!("entries:{base}"), base.clone(), "(objectClass=*)".into(), entry_attrs.to_vec()));
+    }
+    for parent in &scope.parents {
+        searches.push((format!("groups:{parent}"), parent.clone(), GROUP_FILTER.into(), GROUP_ATTRS.to_vec()));
+    }
+    if !scope.names.is_empty() {
+        searches.push((
+            format!("uniques:{}", cfg.directory.base_dn),
+            cfg.directory.base_dn.clone(),
+            uniques_filter.clone(),
+            unique_attrs.clone(),
+        ));
+    }
+    let mut new_entries: Vec<crate::model::Entry> = Vec::new();
+    let mut new_groups: Vec<crate::model::Entry> = Vec::new();
+    let mut new_uniques: Vec<crate::model::Entry> = Vec::new();
+    for (key, base, filter, attrs) in &searches {
+        let cookie = if have_snapshot {
+            prior_cursor
+                .as_ref()
+                .and_then(|c| c.cookies.get(key))
+                .and_then(|c| unb64(c))
         } else {
             None
         };
-        match why {
-            None => {
-                let (snap, state, fetched) =
-                    read_ad_incremental(cfg, &scope, t, prior, pos, fingerprint).await?;
-                info.mode = "incremental";
-                info.fetched = fetched;
-                info.ranged_reads = t.ranged_reads.load(std::sync::atomic::Ordering::Relaxed);
-                return Ok((snap, info, Some(state)));
-            }
-            Some(w) => {
-                tracing::warn!(target: "dirbridge::read", "full read: {w}");
-                info.why_full = Some(w);
-            }
+        let had = cookie.is_some();
+        if !had {
+            incremental = false;
+        }
+        let mut r = t.sync_search(base, filter, attrs, cookie).await?;
+        if r.refresh_required {
+            let w = format!("the server refused the content-sync cookie of {base} (e-syncRefreshRequired)");
+            tracing::warn!(target: "dirbridge::read", "full read: {w}");
+            info.why_full = Some(w);
+            incremental = false;
+            r = t.sync_search(base, filter, attrs, None).await?;
+        }
+        fetched += r.changed.len() + r.deleted.len();
+        if let Some(c) = &r.cookie {
+            cookies.insert(key.clone(), b64(c));
+        }
+        let within = |e: &crate::model::Entry| {
+            crate::dn::Dn::parse(&e.dn)
+                .ok()
+                .zip(crate::dn::Dn::parse(base).ok())
+                .is_some_and(|(d, b)| d.is_within(&b))
+        };
+        if key.starts_with("entries:") {
+            // entries of other subtrees stay for their own search
+            let (prior, rest): (Vec<crate::model::Entry>, Vec<crate::model::Entry>) =
+                std::mem::take(&mut snap.entries)
+                    .into_iter()
+                    .partition(|e| within(e));
+            snap.entries = rest;
+            new_entries.extend(merge_sync(prior, &r));
+        } else if key.starts_with("groups:") {
+            let prior: Vec<crate::model::Entry> =
+                snap.groups.iter().filter(|e| within(e)).cloned().collect();
+            new_groups.extend(merge_sync(prior, &r));
+        } else {
+            let prior = std::mem::take(&mut snap.uniques);
+            new_uniques.extend(merge_sync(prior, &r));
         }
     }
+    // Entries: the configured bases themselves are not people; one entry per uuid.
+    let mut seen = BTreeSet::new();
+    new_entries.retain(|e| {
+        !scope.configured.contains(&crate::dn::normalize(&e.dn)) && seen.insert(e.uuid.clone())
+    });
+    let mut seen = BTreeSet::new();
+    new_groups.retain(|e| seen.insert(e.uuid.clone()));
+    info.mode = if incremental { "incremental" } else { "full" };
+    info.fetched = fetched;
+    let kept = ReadSnapshot {
+        entries: new_entries,
+        groups: new_groups,
+        uniques: new_uniques,
+    };
+    let snapshot = DirSnapshot {
+        entries: kept.entries.clone(),
+        taken: taken_from(&kept.uniques, &scope.names),
+        groups: kept.groups.clone(),
+        missing_bases: scope.missing_bases.clone(),
+    };
+    Ok(DirRead {
+        snapshot,
+        info,
+        keep: Some((
+            ReadCursor {
+                fingerprint,
+                cookies,
+                ..Default::default()
+            },
+            kept,
+        )),
+    })
+}
+
+/// Everything, paged.
+#[allow(clippy::too_many_arguments)]
+async fn read_full(
+    cfg: &Config,
+    scope: &ReadScope,
+    t: &mut LdapTarget,
+    entry_attrs: &[&str],
+    uniques_filter: &str,
+    unique_attrs: &[&str],
+    info: &mut ReadInfo,
+) -> Result<(DirSnapshot, ReadSnapshot), RunError> {
     let mut seen = BTreeSet::new();
     let mut entries = Vec::new();
     for base in &scope.subtrees {
-        for e in t
-            .search(
-                base,
-                "(objectClass=*)",
-                &["*", "entryUUID", crate::config::PPOLICY_LOCK_ATTR],
-            )
-            .await?
-        {
+        for e in t.search(base, "(objectClass=*)", entry_attrs).await? {
             if scope.configured.contains(&crate::dn::normalize(&e.dn))
                 || !seen.insert(e.uuid.clone())
             {
@@ -595,38 +815,26 @@ async fn read_directory(
     }
     let mut uniques = Vec::new();
     if !scope.names.is_empty() {
-        let filter = format!(
-            "(|{})",
-            scope
-                .names
-                .iter()
-                .map(|a| format!("({a}=*)"))
-                .collect::<String>()
-        );
-        let mut attrs: Vec<&str> = scope.names.iter().map(String::as_str).collect();
-        attrs.push("entryUUID");
-        uniques = t.search(&cfg.directory.base_dn, &filter, &attrs).await?;
+        uniques = t
+            .search(&cfg.directory.base_dn, uniques_filter, unique_attrs)
+            .await?;
     }
     info.fetched = entries.len() + groups.len() + uniques.len();
     info.ranged_reads = t.ranged_reads.load(std::sync::atomic::Ordering::Relaxed);
     let taken = taken_from(&uniques, &scope.names);
-    let state = ad_pos.map(|pos| AdState {
-        invocation: pos.invocation,
-        usn: pos.highest_usn,
-        fingerprint,
-        entries: entries.clone(),
-        groups: groups.clone(),
+    let kept = ReadSnapshot {
+        entries,
+        groups,
         uniques,
-    });
+    };
     Ok((
         DirSnapshot {
-            entries,
+            entries: kept.entries.clone(),
             taken,
-            groups,
-            missing_bases: scope.missing_bases,
+            groups: kept.groups.clone(),
+            missing_bases: scope.missing_bases.clone(),
         },
-        info,
-        state,
+        kept,
     ))
 }
 
@@ -637,11 +845,11 @@ async fn read_ad_incremental(
     cfg: &Config,
     scope: &ReadScope,
     t: &mut LdapTarget,
-    mut st: AdState,
+    mut st: ReadSnapshot,
+    usn: u64,
     pos: &crate::target::ldap::AdPosition,
-    fingerprint: String,
-) -> Result<(DirSnapshot, AdState, usize), RunError> {
-    let from = st.usn + 1;
+) -> Result<(DirSnapshot, ReadSnapshot, usize), RunError> {
+    let from = usn + 1;
     let mut changed = t
         .search(
             &cfg.directory.base_dn,
@@ -694,9 +902,6 @@ async fn read_ad_incremental(
             st.uniques.push(e);
         }
     }
-    st.usn = pos.highest_usn;
-    st.invocation = pos.invocation.clone();
-    st.fingerprint = fingerprint;
     let snap = DirSnapshot {
         entries: st.entries.clone(),
         taken: taken_from(&st.uniques, &scope.names),
@@ -1380,13 +1585,11 @@ pub async fn run(
         .map(|m| m.with_ad(cfg.directory.is_ad()))
         .and_then(|m| m.with_posix(users.posix.as_ref()))
         .map_err(RunError::Config)?;
-    let prior_ad = match (&mirror, cfg.directory.is_ad() && !opts.full_read) {
-        (Some(m), true) => m
-            .get_state(AD_STATE)?
-            .and_then(|v| serde_json::from_str::<AdState>(&v).ok()),
-        _ => None,
-    };
-    let (mut dir, read_info, ad_state) = read_directory(cfg, &users, &mut target, prior_ad).await?;
+    let DirRead {
+        snapshot: mut dir,
+        info: read_info,
+        keep: read_keep,
+    } = read_directory(cfg, &users, &mut target, mirror.as_ref(), opts.full_read).await?;
     // Re-fold the unique values with the server's rules.
     for (attr, vals) in dir.taken.iter_mut() {
         let refolded: std::collections::HashMap<String, Vec<String>> =
@@ -1900,11 +2103,17 @@ pub async fn run(
         }
     }
     mirror.save_snapshot(&dir)?;
-    if let Some(st) = &ad_state {
-        mirror.put_state(
-            AD_STATE,
-            &serde_json::to_string(st).map_err(|e| RunError::Config(format!("internal: {e}")))?,
-        )?;
+    if let Some((mut cursor, snap)) = read_keep {
+        // slapd's refint rewrites group members without a change the content sync reports: after
+        // a run that wrote, groups are read in full next time.
+        if !outcome.applied.is_empty() {
+            cursor.cookies.retain(|k, _| !k.starts_with("groups:"));
+        }
+        let internal = |e: serde_json::Error| RunError::Config(format!("internal: {e}"));
+        if read_info.fetched > 0 || read_info.mode == "full" {
+            mirror.put_state(READ_SNAPSHOT, &serde_json::to_string(&snap).map_err(internal)?)?;
+        }
+        mirror.put_state(READ_CURSOR, &serde_json::to_string(&cursor).map_err(internal)?)?;
     }
     if !export.keys_uncertain && opts.only.is_none() {
         mirror.save_hr(&export)?;

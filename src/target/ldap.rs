@@ -37,6 +37,56 @@ pub struct AdPosition {
     pub naming_context: String,
 }
 
+/// What a content-synchronization refresh returned.
+#[derive(Debug, Default)]
+pub struct SyncResult {
+    /// Entries added or modified since the cookie (every entry without one).
+    pub changed: Vec<Entry>,
+    /// entryUUIDs the server says are still there (present phase).
+    pub present: std::collections::HashSet<String>,
+    /// entryUUIDs deleted since the cookie.
+    pub deleted: std::collections::HashSet<String>,
+    /// The present phase was used: what is neither present nor changed is gone.
+    pub present_phase: bool,
+    pub cookie: Option<Vec<u8>>,
+    /// The server refused the cookie (e-syncRefreshRequired).
+    pub refresh_required: bool,
+    /// No cookie was given: `changed` is everything.
+    pub full: bool,
+}
+
+/// An entryUUID from its 16 bytes, as OpenLDAP writes it.
+pub fn uuid_text(b: &[u8]) -> Option<String> {
+    if b.len() != 16 {
+        return None;
+    }
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    Some(format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    ))
+}
+
+fn entry_of(se: SearchEntry, uuid: Option<String>) -> Entry {
+    let mut attrs: std::collections::BTreeMap<String, Vec<String>> =
+        std::collections::BTreeMap::new();
+    for (k, v) in se.attrs {
+        attrs.entry(k.to_ascii_lowercase()).or_default().extend(v);
+    }
+    let from_attr = attrs
+        .remove("entryuuid")
+        .and_then(|v| v.into_iter().next());
+    Entry {
+        uuid: from_attr.or(uuid).unwrap_or_default(),
+        dn: se.dn,
+        attrs,
+    }
+}
+
 /// The result code of an operation that was not sent because the run was told to stop.
 pub const NOT_SENT: u32 = u32::MAX;
 
@@ -520,6 +570,174 @@ impl LdapTarget {
                     })
             })
             .collect())
+    }
+
+    /// Whether the server offers RFC 4533 content synchronization (OpenLDAP's syncprov).
+    pub async fn supports_content_sync(&mut self) -> Result<bool, TargetError> {
+        let mut ldap = self.ldap.clone();
+        ldap.with_timeout(self.op_timeout);
+        let (rs, _) = ldap
+            .search("", Scope::Base, "(objectClass=*)", vec!["supportedControl"])
+            .await
+            .and_then(|r| r.success())
+            .map_err(|e| TargetError::Read(format!("reading the root DSE failed: {e}")))?;
+        Ok(rs
+            .into_iter()
+            .next()
+            .map(SearchEntry::construct)
+            .and_then(|e| {
+                e.attrs
+                    .into_iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("supportedControl"))
+                    .map(|(_, v)| v)
+            })
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c == "1.3.6.1.4.1.4203.1.9.1.1"))
+    }
+
+    /// RFC 4533 content synchronization, refreshOnly: with a cookie, only what changed since
+    /// (entries added or modified, and the entryUUIDs deleted or still present); without one, every
+    /// entry and a cookie for next time. `refresh_required` says the server refused the cookie
+    /// (e-syncRefreshRequired): read again without one.
+    pub async fn sync_search(
+        &mut self,
+        base: &str,
+        filter: &str,
+        attrs: &[&str],
+        cookie: Option<Vec<u8>>,
+    ) -> Result<SyncResult, TargetError> {
+        use ldap3::controls::{SyncDone, SyncInfo, SyncRequest, SyncState};
+        let mut ldap = self.ldap.clone();
+        ldap.with_timeout(self.op_timeout);
+        let had_cookie = cookie.is_some();
+        let req = SyncRequest {
+            cookie,
+            ..Default::default()
+        };
+        let attrs_owned: Vec<String> = attrs.iter().map(|s| s.to_string()).collect();
+        let mut stream = ldap
+            .with_controls(req)
+            .streaming_search(base, Scope::Subtree, filter, attrs_owned)
+            .await
+            .map_err(|e| TargetError::Read(format!("content sync of {base} failed: {e}")))?;
+        let mut out = SyncResult::default();
+        let parse_guard = |what: &str| {
+            TargetError::Read(format!(
+                "content sync of {base}: the server sent a malformed {what}; a full read follows"
+            ))
+        };
+        loop {
+            let item = stream
+                .next()
+                .await
+                .map_err(|e| TargetError::Read(format!("content sync of {base} failed: {e}")))?;
+            let Some(re) = item else { break };
+            if re.is_ref() {
+                continue;
+            }
+            if re.is_intermediate() {
+                let info = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    ldap3::controls::parse_syncinfo(re)
+                }))
+                .map_err(|_| parse_guard("syncInfo"))?;
+                match info {
+                    SyncInfo::NewCookie(c) => out.cookie = Some(c),
+                    SyncInfo::RefreshDelete { cookie, .. } => {
+                        if cookie.is_some() {
+                            out.cookie = cookie;
+                        }
+                    }
+                    SyncInfo::RefreshPresent { cookie, .. } => {
+                        out.present_phase = true;
+                        if cookie.is_some() {
+                            out.cookie = cookie;
+                        }
+                    }
+                    SyncInfo::SyncIdSet {
+                        cookie,
+                        refresh_deletes,
+                        sync_uuids,
+                    } => {
+                        let ids = sync_uuids.iter().filter_map(|u| uuid_text(u));
+                        if refresh_deletes {
+                            out.deleted.extend(ids);
+                        } else {
+                            out.present_phase = true;
+                            out.present.extend(ids);
+                        }
+                        if cookie.is_some() {
+                            out.cookie = cookie;
+                        }
+                    }
+                }
+                continue;
+            }
+            let state = re
+                .1
+                .iter()
+                .find(|c| matches!(c.0, Some(ControlType::SyncState)))
+                .map(|c| {
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        c.1.parse::<SyncState>()
+                    }))
+                })
+                .transpose()
+                .map_err(|_| parse_guard("syncState control"))?;
+            let se = SearchEntry::construct(re);
+            match state {
+                Some(st) => {
+                    let uuid = uuid_text(&st.entry_uuid).unwrap_or_default();
+                    if st.cookie.is_some() {
+                        out.cookie = st.cookie;
+                    }
+                    match st.state {
+                        ldap3::controls::EntryState::Delete => {
+                            out.deleted.insert(uuid);
+                        }
+                        ldap3::controls::EntryState::Present if se.attrs.is_empty() => {
+                            out.present.insert(uuid);
+                        }
+                        _ => out.changed.push(entry_of(se, Some(uuid))),
+                    }
+                }
+                None => out.changed.push(entry_of(se, None)),
+            }
+        }
+        let res = stream.finish().await;
+        if res.rc == 4096 {
+            out.refresh_required = true;
+            return Ok(out);
+        }
+        if res.rc != 0 {
+            return Err(TargetError::Read(format!(
+                "content sync of {base} failed: {}",
+                OpFailure {
+                    rc: res.rc,
+                    text: res.text
+                }
+            )));
+        }
+        if let Some(done) = res
+            .ctrls
+            .iter()
+            .find(|c| matches!(c.0, Some(ControlType::SyncDone)))
+        {
+            let d = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                done.1.parse::<SyncDone>()
+            }))
+            .map_err(|_| parse_guard("syncDone control"))?;
+            if d.cookie.is_some() {
+                out.cookie = d.cookie;
+            }
+            // refreshDeletes FALSE after a refresh with a cookie: the present phase was used, and
+            // entries neither present nor changed are gone.
+            if had_cookie && !d.refresh_deletes {
+                out.present_phase = true;
+            }
+        }
+        out.full = !had_cookie;
+        Ok(out)
     }
 
     /// Whether an entry exists (a base-scope search; noSuchObject is `false`).
