@@ -578,7 +578,8 @@ async fn read_directory(
         mode: "full",
         ..Default::default()
     };
-    let load = |name: &str| -> Option<String> { mirror.and_then(|m| m.get_state(name).ok().flatten()) };
+    let load =
+        |name: &str| -> Option<String> { mirror.and_then(|m| m.get_state(name).ok().flatten()) };
     let prior_cursor: Option<ReadCursor> = if full_read {
         None
     } else {
@@ -645,7 +646,16 @@ async fn read_directory(
                 keep: Some((cursor, kept)),
             });
         }
-        let (snapshot, kept) = read_full(cfg, &scope, t, &entry_attrs, &uniques_filter, &unique_attrs, &mut info).await?;
+        let (snapshot, kept) = read_full(
+            cfg,
+            &scope,
+            t,
+            &entry_attrs,
+            &uniques_filter,
+            &unique_attrs,
+            &mut info,
+        )
+        .await?;
         let cursor = ReadCursor {
             fingerprint,
             invocation: pos.invocation,
@@ -664,7 +674,16 @@ async fn read_directory(
 
     if !t.supports_content_sync().await? {
         // No RFC 4533 here: every run reads everything.
-        let (snapshot, _) = read_full(cfg, &scope, t, &entry_attrs, &uniques_filter, &unique_attrs, &mut info).await?;
+        let (snapshot, _) = read_full(
+            cfg,
+            &scope,
+            t,
+            &entry_attrs,
+            &uniques_filter,
+            &unique_attrs,
+            &mut info,
+        )
+        .await?;
         return Ok(DirRead {
             snapshot,
             info,
@@ -682,10 +701,20 @@ async fn read_directory(
     let mut fetched = 0usize;
     let mut searches: Vec<(String, String, String, Vec<&str>)> = Vec::new();
     for base in &scope.subtrees {
-        searches.push((format!("entries:{base}"), base.clone(), "(objectClass=*)".into(), entry_attrs.to_vec()));
+        searches.push((
+            format!("entries:{base}"),
+            base.clone(),
+            "(objectClass=*)".into(),
+            entry_attrs.to_vec(),
+        ));
     }
     for parent in &scope.parents {
-        searches.push((format!("groups:{parent}"), parent.clone(), GROUP_FILTER.into(), GROUP_ATTRS.to_vec()));
+        searches.push((
+            format!("groups:{parent}"),
+            parent.clone(),
+            GROUP_FILTER.into(),
+            GROUP_ATTRS.to_vec(),
+        ));
     }
     if !scope.names.is_empty() {
         searches.push((
@@ -713,7 +742,9 @@ async fn read_directory(
         }
         let mut r = t.sync_search(base, filter, attrs, cookie).await?;
         if r.refresh_required {
-            let w = format!("the server refused the content-sync cookie of {base} (e-syncRefreshRequired)");
+            let w = format!(
+                "the server refused the content-sync cookie of {base} (e-syncRefreshRequired)"
+            );
             tracing::warn!(target: "dirbridge::read", "full read: {w}");
             info.why_full = Some(w);
             incremental = false;
@@ -2111,9 +2142,15 @@ pub async fn run(
         }
         let internal = |e: serde_json::Error| RunError::Config(format!("internal: {e}"));
         if read_info.fetched > 0 || read_info.mode == "full" {
-            mirror.put_state(READ_SNAPSHOT, &serde_json::to_string(&snap).map_err(internal)?)?;
+            mirror.put_state(
+                READ_SNAPSHOT,
+                &serde_json::to_string(&snap).map_err(internal)?,
+            )?;
         }
-        mirror.put_state(READ_CURSOR, &serde_json::to_string(&cursor).map_err(internal)?)?;
+        mirror.put_state(
+            READ_CURSOR,
+            &serde_json::to_string(&cursor).map_err(internal)?,
+        )?;
     }
     if !export.keys_uncertain && opts.only.is_none() {
         mirror.save_hr(&export)?;

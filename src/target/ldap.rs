@@ -77,9 +77,7 @@ fn entry_of(se: SearchEntry, uuid: Option<String>) -> Entry {
     for (k, v) in se.attrs {
         attrs.entry(k.to_ascii_lowercase()).or_default().extend(v);
     }
-    let from_attr = attrs
-        .remove("entryuuid")
-        .and_then(|v| v.into_iter().next());
+    let from_attr = attrs.remove("entryuuid").and_then(|v| v.into_iter().next());
     Entry {
         uuid: from_attr.or(uuid).unwrap_or_default(),
         dn: se.dn,
@@ -673,17 +671,16 @@ impl LdapTarget {
                 }
                 continue;
             }
-            let state = re
-                .1
-                .iter()
-                .find(|c| matches!(c.0, Some(ControlType::SyncState)))
-                .map(|c| {
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        c.1.parse::<SyncState>()
-                    }))
-                })
-                .transpose()
-                .map_err(|_| parse_guard("syncState control"))?;
+            let state =
+                re.1.iter()
+                    .find(|c| matches!(c.0, Some(ControlType::SyncState)))
+                    .map(|c| {
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            c.1.parse::<SyncState>()
+                        }))
+                    })
+                    .transpose()
+                    .map_err(|_| parse_guard("syncState control"))?;
             let se = SearchEntry::construct(re);
             match state {
                 Some(st) => {
