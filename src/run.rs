@@ -238,6 +238,14 @@ impl RunOutcome {
                 json!(self.duration.as_secs_f64()),
             );
             m.insert("dry-run".into(), json!(self.dry_run));
+            m.insert(
+                "read-mode".into(),
+                json!(if self.plan.read_mode.is_empty() {
+                    "full"
+                } else {
+                    self.plan.read_mode.as_str()
+                }),
+            );
             m.insert("apps".into(), json!(self.apps));
             m.insert("app-applied".into(), json!(self.app_applied));
             m.insert(

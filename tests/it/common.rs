@@ -19,7 +19,7 @@ pub struct Slapd {
     pub ca: PathBuf,
 }
 
-fn free_pair() -> u16 {
+pub fn free_pair() -> u16 {
     // Ports below 32768 (Linux's ephemeral range starts there). Spread by pid, then probe.
     let start = 20000 + (std::process::id() % 500) as u16 * 20;
     for p in (start..32000).step_by(2).chain((20000..start).step_by(2)) {

@@ -9,6 +9,7 @@ mod common;
 mod daemon;
 mod docs;
 mod groups;
+mod incremental;
 mod lifecycle;
 mod safety;
 mod security;

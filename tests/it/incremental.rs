@@ -1,0 +1,235 @@
+//! Incremental reads of OpenLDAP (RFC 4533 content sync, refreshOnly, cookies in the mirror):
+//! a run after one change fetches only that change; changes made by hand are corrected; a cookie
+//! the server no longer knows (a fresh database under the same suffix) leads to one full read.
+
+use crate::common::*;
+
+fn fetched(r: &Run) -> (String, u64) {
+    let v: serde_json::Value = serde_json::from_str(&r.stdout)
+        .unwrap_or_else(|e| panic!("sync JSON did not parse ({e}): {r:?}"));
+    (
+        v["read-mode"].as_str().unwrap_or("").to_string(),
+        v["summary"]["entries-fetched"].as_u64().unwrap(),
+    )
+}
+
+#[test]
+fn a_run_after_one_change_reads_only_that_change_and_hand_edits_are_corrected() {
+    let t = TestEnv::new("incr");
+    let rows: Vec<String> = (1..=60)
+        .map(|i| format!("{i},Given{i},,Family{i},Title {i},p{i}@example.com,"))
+        .collect();
+    let refs: Vec<&str> = rows.iter().map(String::as_str).collect();
+    t.write_export(&refs);
+    let r = t.run(&["sync", "--format", "json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let (mode, _) = fetched(&r);
+    assert_eq!(mode, "full", "the first read is full");
+    // The directory did not change since (our own 60 adds are the last delta): quiet now.
+    let r = t.run(&["sync", "--format", "json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let r = t.run(&["sync", "--format", "json"]);
+    let (mode, n) = fetched(&r);
+    assert_eq!((mode.as_str(), n), ("incremental", 0), "{r:?}");
+    // One record changes: the next run applies it; the one after fetches just that entry back.
+    let mut changed = rows.clone();
+    changed[9] = "10,Given10,,Family10,Chief,p10@example.com,".into();
+    let refs: Vec<&str> = changed.iter().map(String::as_str).collect();
+    t.write_export(&refs);
+    let r = t.run(&["sync", "--format", "json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let r = t.run(&["sync", "--format", "json"]);
+    let (mode, n) = fetched(&r);
+    assert_eq!(mode, "incremental", "{r:?}");
+    assert!(
+        n <= 1 + 2,
+        "at most the changed entry plus a small constant: {n}"
+    );
+    // A change by hand (drift) is seen incrementally and corrected.
+    let people = t.people();
+    ldapmodify(&format!(
+        "dn: {}\nchangetype: modify\nreplace: title\ntitle: Changed by hand\n\n",
+        people["20"].dn
+    ));
+    let r = t.run(&["sync", "--format", "json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["summary"]["modify"], 1, "{v:#}");
+    assert!(
+        v["summary"]["entries-fetched"].as_u64().unwrap() <= 3,
+        "{v:#}"
+    );
+    assert_eq!(t.people()["20"].one("title"), Some("Title 20"));
+    // An entry deleted by hand is seen (refreshDeletes) and recreated.
+    let out = ldap(&["ldapdelete", &people["30"].dn], None);
+    assert!(out.status.success());
+    let r = t.run(&["sync", "--format", "json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["summary"]["add"], 1, "{v:#}");
+    assert_eq!(t.people().len(), 60);
+}
+
+#[test]
+fn a_fresh_database_under_the_same_suffix_leads_to_one_full_read() {
+    // A server of its own: the test replaces its database. (The shared one is up first, so the
+    // two never race for the same ports.)
+    let t = TestEnv::new("freshdb");
+    let dir = std::env::temp_dir().join(format!("dirbridge-it-fresh-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let port = free_pair();
+    let up = || {
+        let out = std::process::Command::new("bash")
+            .arg(repo().join("tests/support/slapd-up.sh"))
+            .arg(&dir)
+            .arg(port.to_string())
+            .env("SLAPD_DBNOSYNC", "1")
+            .env("SLAPD_ROOTPW", ADMIN_PW)
+            .env("SLAPD_WATCH_PID", std::process::id().to_string())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let down = || {
+        let out = std::process::Command::new("bash")
+            .arg(repo().join("tests/support/slapd-down.sh"))
+            .arg(&dir)
+            .arg("--purge")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    up();
+    let url = format!("ldaps://127.0.0.1:{}", port + 1);
+    let cfg = t
+        .default_config(&url)
+        .replace(&t.people, "ou=people,dc=example,dc=com")
+        .replace(
+            &format!("base-dn = \"{}\"", t.base_dn),
+            "base-dn = \"dc=example,dc=com\"",
+        )
+        .replace(
+            &slapd().ca.display().to_string(),
+            &dir.join("tls/ca.crt").display().to_string(),
+        );
+    t.write_config(&cfg);
+    t.write_export(&[
+        "1,Ann,,Boss,,ann@example.com,",
+        "2,Bob,,Worker,,bob@example.com,1",
+    ]);
+    let r = t.run(&["sync"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let r = t.run(&["sync"]);
+    let r2 = t.run(&["sync"]);
+    assert!(
+        r2.stdout.contains("incremental read, 0 fetched"),
+        "{r:?}\n{r2:?}"
+    );
+    // The server comes back with a fresh database under the same suffix (a rebuild from an LDIF
+    // backup: same entries, new entryUUIDs and CSNs, one title changed since the backup).
+    let backup = std::process::Command::new("ldapsearch")
+        .args([
+            "-x",
+            "-LLL",
+            "-o",
+            "ldif-wrap=no",
+            "-H",
+            &format!("ldap://127.0.0.1:{port}"),
+            "-D",
+            ADMIN_DN,
+            "-w",
+            ADMIN_PW,
+            "-b",
+            "ou=people,dc=example,dc=com",
+            "(employeeNumber=*)",
+            "objectClass",
+            "uid",
+            "cn",
+            "givenName",
+            "sn",
+            "mail",
+            "manager",
+            "employeeNumber",
+            "title",
+        ])
+        .output()
+        .unwrap();
+    assert!(backup.status.success());
+    down();
+    up();
+    // entries in backup order (the manager first), each with changetype add
+    let mut adds = String::new();
+    for block in String::from_utf8_lossy(&backup.stdout).split("\n\n") {
+        if block.trim().is_empty() {
+            continue;
+        }
+        let mut lines = block.lines();
+        let dn = lines.next().unwrap();
+        adds.push_str(dn);
+        adds.push_str("\nchangetype: add\n");
+        for l in lines {
+            if l.starts_with("manager:") {
+                continue;
+            }
+            adds.push_str(l);
+            adds.push('\n');
+        }
+        adds.push('\n');
+    }
+    let out = {
+        use std::io::Write;
+        let mut child = std::process::Command::new("ldapmodify")
+            .args([
+                "-x",
+                "-H",
+                &format!("ldap://127.0.0.1:{port}"),
+                "-D",
+                ADMIN_DN,
+                "-w",
+                ADMIN_PW,
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(adds.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    assert!(
+        out.status.success(),
+        "{}\n{adds}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = t.run(&["-v", "sync"]);
+    // Not silence: the stale cookie is not taken as "nothing changed". Everything is read again,
+    // the entries are relinked by their anchor (new entryUUIDs), and what differs is corrected.
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("full read"), "{r:?}");
+    assert!(r.stdout.contains("0 add"), "no duplicates: {r:?}");
+    assert!(
+        r.stdout.contains("1 modify"),
+        "the manager the backup lacked: {r:?}"
+    );
+    let r = t.run(&["sync"]);
+    let r2 = t.run(&["sync"]);
+    assert!(
+        r2.stdout.contains("0 add, 0 modify, 0 rename, 0 delete"),
+        "{r:?}\n{r2:?}"
+    );
+    assert!(r2.stdout.contains("incremental read"), "{r2:?}");
+    down();
+}
