@@ -388,6 +388,13 @@ pub struct ReadCursor {
     /// base64.
     #[serde(default)]
     pub cookies: BTreeMap<String, String>,
+    /// OpenLDAP: the highest contextCSN of the database when it was last read.
+    #[serde(default)]
+    pub csn: String,
+    /// entryUUIDs dirbridge wrote in the last run: read again directly, because slapd's contextCSN
+    /// can lag behind the last of several concurrent writes (the content sync would omit them).
+    #[serde(default)]
+    pub recent: Vec<String>,
 }
 
 /// The directory as the last read left it, to which an incremental read applies the changes.
@@ -400,6 +407,31 @@ pub struct ReadSnapshot {
 }
 
 pub const READ_CURSOR: &str = "read-cursor";
+pub const QUIET: &str = "quiet";
+
+/// What the last run that planned nothing saw: the next run with the same export and
+/// configuration, no change in the directory and no lifecycle date reached plans nothing too.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct QuietMarker {
+    pub export: String,
+    pub config: String,
+    /// YYYY-MM-DD: the day that run evaluated, and the next day on which the lifecycle changes.
+    pub today: String,
+    pub next_change: Option<String>,
+    pub entries: usize,
+}
+
+/// SHA-256 of a file's bytes, hex.
+fn file_hash(p: &std::path::Path) -> Option<String> {
+    use sha2::Digest;
+    let bytes = std::fs::read(p).ok()?;
+    Some(
+        sha2::Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    )
+}
 pub const READ_SNAPSHOT: &str = "read-snapshot";
 
 struct ReadScope {
@@ -567,6 +599,31 @@ pub struct DirRead {
     pub info: ReadInfo,
     /// What to keep for the next incremental read (None: the server offers none).
     pub keep: Option<(ReadCursor, ReadSnapshot)>,
+    /// Nothing changed since the last read: `snapshot` is empty and the mirror's is the directory
+    /// (see [`materialize`]).
+    pub unchanged: bool,
+    pub names: Vec<String>,
+    pub missing_bases: BTreeSet<String>,
+}
+
+/// The directory as the mirror kept it (after a read that found nothing changed).
+pub fn materialize(
+    mirror: Option<&Mirror>,
+    names: &[String],
+    missing_bases: &BTreeSet<String>,
+) -> Option<(DirSnapshot, ReadSnapshot)> {
+    let kept: ReadSnapshot = mirror
+        .and_then(|m| m.get_state(READ_SNAPSHOT).ok().flatten())
+        .and_then(|v| serde_json::from_str(&v).ok())?;
+    Some((
+        DirSnapshot {
+            entries: kept.entries.clone(),
+            taken: taken_from(&kept.uniques, names),
+            groups: kept.groups.clone(),
+            missing_bases: missing_bases.clone(),
+        },
+        kept,
+    ))
 }
 
 /// Read the directory: in full the first time, then incrementally where the server allows it —
@@ -647,11 +704,16 @@ async fn read_directory(
                 invocation: pos.invocation.clone(),
                 usn: pos.highest_usn,
                 cookies: BTreeMap::new(),
+                csn: String::new(),
+                recent: Vec::new(),
             };
             return Ok(DirRead {
                 snapshot,
                 info,
                 keep: Some((cursor, kept)),
+                unchanged: false,
+                names: Vec::new(),
+                missing_bases: BTreeSet::new(),
             });
         }
         let (snapshot, kept) = read_full(
@@ -669,6 +731,8 @@ async fn read_directory(
             invocation: pos.invocation,
             usn: pos.highest_usn,
             cookies: BTreeMap::new(),
+            csn: String::new(),
+            recent: Vec::new(),
         };
         if let Some(w) = &info.why_full {
             tracing::warn!(target: "dirbridge::read", "full read: {w}");
@@ -677,6 +741,9 @@ async fn read_directory(
             snapshot,
             info,
             keep: Some((cursor, kept)),
+            unchanged: false,
+            names: Vec::new(),
+            missing_bases: BTreeSet::new(),
         });
     }
 
@@ -696,12 +763,35 @@ async fn read_directory(
             snapshot,
             info,
             keep: None,
+            unchanged: false,
+            names: Vec::new(),
+            missing_bases: BTreeSet::new(),
         });
     }
-    // OpenLDAP: one content-sync refresh per search, each with its own cookie.
-    let mut snap = match &prior_cursor {
-        Some(_) => prior_snapshot().unwrap_or_default(),
-        None => ReadSnapshot::default(),
+    // OpenLDAP: one content-sync refresh per search, each with its own cookie — unless the
+    // database is not the one the cookies come from (a fresh one under the same suffix: another
+    // entryUUID; a restore from an older backup: an older contextCSN). Then one full read.
+    let (db_id, db_csn) = t.database_position(&cfg.directory.base_dn).await?;
+    let prior_cursor = match prior_cursor {
+        Some(c) if !c.invocation.is_empty() && c.invocation != db_id => {
+            let w = format!(
+                "the directory's database is not the one the last run read (its entryUUID changed: {} → {db_id}); a new or rebuilt database",
+                c.invocation
+            );
+            tracing::warn!(target: "dirbridge::read", "full read: {w}");
+            info.why_full = Some(w);
+            None
+        }
+        Some(c) if !c.csn.is_empty() && db_csn < c.csn => {
+            let w = format!(
+                "the directory's contextCSN went back ({} → {db_csn}): restored from an older backup",
+                c.csn
+            );
+            tracing::warn!(target: "dirbridge::read", "full read: {w}");
+            info.why_full = Some(w);
+            None
+        }
+        other => other,
     };
     let have_snapshot = prior_cursor.is_some();
     let mut cookies: BTreeMap<String, String> = BTreeMap::new();
@@ -735,6 +825,7 @@ async fn read_directory(
     let mut new_entries: Vec<crate::model::Entry> = Vec::new();
     let mut new_groups: Vec<crate::model::Entry> = Vec::new();
     let mut new_uniques: Vec<crate::model::Entry> = Vec::new();
+    let mut results: Vec<(String, String, crate::target::ldap::SyncResult)> = Vec::new();
     for (key, base, filter, attrs) in &searches {
         let cookie = if have_snapshot {
             prior_cursor
@@ -748,7 +839,11 @@ async fn read_directory(
         if !had {
             incremental = false;
         }
-        let mut r = t.sync_search(base, filter, attrs, cookie).await?;
+        let mut r = if had {
+            t.sync_search(base, filter, attrs, cookie).await?
+        } else {
+            full_with_cookie(t, base, filter, attrs).await?
+        };
         if r.refresh_required {
             let w = format!(
                 "the server refused the content-sync cookie of {base} (e-syncRefreshRequired)"
@@ -756,12 +851,58 @@ async fn read_directory(
             tracing::warn!(target: "dirbridge::read", "full read: {w}");
             info.why_full = Some(w);
             incremental = false;
-            r = t.sync_search(base, filter, attrs, None).await?;
+            r = full_with_cookie(t, base, filter, attrs).await?;
         }
         fetched += r.changed.len() + r.deleted.len();
-        if let Some(c) = &r.cookie {
-            cookies.insert(key.clone(), b64(c));
+        match (
+            &r.cookie,
+            prior_cursor.as_ref().and_then(|c| c.cookies.get(key)),
+        ) {
+            (Some(c), _) => {
+                cookies.insert(key.clone(), b64(c));
+            }
+            // Nothing changed and no new cookie: the old one still holds.
+            (None, Some(old)) if !r.full => {
+                cookies.insert(key.clone(), old.clone());
+            }
+            _ => {}
         }
+        results.push((key.clone(), base.clone(), r));
+    }
+    // Nothing changed anywhere since the last run (and the last run wrote nothing): the snapshot
+    // the mirror keeps is the directory. The caller may not even need it (a quiet run).
+    let recent_empty = prior_cursor.as_ref().is_none_or(|c| c.recent.is_empty());
+    let unchanged = incremental
+        && recent_empty
+        && results.iter().all(|(_, _, r)| {
+            !r.full && !r.present_phase && r.changed.is_empty() && r.deleted.is_empty()
+        });
+    info.mode = if incremental { "incremental" } else { "full" };
+    if unchanged {
+        info.fetched = 0;
+        return Ok(DirRead {
+            snapshot: DirSnapshot::default(),
+            info,
+            keep: Some((
+                ReadCursor {
+                    fingerprint,
+                    cookies,
+                    invocation: db_id,
+                    csn: db_csn,
+                    ..Default::default()
+                },
+                ReadSnapshot::default(),
+            )),
+            unchanged: true,
+            names: scope.names.clone(),
+            missing_bases: scope.missing_bases.clone(),
+        });
+    }
+    let mut snap = match &prior_cursor {
+        Some(_) => prior_snapshot().unwrap_or_default(),
+        None => ReadSnapshot::default(),
+    };
+    for (key, base, r) in &results {
         let within = |e: &crate::model::Entry| {
             crate::dn::Dn::parse(&e.dn)
                 .ok()
@@ -775,14 +916,14 @@ async fn read_directory(
                     .into_iter()
                     .partition(|e| within(e));
             snap.entries = rest;
-            new_entries.extend(merge_sync(prior, &r));
+            new_entries.extend(merge_sync(prior, r));
         } else if key.starts_with("groups:") {
             let prior: Vec<crate::model::Entry> =
                 snap.groups.iter().filter(|e| within(e)).cloned().collect();
-            new_groups.extend(merge_sync(prior, &r));
+            new_groups.extend(merge_sync(prior, r));
         } else {
             let prior = std::mem::take(&mut snap.uniques);
-            new_uniques.extend(merge_sync(prior, &r));
+            new_uniques.extend(merge_sync(prior, r));
         }
     }
     // Entries: the configured bases themselves are not people; one entry per uuid.
@@ -792,6 +933,58 @@ async fn read_directory(
     });
     let mut seen = BTreeSet::new();
     new_groups.retain(|e| seen.insert(e.uuid.clone()));
+    // slapd's syncprov can leave contextCSN behind the last of several concurrent writes; a
+    // refresh then omits entries written after it until the next write moves it on. What the last
+    // run wrote, and entries the mirror links that the refresh did not return, are read directly
+    // (by entryUUID).
+    if let Some(m) = mirror {
+        let have: BTreeSet<&str> = new_entries.iter().map(|e| e.uuid.as_str()).collect();
+        let recent: BTreeSet<&str> = if incremental {
+            prior_cursor
+                .as_ref()
+                .map(|c| c.recent.iter().map(String::as_str).collect())
+                .unwrap_or_default()
+        } else {
+            BTreeSet::new()
+        };
+        let mut missing: Vec<String> = m
+            .links()?
+            .into_values()
+            .filter(|u| !have.contains(u.as_str()) && !recent.contains(u.as_str()))
+            .collect();
+        missing.extend(recent.iter().map(|s| s.to_string()));
+        let refetch: BTreeSet<String> = missing.iter().cloned().collect();
+        new_entries.retain(|e| !refetch.contains(&e.uuid));
+        new_uniques.retain(|e| !refetch.contains(&e.uuid));
+        if !missing.is_empty() {
+            tracing::info!(target: "dirbridge::read", missing = missing.len(), "reading linked entries the content sync did not return");
+        }
+        let unique_uuids: BTreeSet<String> = new_uniques.iter().map(|e| e.uuid.clone()).collect();
+        for chunk in missing.chunks(200) {
+            let filter = format!(
+                "(|{})",
+                chunk
+                    .iter()
+                    .map(|u| format!("(entryUUID={})", crate::dn::escape_filter(u)))
+                    .collect::<String>()
+            );
+            for base in &scope.subtrees {
+                let found = t.search(base, &filter, &entry_attrs).await?;
+                fetched += found.len();
+                for e in found {
+                    if scope.configured.contains(&crate::dn::normalize(&e.dn)) {
+                        continue;
+                    }
+                    if !unique_uuids.contains(&e.uuid)
+                        && scope.names.iter().any(|a| !e.get(a).is_empty())
+                    {
+                        new_uniques.push(e.clone());
+                    }
+                    new_entries.push(e);
+                }
+            }
+        }
+    }
     info.mode = if incremental { "incremental" } else { "full" };
     info.fetched = fetched;
     let kept = ReadSnapshot {
@@ -812,10 +1005,36 @@ async fn read_directory(
             ReadCursor {
                 fingerprint,
                 cookies,
+                invocation: db_id,
+                csn: db_csn,
                 ..Default::default()
             },
             kept,
         )),
+        unchanged: false,
+        names: Vec::new(),
+        missing_bases: BTreeSet::new(),
+    })
+}
+
+/// A full read of one search: the content-sync cookie first (a refresh that matches nothing),
+/// then every entry by a paged search — authoritative even when slapd's contextCSN lags behind a
+/// concurrent write. Changes between the two are read again next time.
+async fn full_with_cookie(
+    t: &mut LdapTarget,
+    base: &str,
+    filter: &str,
+    attrs: &[&str],
+) -> Result<crate::target::ldap::SyncResult, RunError> {
+    let mark = t
+        .sync_search(base, "(&(objectClass=*)(!(objectClass=*)))", &["1.1"], None)
+        .await?;
+    let changed = t.search(base, filter, attrs).await?;
+    Ok(crate::target::ldap::SyncResult {
+        changed,
+        cookie: mark.cookie,
+        full: true,
+        ..Default::default()
     })
 }
 
@@ -1626,9 +1845,104 @@ pub async fn run(
         .map_err(RunError::Config)?;
     let DirRead {
         snapshot: mut dir,
-        info: read_info,
-        keep: read_keep,
+        info: mut read_info,
+        keep: mut read_keep,
+        unchanged,
+        names,
+        missing_bases,
     } = read_directory(cfg, &users, &mut target, mirror.as_ref(), opts.full_read).await?;
+    // A quiet run: the directory did not change since the last run, the export and the
+    // configuration are byte for byte those of the last run, whose plan was empty, and no
+    // lifecycle date has come: the plan is empty without mapping anything.
+    let today_early = today(cfg, opts.as_of.as_deref(), clock)?;
+    let export_hash = file_hash(&cfg.source.path);
+    let config_hash = file_hash(&cfg.file).map(|h| format!("{h}:{}", env!("CARGO_PKG_VERSION")));
+    if unchanged {
+        let marker: Option<QuietMarker> = mirror
+            .as_ref()
+            .and_then(|m| m.get_state(QUIET).ok().flatten())
+            .and_then(|v| serde_json::from_str(&v).ok());
+        let quiet = marker.as_ref().is_some_and(|m| {
+            cfg.apps.is_empty()
+                && opts.only.is_none()
+                && opts.accept.is_empty()
+                && !export.keys_uncertain
+                && export.quarantined.is_empty()
+                && export_hash.as_deref() == Some(m.export.as_str())
+                && config_hash.as_deref() == Some(m.config.as_str())
+                && m.today
+                    .parse::<jiff::civil::Date>()
+                    .is_ok_and(|d| d <= today_early)
+                && m.next_change.as_deref().is_none_or(|d| {
+                    d.parse::<jiff::civil::Date>()
+                        .is_ok_and(|d| today_early < d)
+                })
+        });
+        if let (true, Some(m)) = (quiet, marker) {
+            tracing::info!(target: "dirbridge::read", "quiet run: the directory, the export and the configuration are as the last run left them, and it planned nothing");
+            target.unbind().await;
+            let plan = Plan {
+                records: export.records.len() + export.quarantined.len(),
+                entries_read: m.entries,
+                managed: m.entries,
+                read_mode: "incremental".into(),
+                today: cfg.lifecycle.as_ref().map(|_| today_early.to_string()),
+                next_change: m.next_change.clone(),
+                ..Default::default()
+            };
+            let mut outcome = RunOutcome {
+                plan,
+                applied: BTreeMap::new(),
+                failed: Vec::new(),
+                duration: Duration::ZERO,
+                dry_run: opts.dry_run,
+                details: None,
+                interrupted: false,
+                app_failed: Vec::new(),
+                app_applied: BTreeMap::new(),
+                apps: BTreeMap::new(),
+            };
+            if !opts.dry_run {
+                if let Some(mut mirror) = mirror {
+                    let run_id = mirror.begin_run("sync", &clock.rfc3339())?;
+                    if let Some((cursor, _)) = &read_keep {
+                        mirror.put_state(
+                            READ_CURSOR,
+                            &serde_json::to_string(cursor)
+                                .map_err(|e| RunError::Config(format!("internal: {e}")))?,
+                        )?;
+                    }
+                    outcome.duration = started.elapsed();
+                    mirror.finish_run(
+                        run_id,
+                        &clock.rfc3339(),
+                        "ok",
+                        outcome.plan.records,
+                        &export.header,
+                        &json!({"summary": plan::summary(&outcome.plan), "quiet": true}),
+                    )?;
+                }
+            }
+            outcome.duration = started.elapsed();
+            return Ok(outcome);
+        }
+        // Not quiet after all: the mirror's snapshot is the directory.
+        match materialize(mirror.as_ref(), &names, &missing_bases) {
+            Some((snap, kept)) => {
+                dir = snap;
+                if let Some((_, k)) = read_keep.as_mut() {
+                    *k = kept;
+                }
+            }
+            None => {
+                // The snapshot is gone: read everything.
+                let again = read_directory(cfg, &users, &mut target, mirror.as_ref(), true).await?;
+                dir = again.snapshot;
+                read_info = again.info;
+                read_keep = again.keep;
+            }
+        }
+    }
     // Re-fold the unique values with the server's rules.
     for (attr, vals) in dir.taken.iter_mut() {
         let refolded: std::collections::HashMap<String, Vec<String>> =
@@ -1938,6 +2252,8 @@ pub async fn run(
     let cancelled = || opts.cancel.as_ref().is_some_and(|c| *c.borrow());
     // Entries whose add failed: their later changes (manager, memberships) are not sent.
     let mut failed_adds: BTreeSet<String> = BTreeSet::new();
+    // Entries written in this run (read again next run: see ReadCursor::recent).
+    let mut written: BTreeSet<String> = BTreeSet::new();
     for (_, batch) in phases {
         if cancelled() {
             outcome.interrupted = true;
@@ -2073,6 +2389,11 @@ pub async fn run(
             drop(pw);
             match r {
                 Ok(uuid) => {
+                    if c.subject == Subject::Person {
+                        if let Some(u) = uuid.as_ref().or(c.uuid.as_ref()) {
+                            written.insert(u.clone());
+                        }
+                    }
                     *outcome.applied.entry(c.op.as_str()).or_default() += 1;
                     tracing::info!(target: "dirbridge::apply", op = c.op.as_str(), dn = %c.dn, key = %c.key, "{}", c.reason);
                     match (c.subject, c.op) {
@@ -2142,7 +2463,28 @@ pub async fn run(
         }
     }
     mirror.save_snapshot(&dir)?;
+    let quiet_next = outcome.plan.changes.is_empty()
+        && outcome.plan.app_changes.is_empty()
+        && outcome.failed.is_empty()
+        && outcome.plan.quarantined.is_empty()
+        && outcome.plan.refusals.is_empty()
+        && !export.keys_uncertain
+        && opts.only.is_none()
+        && cfg.apps.is_empty();
+    let marker = match (quiet_next, &export_hash, &config_hash) {
+        (true, Some(e), Some(c)) => serde_json::to_string(&QuietMarker {
+            export: e.clone(),
+            config: c.clone(),
+            today: today.to_string(),
+            next_change: outcome.plan.next_change.clone(),
+            entries: outcome.plan.entries_read,
+        })
+        .unwrap_or_default(),
+        _ => "{}".to_string(),
+    };
+    mirror.put_state(QUIET, &marker)?;
     if let Some((mut cursor, snap)) = read_keep {
+        cursor.recent = written.iter().cloned().collect();
         // slapd's refint rewrites group members without a change the content sync reports: after
         // a run that wrote, groups are read in full next time.
         if !outcome.applied.is_empty() {

@@ -570,6 +570,64 @@ impl LdapTarget {
             .collect())
     }
 
+    /// The identity and position of the database holding `dn`: its naming context's entryUUID and
+    /// highest contextCSN (OpenLDAP). A fresh database has another entryUUID; a restored one an
+    /// older contextCSN.
+    pub async fn database_position(&mut self, dn: &str) -> Result<(String, String), TargetError> {
+        let mut ldap = self.ldap.clone();
+        ldap.with_timeout(self.op_timeout);
+        let (rs, _) = ldap
+            .search("", Scope::Base, "(objectClass=*)", vec!["namingContexts"])
+            .await
+            .and_then(|r| r.success())
+            .map_err(|e| TargetError::Read(format!("reading the root DSE failed: {e}")))?;
+        let contexts: Vec<String> = rs
+            .into_iter()
+            .next()
+            .map(SearchEntry::construct)
+            .and_then(|e| {
+                e.attrs
+                    .into_iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("namingContexts"))
+                    .map(|(_, v)| v)
+            })
+            .unwrap_or_default();
+        let target = Dn::parse(dn).ok();
+        let nc = contexts
+            .iter()
+            .filter(|c| {
+                let cd = Dn::parse(c).ok();
+                matches!((&target, &cd), (Some(t), Some(c)) if t.is_within(c))
+            })
+            .max_by_key(|c| c.len())
+            .cloned()
+            .unwrap_or_else(|| dn.to_string());
+        let (rs, _) = ldap
+            .search(
+                &nc,
+                Scope::Base,
+                "(objectClass=*)",
+                vec!["entryUUID", "contextCSN"],
+            )
+            .await
+            .and_then(|r| r.success())
+            .map_err(|e| TargetError::Read(format!("reading {nc} failed: {e}")))?;
+        let e = rs.into_iter().next().map(SearchEntry::construct);
+        let get = |n: &str| -> Vec<String> {
+            e.as_ref()
+                .and_then(|e| {
+                    e.attrs
+                        .iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case(n))
+                        .map(|(_, v)| v.clone())
+                })
+                .unwrap_or_default()
+        };
+        let uuid = get("entryUUID").into_iter().next().unwrap_or_default();
+        let csn = get("contextCSN").into_iter().max().unwrap_or_default();
+        Ok((uuid, csn))
+    }
+
     /// Whether the server offers RFC 4533 content synchronization (OpenLDAP's syncprov).
     pub async fn supports_content_sync(&mut self) -> Result<bool, TargetError> {
         let mut ldap = self.ldap.clone();

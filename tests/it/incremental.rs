@@ -31,6 +31,15 @@ fn a_run_after_one_change_reads_only_that_change_and_hand_edits_are_corrected() 
     let r = t.run(&["sync", "--format", "json"]);
     let (mode, n) = fetched(&r);
     assert_eq!((mode.as_str(), n), ("incremental", 0), "{r:?}");
+    // Nothing changed anywhere and the last run planned nothing: a quiet run maps nothing.
+    let r = t.run(&["-v", "sync"]);
+    assert!(r.stderr.contains("quiet run"), "{r:?}");
+    assert!(
+        r.stdout.contains("0 add, 0 modify, 0 rename, 0 delete"),
+        "{r:?}"
+    );
+    let r = t.run(&["-v", "plan"]);
+    assert!(r.stderr.contains("quiet run"), "plan too: {r:?}");
     // One record changes: the next run applies it; the one after fetches just that entry back.
     let mut changed = rows.clone();
     changed[9] = "10,Given10,,Family10,Chief,p10@example.com,".into();
@@ -219,6 +228,10 @@ fn a_fresh_database_under_the_same_suffix_leads_to_one_full_read() {
     // the entries are relinked by their anchor (new entryUUIDs), and what differs is corrected.
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.stdout.contains("full read"), "{r:?}");
+    assert!(
+        r.stderr.contains("a new or rebuilt database"),
+        "logged: {r:?}"
+    );
     assert!(r.stdout.contains("0 add"), "no duplicates: {r:?}");
     assert!(
         r.stdout.contains("1 modify"),
