@@ -144,6 +144,22 @@ pub struct AppHealth {
 }
 
 impl RunOutcome {
+    /// A run that decided `plan` and has applied nothing yet.
+    pub fn new(plan: Plan, dry_run: bool) -> RunOutcome {
+        RunOutcome {
+            plan,
+            applied: BTreeMap::new(),
+            failed: Vec::new(),
+            duration: Duration::ZERO,
+            dry_run,
+            details: None,
+            interrupted: false,
+            app_failed: Vec::new(),
+            app_applied: BTreeMap::new(),
+            apps: BTreeMap::new(),
+        }
+    }
+
     pub fn exit_code(&self) -> i32 {
         if !self.plan.refusals.is_empty() {
             exit::REFUSED
@@ -1890,18 +1906,7 @@ pub async fn run(
                 next_change: m.next_change.clone(),
                 ..Default::default()
             };
-            let mut outcome = RunOutcome {
-                plan,
-                applied: BTreeMap::new(),
-                failed: Vec::new(),
-                duration: Duration::ZERO,
-                dry_run: opts.dry_run,
-                details: None,
-                interrupted: false,
-                app_failed: Vec::new(),
-                app_applied: BTreeMap::new(),
-                apps: BTreeMap::new(),
-            };
+            let mut outcome = RunOutcome::new(plan, opts.dry_run);
             if !opts.dry_run {
                 if let Some(mut mirror) = mirror {
                     let run_id = mirror.begin_run("sync", &clock.rfc3339())?;
@@ -2130,18 +2135,7 @@ pub async fn run(
         tracing::warn!(target: "dirbridge::safety", gate = r.gate, "accepted by the operator: {}", r.message);
     }
 
-    let mut outcome = RunOutcome {
-        plan,
-        applied: BTreeMap::new(),
-        failed: Vec::new(),
-        duration: Duration::ZERO,
-        dry_run: opts.dry_run,
-        details: None,
-        interrupted: false,
-        app_failed: Vec::new(),
-        app_applied: BTreeMap::new(),
-        apps: BTreeMap::new(),
-    };
+    let mut outcome = RunOutcome::new(plan, opts.dry_run);
     for app in &cfg.apps {
         let planned = outcome
             .plan

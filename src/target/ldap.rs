@@ -85,6 +85,32 @@ fn entry_of(se: SearchEntry, uuid: Option<String>) -> Entry {
     }
 }
 
+/// A binary attribute holding a GUID (objectGUID, invocationId) as text: from the binary values,
+/// or from the text ones when the 16 bytes happened to be valid UTF-8.
+fn guid_attr(e: &SearchEntry, name: &str) -> Option<String> {
+    e.bin_attrs
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .and_then(|(_, v)| v.first())
+        .and_then(|b| crate::ad::guid_text(b))
+        .or_else(|| {
+            e.attrs
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .and_then(|(_, v)| v.first())
+                .and_then(|s| crate::ad::guid_text(s.as_bytes()))
+        })
+}
+
+/// The values of an attribute of an entry, whatever the case of its name.
+fn values(e: &SearchEntry, name: &str) -> Vec<String> {
+    e.attrs
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default()
+}
+
 /// The result code of an operation that was not sent because the run was told to stop.
 pub const NOT_SENT: u32 = u32::MAX;
 
@@ -347,16 +373,9 @@ impl LdapTarget {
             let se = SearchEntry::construct(re);
             let mut attrs: std::collections::BTreeMap<String, Vec<String>> =
                 std::collections::BTreeMap::new();
-            let mut guid = se
-                .bin_attrs
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case("objectGUID"))
-                .and_then(|(_, v)| v.first())
-                .and_then(|b| crate::ad::guid_text(b));
+            let guid = guid_attr(&se, "objectGUID");
             for (k, v) in se.attrs {
                 if k.eq_ignore_ascii_case("objectGUID") {
-                    // 16 bytes that happened to be valid UTF-8
-                    guid = v.first().and_then(|s| crate::ad::guid_text(s.as_bytes()));
                     continue;
                 }
                 attrs.entry(k.to_ascii_lowercase()).or_default().extend(v);
@@ -451,35 +470,37 @@ impl LdapTarget {
         Ok(())
     }
 
-    /// Active Directory: the DC's position, read from the root DSE and its NTDS Settings object.
-    pub async fn ad_position(&mut self) -> Result<AdPosition, TargetError> {
+    /// One entry by a base-scope search (None when it does not exist).
+    async fn base_entry(
+        &self,
+        dn: &str,
+        attrs: &[&str],
+    ) -> Result<Option<SearchEntry>, TargetError> {
         let mut ldap = self.ldap.clone();
         ldap.with_timeout(self.op_timeout);
+        let what = if dn.is_empty() { "the root DSE" } else { dn };
         let (rs, _) = ldap
-            .search(
+            .search(dn, Scope::Base, "(objectClass=*)", attrs.to_vec())
+            .await
+            .and_then(|r| r.success())
+            .map_err(|e| TargetError::Read(format!("reading {what} failed: {e}")))?;
+        Ok(rs.into_iter().next().map(SearchEntry::construct))
+    }
+
+    /// Active Directory: the DC's position, read from the root DSE and its NTDS Settings object.
+    pub async fn ad_position(&mut self) -> Result<AdPosition, TargetError> {
+        let root = self
+            .base_entry(
                 "",
-                Scope::Base,
-                "(objectClass=*)",
-                vec![
+                &[
                     "highestCommittedUSN",
                     "dsServiceName",
                     "defaultNamingContext",
                 ],
             )
-            .await
-            .and_then(|r| r.success())
-            .map_err(|e| TargetError::Read(format!("reading the root DSE failed: {e}")))?;
-        let root = rs
-            .into_iter()
-            .next()
-            .map(SearchEntry::construct)
+            .await?
             .ok_or_else(|| TargetError::Read("the root DSE is empty".into()))?;
-        let one = |n: &str| {
-            root.attrs
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(n))
-                .and_then(|(_, v)| v.first().cloned())
-        };
+        let one = |n: &str| values(&root, n).into_iter().next();
         let highest_usn = one("highestCommittedUSN")
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| {
@@ -490,32 +511,10 @@ impl LdapTarget {
             })?;
         let naming_context = one("defaultNamingContext").unwrap_or_default();
         let service = one("dsServiceName").unwrap_or_default();
-        let (rs, _) = ldap
-            .search(
-                &service,
-                Scope::Base,
-                "(objectClass=*)",
-                vec!["invocationId"],
-            )
-            .await
-            .and_then(|r| r.success())
-            .map_err(|e| TargetError::Read(format!("reading {service} failed: {e}")))?;
-        let invocation = rs
-            .into_iter()
-            .next()
-            .map(SearchEntry::construct)
-            .and_then(|e| {
-                e.bin_attrs
-                    .get("invocationId")
-                    .and_then(|v| v.first())
-                    .and_then(|b| crate::ad::guid_text(b))
-                    .or_else(|| {
-                        e.attrs
-                            .get("invocationId")
-                            .and_then(|v| v.first())
-                            .and_then(|s| crate::ad::guid_text(s.as_bytes()))
-                    })
-            })
+        let invocation = self
+            .base_entry(&service, &["invocationId"])
+            .await?
+            .and_then(|e| guid_attr(&e, "invocationId"))
             .unwrap_or_default();
         Ok(AdPosition {
             invocation,
@@ -555,18 +554,7 @@ impl LdapTarget {
             .into_iter()
             .filter(|r| !r.is_ref())
             .map(SearchEntry::construct)
-            .filter_map(|e| {
-                e.bin_attrs
-                    .get("objectGUID")
-                    .and_then(|v| v.first())
-                    .and_then(|b| crate::ad::guid_text(b))
-                    .or_else(|| {
-                        e.attrs
-                            .get("objectGUID")
-                            .and_then(|v| v.first())
-                            .and_then(|s| crate::ad::guid_text(s.as_bytes()))
-                    })
-            })
+            .filter_map(|e| guid_attr(&e, "objectGUID"))
             .collect())
     }
 
@@ -574,23 +562,10 @@ impl LdapTarget {
     /// highest contextCSN (OpenLDAP). A fresh database has another entryUUID; a restored one an
     /// older contextCSN.
     pub async fn database_position(&mut self, dn: &str) -> Result<(String, String), TargetError> {
-        let mut ldap = self.ldap.clone();
-        ldap.with_timeout(self.op_timeout);
-        let (rs, _) = ldap
-            .search("", Scope::Base, "(objectClass=*)", vec!["namingContexts"])
-            .await
-            .and_then(|r| r.success())
-            .map_err(|e| TargetError::Read(format!("reading the root DSE failed: {e}")))?;
-        let contexts: Vec<String> = rs
-            .into_iter()
-            .next()
-            .map(SearchEntry::construct)
-            .and_then(|e| {
-                e.attrs
-                    .into_iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case("namingContexts"))
-                    .map(|(_, v)| v)
-            })
+        let contexts = self
+            .base_entry("", &["namingContexts"])
+            .await?
+            .map(|e| values(&e, "namingContexts"))
             .unwrap_or_default();
         let target = Dn::parse(dn).ok();
         let nc = contexts
@@ -602,27 +577,8 @@ impl LdapTarget {
             .max_by_key(|c| c.len())
             .cloned()
             .unwrap_or_else(|| dn.to_string());
-        let (rs, _) = ldap
-            .search(
-                &nc,
-                Scope::Base,
-                "(objectClass=*)",
-                vec!["entryUUID", "contextCSN"],
-            )
-            .await
-            .and_then(|r| r.success())
-            .map_err(|e| TargetError::Read(format!("reading {nc} failed: {e}")))?;
-        let e = rs.into_iter().next().map(SearchEntry::construct);
-        let get = |n: &str| -> Vec<String> {
-            e.as_ref()
-                .and_then(|e| {
-                    e.attrs
-                        .iter()
-                        .find(|(k, _)| k.eq_ignore_ascii_case(n))
-                        .map(|(_, v)| v.clone())
-                })
-                .unwrap_or_default()
-        };
+        let e = self.base_entry(&nc, &["entryUUID", "contextCSN"]).await?;
+        let get = |n: &str| e.as_ref().map(|e| values(e, n)).unwrap_or_default();
         let uuid = get("entryUUID").into_iter().next().unwrap_or_default();
         let csn = get("contextCSN").into_iter().max().unwrap_or_default();
         Ok((uuid, csn))
@@ -630,23 +586,10 @@ impl LdapTarget {
 
     /// Whether the server offers RFC 4533 content synchronization (OpenLDAP's syncprov).
     pub async fn supports_content_sync(&mut self) -> Result<bool, TargetError> {
-        let mut ldap = self.ldap.clone();
-        ldap.with_timeout(self.op_timeout);
-        let (rs, _) = ldap
-            .search("", Scope::Base, "(objectClass=*)", vec!["supportedControl"])
-            .await
-            .and_then(|r| r.success())
-            .map_err(|e| TargetError::Read(format!("reading the root DSE failed: {e}")))?;
-        Ok(rs
-            .into_iter()
-            .next()
-            .map(SearchEntry::construct)
-            .and_then(|e| {
-                e.attrs
-                    .into_iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case("supportedControl"))
-                    .map(|(_, v)| v)
-            })
+        Ok(self
+            .base_entry("", &["supportedControl"])
+            .await?
+            .map(|e| values(&e, "supportedControl"))
             .unwrap_or_default()
             .iter()
             .any(|c| c == "1.3.6.1.4.1.4203.1.9.1.1"))
@@ -1032,18 +975,7 @@ async fn add_ad(
         .into_iter()
         .next()
         .map(SearchEntry::construct)
-        .and_then(|e| {
-            e.bin_attrs
-                .get("objectGUID")
-                .and_then(|v| v.first())
-                .and_then(|b| crate::ad::guid_text(b))
-                .or_else(|| {
-                    e.attrs
-                        .get("objectGUID")
-                        .and_then(|v| v.first())
-                        .and_then(|s| crate::ad::guid_text(s.as_bytes()))
-                })
-        }))
+        .and_then(|e| guid_attr(&e, "objectGUID")))
 }
 
 async fn apply_one(

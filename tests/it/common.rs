@@ -159,13 +159,25 @@ pub fn search(base: &str, filter: &str) -> Vec<LdapEntry> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    parse_ldif(&text)
+}
+
+/// `ldapsearch -LLL -o ldif-wrap=no` output as entries (base64 values decoded; binary ones kept
+/// as `base64:…`).
+pub fn parse_ldif(text: &str) -> Vec<LdapEntry> {
     let mut entries = Vec::new();
     for block in text.split("\n\n") {
         let mut dn = String::new();
         let mut attrs: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for line in block.lines() {
+            if line.starts_with('#') {
+                continue;
+            }
             let (k, v) = if let Some((k, v)) = line.split_once(":: ") {
-                (k, String::from_utf8(b64(v)).unwrap_or_default())
+                (
+                    k,
+                    String::from_utf8(b64(v)).unwrap_or_else(|_| format!("base64:{v}")),
+                )
             } else if let Some((k, v)) = line.split_once(": ") {
                 (k, v.to_string())
             } else {
@@ -679,36 +691,7 @@ pub fn ad_search(base: &str, filter: &str, attrs: &[&str]) -> Vec<LdapEntry> {
     let mut args = vec!["-LLL", "-o", "ldif-wrap=no", "-b", base, filter];
     args.extend_from_slice(attrs);
     let out = ad_tool("ldapsearch", &a.bind_dn, &a.password, &args, None);
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let mut entries = Vec::new();
-    for block in text.split("\n\n") {
-        let mut dn = String::new();
-        let mut attrs: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for line in block.lines() {
-            if line.starts_with('#') {
-                continue;
-            }
-            let (k, v) = if let Some((k, v)) = line.split_once(":: ") {
-                (
-                    k,
-                    String::from_utf8(b64(v)).unwrap_or_else(|_| format!("base64:{v}")),
-                )
-            } else if let Some((k, v)) = line.split_once(": ") {
-                (k, v.to_string())
-            } else {
-                continue;
-            };
-            if k == "dn" {
-                dn = v;
-            } else {
-                attrs.entry(k.to_ascii_lowercase()).or_default().push(v);
-            }
-        }
-        if !dn.is_empty() {
-            entries.push(LdapEntry { dn, attrs });
-        }
-    }
-    entries
+    parse_ldif(&String::from_utf8_lossy(&out.stdout))
 }
 
 /// One AD test's world: `OU=<name>` under the domain with `OU=People` in it, the export, the
