@@ -404,6 +404,9 @@ pub struct ReadCursor {
     /// base64.
     #[serde(default)]
     pub cookies: BTreeMap<String, String>,
+    /// Active Directory: read the managed groups in full (the last run wrote).
+    #[serde(default)]
+    pub refresh_groups: bool,
     /// OpenLDAP: the highest contextCSN of the database when it was last read.
     #[serde(default)]
     pub csn: String,
@@ -709,9 +712,19 @@ async fn read_directory(
             }
             Some(c) => prior_snapshot().map(|s| (c.clone(), s)),
         };
-        if let Some((cursor, snap)) = usable {
+        if let Some((cursor, mut snap)) = usable {
+            let mut regroup = 0;
+            if cursor.refresh_groups {
+                let mut groups = Vec::new();
+                for parent in &scope.parents {
+                    groups.extend(t.search(parent, GROUP_FILTER, GROUP_ATTRS).await?);
+                }
+                regroup = groups.len();
+                snap.groups = groups;
+            }
             let (snapshot, kept, fetched) =
                 read_ad_incremental(cfg, &scope, t, snap, cursor.usn, &pos).await?;
+            let fetched = fetched + regroup;
             info.mode = "incremental";
             info.fetched = fetched;
             info.ranged_reads = t.ranged_reads.load(std::sync::atomic::Ordering::Relaxed);
@@ -721,6 +734,7 @@ async fn read_directory(
                 usn: pos.highest_usn,
                 cookies: BTreeMap::new(),
                 csn: String::new(),
+                refresh_groups: false,
                 recent: Vec::new(),
             };
             return Ok(DirRead {
@@ -748,6 +762,7 @@ async fn read_directory(
             usn: pos.highest_usn,
             cookies: BTreeMap::new(),
             csn: String::new(),
+            refresh_groups: false,
             recent: Vec::new(),
         };
         if let Some(w) = &info.why_full {
@@ -2483,6 +2498,9 @@ pub async fn run(
         // a run that wrote, groups are read in full next time.
         if !outcome.applied.is_empty() {
             cursor.cookies.retain(|k, _| !k.starts_with("groups:"));
+            // AD rewrites group members (linked values) when a person moves, without a new
+            // uSNChanged on the group: read the groups in full next time.
+            cursor.refresh_groups = true;
         }
         let internal = |e: serde_json::Error| RunError::Config(format!("internal: {e}"));
         if read_info.fetched > 0 || read_info.mode == "full" {

@@ -1067,7 +1067,9 @@ async fn apply_one(
                 .modify(&c.dn, mods)
                 .await
                 .map_err(lerr)?;
-            if r.rc == 16 || r.rc == 20 {
+            // 16/20 (OpenLDAP), 68/53 (Active Directory: "Attribute member already exists",
+            // "… doesn't exist"): a member was renamed or moved by the server already.
+            if matches!(r.rc, 16 | 20) || (ad && matches!(r.rc, 53 | 68)) {
                 // The server's referential integrity may have renamed a member already (a person
                 // moved in this run): re-read the group and send only what is still needed.
                 let attr = c

@@ -421,3 +421,67 @@ fn ad_errors_are_explained() {
         "{r:?}"
     );
 }
+
+#[test]
+fn ad_moves_into_new_ous_keep_groups_converged() {
+    let t = AdEnv::new("admove");
+    ad_modify(&format!(
+        "dn: OU=Groups,{}\nchangetype: add\nobjectClass: organizationalUnit\n\n",
+        t.ou
+    ));
+    let groups = format!(
+        "\n[[groups]]\ndn = \"CN=staff-admove,OU=Groups,{ou}\"\n\n[safety]\nmax-move-percent = 100\nmax-attribute-removal-percent = 100\n",
+        ou = t.ou
+    );
+    t.write_config(&t.default_config(&groups));
+    t.write_export(&[
+        "1,Ann,Mover,CEO,Board,,",
+        "2,Bob,Mover,Engineer,Engineering,1,",
+        "3,Cyd,Mover,Engineer,Engineering,1,",
+    ]);
+    t.sync_ok();
+    // Engineering gets an OU of its own (created): two moves; AD rewrites the group's member
+    // values and Bob's manager links itself, and the next runs must agree with it.
+    let placement = format!(
+        "\n[[users.placement]]\nwhen = \"department == 'Engineering'\"\nbase = \"OU=Eng,{}\"\ncreate = true\n",
+        t.people
+    );
+    let cfg = t.default_config(&groups).replace(
+        "[users.attributes]",
+        &format!("{placement}\n[users.attributes]"),
+    );
+    t.write_config(&cfg);
+    let r = t.sync_ok();
+    assert!(r.stdout.contains("2 move"), "{r:?}");
+    let p = t.people();
+    assert!(p["2"].dn.contains("OU=Eng,"), "{}", p["2"].dn);
+    for _ in 0..3 {
+        let r = t.sync_ok();
+        assert!(
+            !r.stdout.contains("failed; 1") && r.stdout.contains("0 failed"),
+            "{r:?}"
+        );
+    }
+    let r = t.run(&["plan", "--full-read"]);
+    assert!(
+        r.stdout.starts_with("0 add, 0 modify, 0 rename, 0 delete")
+            || r.stdout.contains("\n0 add, 0 modify, 0 rename, 0 delete"),
+        "converged: {r:?}"
+    );
+    let g = ad_search(
+        &format!("OU=Groups,{}", t.ou),
+        "(cn=staff-admove)",
+        &["member"],
+    );
+    let members: Vec<String> = g[0].attrs["member"]
+        .iter()
+        .map(|m| m.to_lowercase())
+        .collect();
+    assert_eq!(members.len(), 3, "{members:?}");
+    assert!(
+        members
+            .iter()
+            .any(|m| m.starts_with("cn=bob mover,ou=eng,")),
+        "{members:?}"
+    );
+}
