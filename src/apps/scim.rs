@@ -478,8 +478,10 @@ impl ScimClient {
         }
     }
 
-    /// Create a user, idempotently: an account that already carries this externalId (a POST that
-    /// timed out but was applied) or this userName (made by hand) is linked instead.
+    /// Create a user, idempotently: the run's read of every account showed none with this
+    /// externalId or userName; a POST that fails, times out or answers 409 is followed by a lookup
+    /// (externalId, then userName) before anything is sent again, so an account created by a lost
+    /// answer, or made meanwhile by hand, is linked instead of duplicated.
     async fn create(
         &self,
         key: &str,
@@ -488,15 +490,19 @@ impl ScimClient {
     ) -> Result<String, AppError> {
         let mut attempt = 0;
         loop {
-            if let Some(found) = self.find("externalId", key).await? {
-                self.converge(&found, key, attrs, ids).await?;
-                return Ok(found.id);
-            }
-            let user_name = attrs.get("userName").cloned().unwrap_or_default();
-            if let Some(found) = self.find("userName", &user_name).await? {
-                if found.external_id.as_deref().is_none_or(|e| e == key) {
+            // The run read every account just before planning this create; after a failed or
+            // unanswered POST (and after a 409), look again before sending another.
+            if attempt > 0 {
+                if let Some(found) = self.find("externalId", key).await? {
                     self.converge(&found, key, attrs, ids).await?;
                     return Ok(found.id);
+                }
+                let user_name = attrs.get("userName").cloned().unwrap_or_default();
+                if let Some(found) = self.find("userName", &user_name).await? {
+                    if found.external_id.as_deref().is_none_or(|e| e == key) {
+                        self.converge(&found, key, attrs, ids).await?;
+                        return Ok(found.id);
+                    }
                 }
             }
             let body = user_json(key, attrs, true, ids);
