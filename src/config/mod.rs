@@ -73,6 +73,7 @@ struct RawDirectory {
     operation_timeout: Option<Spanned<String>>,
     page_size: Option<u32>,
     max_in_flight: Option<u32>,
+    connections: Option<u32>,
     range_size: Option<u32>,
 }
 
@@ -251,6 +252,8 @@ pub struct DirectoryConfig {
     pub operation_timeout: Duration,
     pub page_size: u32,
     pub max_in_flight: usize,
+    /// Connections used for writes (each with `max-in-flight` operations outstanding).
+    pub connections: usize,
     /// Read multi-valued `member` in ranges of this many values (`member;range=0-1499`); None:
     /// ask for the whole attribute and follow the ranges the server chooses.
     pub range_size: Option<u32>,
@@ -994,6 +997,7 @@ pub fn load_str(file: &Path, src: &str, mode: Check) -> Result<(Config, Diagnost
         page_size: d.page_size.unwrap_or(500).max(1),
         range_size: d.range_size.filter(|r| *r > 0),
         max_in_flight: d.max_in_flight.unwrap_or(32).clamp(1, 1024) as usize,
+        connections: d.connections.unwrap_or(1).clamp(1, 16) as usize,
     };
 
     // ---- [state]

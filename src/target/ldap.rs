@@ -18,6 +18,8 @@ use crate::plan::{Change, DeltaKind, Op};
 
 pub struct LdapTarget {
     ldap: Ldap,
+    /// More bound connections to the same server, for writes (`directory.connections`).
+    writers: Vec<Ldap>,
     pub url: String,
     op_timeout: Duration,
     page_size: i32,
@@ -219,6 +221,39 @@ fn is_tls_error(msg: &str) -> bool {
         || m.contains("unknownissuer")
 }
 
+/// One more connection to `url`, bound like the first.
+async fn extra_connection(
+    cfg: &DirectoryConfig,
+    url: &str,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    ldapi: bool,
+) -> Result<Ldap, String> {
+    let mut settings = LdapConnSettings::new().set_conn_timeout(cfg.connect_timeout);
+    if let Some(t) = tls {
+        settings = settings.set_config(t);
+    }
+    if cfg.starttls && url.to_ascii_lowercase().starts_with("ldap://") {
+        settings = settings.set_starttls(true);
+    }
+    let (conn, mut ldap) = LdapConnAsync::with_settings(settings, url)
+        .await
+        .map_err(|e| e.to_string())?;
+    ldap3::drive!(conn);
+    ldap.with_timeout(cfg.operation_timeout);
+    let r = if ldapi && cfg.bind_dn.is_none() {
+        ldap.sasl_external_bind().await
+    } else {
+        let pw = cfg.password.as_ref().map(|p| p.expose()).unwrap_or("");
+        ldap.simple_bind(cfg.bind_dn.as_deref().unwrap_or(""), pw)
+            .await
+    }
+    .map_err(|e| e.to_string())?;
+    if r.rc != 0 {
+        return Err(format!("bind refused: rc {}", r.rc));
+    }
+    Ok(ldap)
+}
+
 impl LdapTarget {
     /// Connect to the first URL that answers, verify TLS, bind.
     pub async fn connect(cfg: &DirectoryConfig) -> Result<LdapTarget, TargetError> {
@@ -311,7 +346,19 @@ impl LdapTarget {
                     continue;
                 }
             }
+            // More connections for writes, bound the same way; one that fails is done without.
+            let mut writers = Vec::new();
+            for _ in 1..cfg.connections {
+                match extra_connection(cfg, url, tls.clone(), ldapi).await {
+                    Ok(l) => writers.push(l),
+                    Err(e) => {
+                        tracing::warn!(target: "dirbridge::ldap", "an extra write connection to {url} failed: {e}; going on with {}", writers.len() + 1);
+                        break;
+                    }
+                }
+            }
             return Ok(LdapTarget {
+                writers,
                 ldap,
                 url: url.clone(),
                 op_timeout: cfg.operation_timeout,
@@ -822,8 +869,12 @@ impl LdapTarget {
         in_flight: usize,
         cancel: Option<tokio::sync::watch::Receiver<bool>>,
     ) -> Vec<Result<Option<String>, OpFailure>> {
+        // Changes of one phase are independent: spread them over the connections.
+        let pool: Vec<&Ldap> = std::iter::once(&self.ldap)
+            .chain(self.writers.iter())
+            .collect();
         let futs = changes.iter().enumerate().map(|(i, c)| {
-            let mut ldap = self.ldap.clone();
+            let mut ldap = pool[i % pool.len()].clone();
             let t = self.op_timeout;
             let pw = passwords.get(i).cloned().flatten();
             let cancel = cancel.clone();
@@ -856,7 +907,7 @@ impl LdapTarget {
         });
         let mut results: Vec<(usize, Result<Option<String>, OpFailure>)> =
             futures_util::stream::iter(futs)
-                .buffer_unordered(in_flight.max(1))
+                .buffer_unordered(in_flight.max(1) * pool.len())
                 .collect()
                 .await;
         results.sort_by_key(|(i, _)| *i);
@@ -864,6 +915,9 @@ impl LdapTarget {
     }
 
     pub async fn unbind(mut self) {
+        for mut w in std::mem::take(&mut self.writers) {
+            let _ = w.unbind().await;
+        }
         let _ = self.ldap.unbind().await;
     }
 }
