@@ -16,6 +16,11 @@ fn fetched(r: &Run) -> (String, u64) {
 #[test]
 fn a_run_after_one_change_reads_only_that_change_and_hand_edits_are_corrected() {
     let t = TestEnv::new("incr");
+    // Writes over two connections (directory.connections).
+    let cfg = t
+        .default_config(&slapd().ldaps_uri)
+        .replace("base-dn =", "connections = 2\nbase-dn =");
+    t.write_config(&cfg);
     let rows: Vec<String> = (1..=60)
         .map(|i| format!("{i},Given{i},,Family{i},Title {i},p{i}@example.com,"))
         .collect();
