@@ -95,10 +95,23 @@ impl MatchRules {
     }
 
     pub fn rule(&self, attr: &str) -> Rule {
-        self.rules
-            .get(&attr.to_ascii_lowercase())
-            .copied()
-            .unwrap_or(Rule::CaseIgnore)
+        // Attribute names are short ASCII: lower-case them on the stack (this runs for every value
+        // compared).
+        let mut buf = [0u8; 64];
+        let key = if attr.len() <= buf.len() && attr.is_ascii() {
+            for (d, c) in buf.iter_mut().zip(attr.bytes()) {
+                *d = c.to_ascii_lowercase();
+            }
+            std::str::from_utf8(&buf[..attr.len()]).ok()
+        } else {
+            None
+        };
+        match key {
+            Some(k) => self.rules.get(k),
+            None => self.rules.get(&attr.to_ascii_lowercase()),
+        }
+        .copied()
+        .unwrap_or(Rule::CaseIgnore)
     }
 
     /// The comparison form of a value.
@@ -119,6 +132,13 @@ impl MatchRules {
 
     /// Whether two value sets are equal under the attribute's rule.
     pub fn same_values(&self, attr: &str, a: &[String], b: &[String]) -> bool {
+        // Identical values are equal under every rule; one value each needs no sets.
+        if a == b {
+            return true;
+        }
+        if let ([x], [y]) = (a, b) {
+            return self.fold(attr, x) == self.fold(attr, y);
+        }
         let mut x: Vec<String> = a.iter().map(|v| self.fold(attr, v)).collect();
         let mut y: Vec<String> = b.iter().map(|v| self.fold(attr, v)).collect();
         x.sort();

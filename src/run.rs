@@ -884,7 +884,9 @@ async fn read_directory(
             incremental = false;
             r = full_with_cookie(t, base, filter, attrs).await?;
         }
-        fetched += r.changed.len() + r.deleted.len();
+        // Entries transferred; deleted entryUUIDs are only IDs (and may be anyone's in the
+        // database: syncprov's session log is not limited to the search base).
+        fetched += r.changed.len();
         match (
             &r.cookie,
             prior_cursor.as_ref().and_then(|c| c.cookies.get(key)),
@@ -903,11 +905,25 @@ async fn read_directory(
     // Nothing changed anywhere since the last run (and the last run wrote nothing): the snapshot
     // the mirror keeps is the directory. The caller may not even need it (a quiet run).
     let recent_empty = prior_cursor.as_ref().is_none_or(|c| c.recent.is_empty());
-    let unchanged = incremental
+    let mut unchanged = incremental
         && recent_empty
-        && results.iter().all(|(_, _, r)| {
-            !r.full && !r.present_phase && r.changed.is_empty() && r.deleted.is_empty()
-        });
+        && results
+            .iter()
+            .all(|(_, _, r)| !r.full && !r.present_phase && r.changed.is_empty());
+    let deleted: BTreeSet<&String> = results
+        .iter()
+        .flat_map(|(_, _, r)| r.deleted.iter())
+        .collect();
+    if unchanged && !deleted.is_empty() {
+        // Deletes elsewhere in the database do not change what dirbridge manages.
+        let known = prior_snapshot().unwrap_or_default();
+        unchanged = !known
+            .entries
+            .iter()
+            .chain(known.groups.iter())
+            .chain(known.uniques.iter())
+            .any(|e| deleted.contains(&e.uuid));
+    }
     info.mode = if incremental { "incremental" } else { "full" };
     if unchanged {
         info.fetched = 0;

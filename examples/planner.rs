@@ -1,0 +1,184 @@
+//! The planner at scale, without LDAP: N synthetic records against a synthetic directory snapshot
+//! (most people unchanged, 5% with a new title, 1% joiners, 1% leavers), through `run::decide`.
+//! Prints the time of each stage and the peak RSS. Issue 5's check: 1,000,000 records in ≤ 30 s
+//! and ≤ 2 GB.
+//!
+//!   cargo run --release --example planner -- 1000000
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Instant;
+
+use dirbridge::config::{self, Check};
+use dirbridge::mapping::Mapper;
+use dirbridge::model::{DirSnapshot, Entry, MatchRules};
+use dirbridge::run::{decide, DecideInput};
+
+fn peak_rss_mb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        / 1024
+}
+
+fn main() {
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
+    let dir = std::env::temp_dir().join(format!("dirbridge-planner-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let header = "employee_id,given_name,surname,title,department,manager_id";
+    std::fs::write(dir.join("export.csv"), format!("{header}\n")).expect("write");
+    std::fs::write(dir.join("pw"), "x\n").expect("write");
+    let text = r#"
+[source]
+kind = "csv"
+path = "export.csv"
+key = "employee_id"
+[directory]
+url = "ldaps://ldap.example.com"
+bind-dn = "cn=x,dc=example,dc=com"
+password-file = "pw"
+base-dn = "dc=example,dc=com"
+[state]
+path = "mirror.db"
+[users]
+base = "ou=people,dc=example,dc=com"
+[users.attributes]
+uid = "{{ (given_name[:1] ~ surname) | ascii | lower }}{{ n }}"
+cn = "{{ given_name }} {{ surname }}"
+givenName = "{{ given_name }}"
+sn = "{{ surname }}"
+title = "{{ title }}"
+departmentNumber = "{{ department }}"
+manager = "{{ manager_id | person_dn }}"
+[users.unique]
+uid = true
+[safety]
+max-deletes = 100000000
+max-delete-percent = 100
+max-attribute-removal-percent = 100
+"#;
+    let cfg_path = dir.join("dirbridge.toml");
+    std::fs::write(&cfg_path, text).expect("write");
+    let (cfg, _) = config::load(&cfg_path, Check::Run).expect("configuration");
+
+    let t0 = Instant::now();
+    // The export: people 0..n (1% of them new), their managers in a tree.
+    let mut csv = String::with_capacity(n * 64);
+    csv.push_str(header);
+    csv.push('\n');
+    for i in 0..n {
+        let title = if i % 20 == 7 { "Lead" } else { "Staff" };
+        let manager = if i == 0 {
+            String::new()
+        } else {
+            (1_000_000 + i / 10).to_string()
+        };
+        csv.push_str(&format!(
+            "{},Given{i},Family{i},{title},D{},{manager}\n",
+            1_000_000 + i,
+            i % 50
+        ));
+    }
+    let export = dirbridge::source::parse(&cfg.source, csv.as_bytes()).expect("export");
+    drop(csv);
+    let t_export = t0.elapsed();
+
+    // The directory: everyone but the joiners (i % 100 == 99), plus 1% leavers no longer in the
+    // export; titles as before the 5% change.
+    let t1 = Instant::now();
+    let base = "ou=people,dc=example,dc=com";
+    let mut entries = Vec::with_capacity(n);
+    let mut links = BTreeMap::new();
+    let mut taken: HashMap<String, HashMap<String, Vec<String>>> = HashMap::new();
+    let uid_of = |i: usize| format!("gfamily{i}");
+    let mut put = |i: usize, key: String, title: &str, entries: &mut Vec<Entry>| {
+        let uuid = format!("u-{i}");
+        let uid = uid_of(i);
+        let mut attrs: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        attrs.insert("objectclass".into(), vec!["inetOrgPerson".into()]);
+        attrs.insert("employeenumber".into(), vec![key.clone()]);
+        attrs.insert("uid".into(), vec![uid.clone()]);
+        attrs.insert("cn".into(), vec![format!("Given{i} Family{i}")]);
+        attrs.insert("givenname".into(), vec![format!("Given{i}")]);
+        attrs.insert("sn".into(), vec![format!("Family{i}")]);
+        attrs.insert("title".into(), vec![title.to_string()]);
+        attrs.insert("departmentnumber".into(), vec![format!("D{}", i % 50)]);
+        if i > 0 {
+            attrs.insert(
+                "manager".into(),
+                vec![format!("uid={},{base}", uid_of(i / 10))],
+            );
+        }
+        taken
+            .entry("uid".into())
+            .or_default()
+            .insert(uid.clone(), vec![uuid.clone()]);
+        entries.push(Entry {
+            uuid: uuid.clone(),
+            dn: format!("uid={uid},{base}"),
+            attrs,
+        });
+        links.insert(key, uuid);
+    };
+    for i in 0..n {
+        if i % 100 == 99 {
+            continue;
+        }
+        put(i, (1_000_000 + i).to_string(), "Staff", &mut entries);
+    }
+    for j in 0..n / 100 {
+        let i = n + j;
+        put(i, (1_000_000 + i).to_string(), "Staff", &mut entries);
+    }
+    let dir_snap = DirSnapshot {
+        entries,
+        taken,
+        groups: Vec::new(),
+        missing_bases: BTreeSet::new(),
+    };
+    let t_dir = t1.elapsed();
+
+    let t2 = Instant::now();
+    let rules = MatchRules::default();
+    let mapper = Mapper::new(&cfg.users, &export.header).expect("mapper");
+    let d = decide(&DecideInput {
+        apps: &BTreeMap::new(),
+        cfg: &cfg,
+        users: &cfg.users,
+        mapper: &mapper,
+        export: &export,
+        dir: &dir_snap,
+        rules: &rules,
+        links: &links,
+        departures: &BTreeMap::new(),
+        created: &BTreeSet::new(),
+        posix_ids: &BTreeMap::new(),
+        today: "2026-11-28".parse().expect("date"),
+        only: None,
+    });
+    let t_decide = t2.elapsed();
+    let summary = dirbridge::plan::summary(&d.plan);
+    println!(
+        "planner: {n} records, {} entries: export {:.2} s, snapshot {:.2} s, decide {:.2} s; total {:.2} s; peak RSS {} MB",
+        dir_snap.entries.len(),
+        t_export.as_secs_f64(),
+        t_dir.as_secs_f64(),
+        t_decide.as_secs_f64(),
+        t0.elapsed().as_secs_f64(),
+        peak_rss_mb()
+    );
+    println!(
+        "plan: {} add, {} modify, {} delete, {} quarantined",
+        summary["add"], summary["modify"], summary["delete"], summary["quarantined"]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
