@@ -462,6 +462,25 @@ struct ReadScope {
 }
 
 impl ReadScope {
+    /// What the reads ask for: the people's attributes, and the filter and attributes of the
+    /// unique values under base-dn.
+    fn searches(&self) -> ([&'static str; 3], String, Vec<&str>) {
+        let filter = format!(
+            "(|{})",
+            self.names
+                .iter()
+                .map(|a| format!("({a}=*)"))
+                .collect::<String>()
+        );
+        let mut attrs: Vec<&str> = self.names.iter().map(String::as_str).collect();
+        attrs.push("entryUUID");
+        (
+            ["*", "entryUUID", crate::config::PPOLICY_LOCK_ATTR],
+            filter,
+            attrs,
+        )
+    }
+
     fn fingerprint(&self, base_dn: &str) -> String {
         format!(
             "{}|{}|{}|{}",
@@ -680,17 +699,7 @@ async fn read_directory(
     let prior_snapshot = || -> Option<ReadSnapshot> {
         load(READ_SNAPSHOT).and_then(|v| serde_json::from_str(&v).ok())
     };
-    let uniques_filter = format!(
-        "(|{})",
-        scope
-            .names
-            .iter()
-            .map(|a| format!("({a}=*)"))
-            .collect::<String>()
-    );
-    let mut unique_attrs: Vec<&str> = scope.names.iter().map(String::as_str).collect();
-    unique_attrs.push("entryUUID");
-    let entry_attrs = ["*", "entryUUID", crate::config::PPOLICY_LOCK_ATTR];
+    let (entry_attrs, uniques_filter, unique_attrs) = scope.searches();
 
     if cfg.directory.is_ad() {
         let pos = t.ad_position().await?;
@@ -746,16 +755,7 @@ async fn read_directory(
                 missing_bases: BTreeSet::new(),
             });
         }
-        let (snapshot, kept) = read_full(
-            cfg,
-            &scope,
-            t,
-            &entry_attrs,
-            &uniques_filter,
-            &unique_attrs,
-            &mut info,
-        )
-        .await?;
+        let (snapshot, kept) = read_full(cfg, &scope, t, &mut info).await?;
         let cursor = ReadCursor {
             fingerprint,
             invocation: pos.invocation,
@@ -780,16 +780,7 @@ async fn read_directory(
 
     if !t.supports_content_sync().await? {
         // No RFC 4533 here: every run reads everything.
-        let (snapshot, _) = read_full(
-            cfg,
-            &scope,
-            t,
-            &entry_attrs,
-            &uniques_filter,
-            &unique_attrs,
-            &mut info,
-        )
-        .await?;
+        let (snapshot, _) = read_full(cfg, &scope, t, &mut info).await?;
         return Ok(DirRead {
             snapshot,
             info,
@@ -1086,20 +1077,17 @@ async fn full_with_cookie(
 }
 
 /// Everything, paged.
-#[allow(clippy::too_many_arguments)]
 async fn read_full(
     cfg: &Config,
     scope: &ReadScope,
     t: &mut LdapTarget,
-    entry_attrs: &[&str],
-    uniques_filter: &str,
-    unique_attrs: &[&str],
     info: &mut ReadInfo,
 ) -> Result<(DirSnapshot, ReadSnapshot), RunError> {
+    let (entry_attrs, uniques_filter, unique_attrs) = scope.searches();
     let mut seen = BTreeSet::new();
     let mut entries = Vec::new();
     for base in &scope.subtrees {
-        for e in t.search(base, "(objectClass=*)", entry_attrs).await? {
+        for e in t.search(base, "(objectClass=*)", &entry_attrs).await? {
             if scope.configured.contains(&crate::dn::normalize(&e.dn))
                 || !seen.insert(e.uuid.clone())
             {
@@ -1121,7 +1109,7 @@ async fn read_full(
     let mut uniques = Vec::new();
     if !scope.names.is_empty() {
         uniques = t
-            .search(&cfg.directory.base_dn, uniques_filter, unique_attrs)
+            .search(&cfg.directory.base_dn, &uniques_filter, &unique_attrs)
             .await?;
     }
     info.fetched = entries.len() + groups.len() + uniques.len();

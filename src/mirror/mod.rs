@@ -771,30 +771,16 @@ impl Mirror {
         changes: &[&crate::apps::AppChange],
         now: &str,
     ) -> Result<Vec<i64>, MirrorError> {
-        let p = self.path.clone();
-        let tx = self.conn.transaction().map_err(sq(&p))?;
-        let mut ids = Vec::with_capacity(changes.len());
-        {
-            let mut ins = tx
-                .prepare("INSERT INTO journal (run_id, op, dn, hr_key, change, reason, state, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7)")
-                .map_err(sq(&p))?;
-            for c in changes {
-                let body = serde_json::to_string(&c.attributes).unwrap_or_default();
-                ins.execute(params![
-                    run,
-                    c.op.as_str(),
-                    format!("app {}: {}", c.app, c.account),
-                    c.key,
-                    body,
-                    c.reason,
-                    now
-                ])
-                .map_err(sq(&p))?;
-                ids.push(tx.last_insert_rowid());
-            }
-        }
-        tx.commit().map_err(sq(&p))?;
-        Ok(ids)
+        let rows = changes.iter().map(|c| {
+            (
+                c.op.as_str(),
+                format!("app {}: {}", c.app, c.account),
+                c.key.as_str(),
+                serde_json::to_string(&c.attributes).unwrap_or_default(),
+                c.reason.as_str(),
+            )
+        });
+        self.journal_rows(run, rows, now)
     }
 
     /// Journal changes as pending, before they are sent. Returns their journal ids.
@@ -804,25 +790,35 @@ impl Mirror {
         changes: &[&Change],
         now: &str,
     ) -> Result<Vec<i64>, MirrorError> {
+        let rows = changes.iter().map(|c| {
+            (
+                c.op.as_str(),
+                c.dn.clone(),
+                c.key.as_str(),
+                serde_json::to_string(&c.attributes).unwrap_or_default(),
+                c.reason.as_str(),
+            )
+        });
+        self.journal_rows(run, rows, now)
+    }
+
+    /// Pending journal rows `(op, dn, key, change, reason)` in one transaction; their ids.
+    fn journal_rows<'a>(
+        &mut self,
+        run: i64,
+        rows: impl Iterator<Item = (&'a str, String, &'a str, String, &'a str)>,
+        now: &str,
+    ) -> Result<Vec<i64>, MirrorError> {
         let p = self.path.clone();
         let tx = self.conn.transaction().map_err(sq(&p))?;
-        let mut ids = Vec::with_capacity(changes.len());
+        let mut ids = Vec::new();
         {
             let mut ins = tx
                 .prepare("INSERT INTO journal (run_id, op, dn, hr_key, change, reason, state, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7)")
                 .map_err(sq(&p))?;
-            for c in changes {
-                let body = serde_json::to_string(&c.attributes).unwrap_or_default();
-                ins.execute(params![
-                    run,
-                    c.op.as_str(),
-                    c.dn,
-                    c.key,
-                    body,
-                    c.reason,
-                    now
-                ])
-                .map_err(sq(&p))?;
+            for (op, dn, key, body, reason) in rows {
+                ins.execute(params![run, op, dn, key, body, reason, now])
+                    .map_err(sq(&p))?;
                 ids.push(tx.last_insert_rowid());
             }
         }
