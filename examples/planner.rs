@@ -13,6 +13,10 @@ use dirbridge::mapping::Mapper;
 use dirbridge::model::{DirSnapshot, Entry, MatchRules};
 use dirbridge::run::{decide, DecideInput};
 
+// The same allocator as the binary (src/main.rs).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn peak_rss_mb() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()

@@ -389,6 +389,10 @@ pub struct ReadInfo {
     pub why_full: Option<String>,
     /// Extra requests to read ranged attributes (large groups).
     pub ranged_reads: u64,
+    /// The snapshot differs from the one the mirror kept (entries fetched, deleted or dropped
+    /// by a present phase; always after a full read): it is saved again.
+    #[serde(skip)]
+    pub snapshot_changed: bool,
 }
 
 /// Where the last read stopped (small; read every run): the content-sync cookies per search,
@@ -664,6 +668,10 @@ pub fn materialize(
     ))
 }
 
+/// Above this many entries written by the last run, the next run reads the directory in full
+/// instead of reading them back by entryUUID (200 per search).
+const RECENT_READ_LIMIT: usize = 2000;
+
 /// Read the directory: in full the first time, then incrementally where the server allows it —
 /// OpenLDAP by RFC 4533 content synchronization (refreshOnly, cookies kept in the mirror), Active
 /// Directory by uSNChanged with deleted objects. A refused or unusable state means one full read,
@@ -692,6 +700,15 @@ async fn read_directory(
         Some(c) if c.fingerprint != fingerprint => {
             info.why_full =
                 Some("the configuration reads other bases or attributes than the last run".into());
+            None
+        }
+        // What the last run wrote is read again (slapd's contextCSN lag, below); after a large
+        // load one paged read is far faster than thousands of reads by entryUUID.
+        Some(c) if c.recent.len() > RECENT_READ_LIMIT => {
+            info.why_full = Some(format!(
+                "the last run wrote {} entries; one paged read is faster than reading them back one by one",
+                c.recent.len()
+            ));
             None
         }
         other => other,
@@ -736,6 +753,7 @@ async fn read_directory(
             let fetched = fetched + regroup;
             info.mode = "incremental";
             info.fetched = fetched;
+            info.snapshot_changed = fetched > 0;
             info.ranged_reads = t.ranged_reads.load(std::sync::atomic::Ordering::Relaxed);
             let cursor = ReadCursor {
                 fingerprint,
@@ -1025,6 +1043,10 @@ async fn read_directory(
     }
     info.mode = if incremental { "incremental" } else { "full" };
     info.fetched = fetched;
+    info.snapshot_changed = !incremental
+        || fetched > 0
+        || !deleted.is_empty()
+        || results.iter().any(|(_, _, r)| r.present_phase || r.full);
     let kept = ReadSnapshot {
         entries: new_entries,
         groups: new_groups,
@@ -1202,6 +1224,35 @@ async fn read_ad_incremental(
         missing_bases: scope.missing_bases.clone(),
     };
     Ok((snap, st, fetched))
+}
+
+/// Where a run's time went, logged at info level (`-v`) when it ends.
+struct Laps {
+    last: Instant,
+    laps: Vec<(&'static str, Duration)>,
+}
+
+impl Laps {
+    fn new(started: Instant) -> Self {
+        Laps {
+            last: started,
+            laps: Vec::new(),
+        }
+    }
+    fn lap(&mut self, what: &'static str) {
+        let now = Instant::now();
+        self.laps.push((what, now - self.last));
+        self.last = now;
+    }
+    fn log(&self) {
+        let parts: Vec<String> = self
+            .laps
+            .iter()
+            .filter(|(_, d)| d.as_millis() > 0)
+            .map(|(w, d)| format!("{w} {:.2} s", d.as_secs_f64()))
+            .collect();
+        tracing::info!(target: "dirbridge::run", "time: {}", parts.join(", "));
+    }
 }
 
 /// Everything a run decides, from what it read (pure: no I/O, `today` is given).
@@ -1826,6 +1877,7 @@ pub async fn run(
     clock: &dyn Clock,
 ) -> Result<RunOutcome, RunError> {
     let started = Instant::now();
+    let mut laps = Laps::new(started);
     let _lock = if opts.dry_run || opts.daemon_holds_lock {
         None
     } else {
@@ -1844,6 +1896,7 @@ pub async fn run(
         Err(e) => return Err(e.into()),
     };
     let export = source::read(&cfg.source)?;
+    laps.lap("export");
     for q in &export.quarantined {
         tracing::warn!(target: "dirbridge::source", "quarantined {q}");
     }
@@ -1886,6 +1939,7 @@ pub async fn run(
         names,
         missing_bases,
     } = read_directory(cfg, &users, &mut target, mirror.as_ref(), opts.full_read).await?;
+    laps.lap("directory read");
     // A quiet run: the directory did not change since the last run, the export and the
     // configuration are byte for byte those of the last run, whose plan was empty, and no
     // lifecycle date has come: the plan is empty without mapping anything.
@@ -1915,6 +1969,7 @@ pub async fn run(
         });
         if let (true, Some(m)) = (quiet, marker) {
             tracing::info!(target: "dirbridge::read", "quiet run: the directory, the export and the configuration are as the last run left them, and it planned nothing");
+            laps.log();
             target.unbind().await;
             let plan = Plan {
                 records: export.records.len() + export.quarantined.len(),
@@ -1967,6 +2022,7 @@ pub async fn run(
             }
         }
     }
+    laps.lap("snapshot");
     // Re-fold the unique values with the server's rules.
     for (attr, vals) in dir.taken.iter_mut() {
         let refolded: std::collections::HashMap<String, Vec<String>> =
@@ -2085,6 +2141,7 @@ pub async fn run(
         today,
         only: opts.only.as_deref(),
     });
+    laps.lap("plan");
     plan.read_mode = read_info.mode.to_string();
     plan.fetched = read_info.fetched;
     plan.ranged_reads = read_info.ranged_reads;
@@ -2444,6 +2501,7 @@ pub async fn run(
         mirror.journal_done(&outcomes, &clock.rfc3339())?;
     }
     target.unbind().await;
+    laps.lap("directory writes");
     if !outcome.interrupted {
         apply_apps(
             cfg,
@@ -2458,6 +2516,7 @@ pub async fn run(
         )
         .await?;
     }
+    laps.lap("applications");
     mirror.save_links(&new_links, &now)?;
     mirror.note_groups(&groups_created, &groups_deleted, &now)?;
     mirror.save_posix_ids(&posix_new, &now)?;
@@ -2475,7 +2534,10 @@ pub async fn run(
             tracing::info!(target: "dirbridge::audit", rows = n, "forgot audit rows older than {before}");
         }
     }
-    mirror.save_snapshot(&dir)?;
+    // The directory as read: unchanged when the read fetched nothing (it came from the mirror).
+    if read_info.snapshot_changed || read_info.mode == "full" {
+        mirror.save_snapshot(&dir)?;
+    }
     let quiet_next = outcome.plan.changes.is_empty()
         && outcome.plan.app_changes.is_empty()
         && outcome.failed.is_empty()
@@ -2507,7 +2569,7 @@ pub async fn run(
             cursor.refresh_groups = true;
         }
         let internal = |e: serde_json::Error| RunError::Config(format!("internal: {e}"));
-        if read_info.fetched > 0 || read_info.mode == "full" {
+        if read_info.snapshot_changed || read_info.mode == "full" {
             mirror.put_state(
                 READ_SNAPSHOT,
                 &serde_json::to_string(&snap).map_err(internal)?,
@@ -2521,6 +2583,8 @@ pub async fn run(
     if !export.keys_uncertain && opts.only.is_none() {
         mirror.save_hr(&export)?;
     }
+    laps.lap("mirror");
+    laps.log();
     outcome.duration = started.elapsed();
     let status = if outcome.failed.is_empty() && outcome.plan.quarantined.is_empty() {
         "ok"

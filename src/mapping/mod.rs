@@ -243,10 +243,23 @@ pub struct Mapper {
     person_dns: filters::PersonDns,
     /// Attributes whose template uses `n`.
     uses_n: BTreeSet<String>,
+    /// Attributes whose template is `<anything without n>{{ n }}`: the value for `n` is the value
+    /// for `n = ""` followed by `n`, so numbering needs one render, not one per number tried.
+    suffix_n: BTreeSet<String>,
     /// `lifecycle.disabled-base`: people found there who are not leavers go back to `users.base`.
     disabled_base: Option<String>,
     /// Active Directory: sAMAccountName is made to fit (20 characters, no forbidden ones).
     ad: bool,
+}
+
+/// The part before a trailing `{{ n }}` (`{{n}}`, `{{- n -}}`), if the template ends with one.
+fn n_suffixed(src: &str) -> Option<&str> {
+    let body = src.strip_suffix("}}")?;
+    let open = body.rfind("{{")?;
+    let raw = &body[open + 2..];
+    // `{{- n }}` would strip whitespace the prefix renders: not this shape.
+    let inner = raw.trim().trim_end_matches('-').trim_end();
+    (inner == "n" && !raw.trim_start().starts_with('-')).then(|| &src[..open])
 }
 
 impl Mapper {
@@ -258,15 +271,25 @@ impl Mapper {
                 .map_err(|e| format!("users.attributes.{name}: {}", describe(&e)))?;
         }
         let mut uses_n = BTreeSet::new();
-        for name in users.attributes.keys() {
+        let mut suffix_n = BTreeSet::new();
+        for (name, src) in &users.attributes {
             if let Ok(t) = env.get_template(name) {
                 if t.undeclared_variables(false).contains("n") {
                     uses_n.insert(name.clone());
+                    if let Some(prefix) = n_suffixed(src) {
+                        let free = env
+                            .template_from_str(prefix)
+                            .is_ok_and(|p| !p.undeclared_variables(false).contains("n"));
+                        if free {
+                            suffix_n.insert(name.clone());
+                        }
+                    }
                 }
             }
         }
         Ok(Mapper {
             ad: false,
+            suffix_n,
             disabled_base: None,
             uses_n,
             env,
@@ -521,12 +544,37 @@ impl Mapper {
                     None => pending.push(i),
                 }
             }
+            // `<prefix>{{ n }}` templates: per folded prefix, the last number given. A new person
+            // with the same prefix starts after it (every lower number is taken by then), so
+            // 66 John Smiths cost 66 tries, not 66 × 67 / 2.
+            let suffixed = self.suffix_n.contains(attr) && !sam_rule;
+            let mut last_n: HashMap<String, u32> = HashMap::new();
             for i in pending {
                 let own = existing[i].map(|e| e.uuid.as_str());
                 let mut n = 1u32;
+                let mut plain: Option<(String, String)> = None;
+                if suffixed {
+                    match self.render(attr, &ctxs[i], "") {
+                        Ok(Some(v)) => {
+                            let f = rules.fold(attr, &v);
+                            if own.is_none() {
+                                if let Some(k) = last_n.get(&f) {
+                                    n = k + 1;
+                                }
+                            }
+                            plain = Some((v, f));
+                        }
+                        // rendered blank or failed: the loop below says so
+                        _ => {}
+                    }
+                }
                 loop {
                     let ns = if n == 1 { String::new() } else { n.to_string() };
-                    match self.render(attr, &ctxs[i], &ns) {
+                    let rendered = match &plain {
+                        Some((v, _)) => Ok(Some(format!("{v}{ns}"))),
+                        None => self.render(attr, &ctxs[i], &ns),
+                    };
+                    match rendered {
                         Err(e) => {
                             failed[i] = Some(e);
                             break;
@@ -550,6 +598,10 @@ impl Mapper {
                             if !by_other_entry && !by_other_record && !by_sam_rule {
                                 if sam_rule {
                                     chosen_sam.insert(local(&v), i);
+                                }
+                                if let Some((_, pf)) = &plain {
+                                    let e = last_n.entry(pf.clone()).or_insert(n);
+                                    *e = (*e).max(n);
                                 }
                                 reserved.insert(f, i);
                                 values[i].insert(attr.clone(), vec![v]);

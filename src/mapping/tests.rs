@@ -287,3 +287,98 @@ fn slicing_variables_are_checked() {
         vec!["given_name".to_string(), "surname".to_string()]
     );
 }
+
+#[test]
+fn trailing_n_templates_are_recognised() {
+    assert_eq!(
+        n_suffixed("{{ sn | lower }}{{ n }}"),
+        Some("{{ sn | lower }}")
+    );
+    assert_eq!(n_suffixed("{{ sn }}{{n}}"), Some("{{ sn }}"));
+    assert_eq!(n_suffixed("{{ sn }}{{ n -}}"), Some("{{ sn }}"));
+    assert_eq!(n_suffixed("{{ sn }} {{- n }}"), None);
+    assert_eq!(n_suffixed("{{ sn }}{{ n }}x"), None);
+    assert_eq!(n_suffixed("{{ sn ~ n }}"), None);
+    assert_eq!(n_suffixed("{{ sn }}{{ nn }}"), None);
+}
+
+/// The one-render numbering of `<prefix>{{ n }}` gives exactly what rendering every number gives:
+/// 200 homonyms (in 3 spellings differing in case), numbers 2, 5 and 40 taken in the directory,
+/// one existing homonym keeping its number.
+#[test]
+fn trailing_n_numbering_equals_rendering_each_number() {
+    let mut recs = Vec::new();
+    for k in 1..=200 {
+        let sn = ["Smith", "SMITH", "smith"][k % 3];
+        recs.push(rec(&k.to_string(), "John", sn, "Dev", ""));
+    }
+    let mut dir = DirSnapshot::default();
+    for (u, uid) in [("x2", "jsmith2"), ("x5", "jsmith5"), ("x40", "jsmith40")] {
+        dir.entries.push(entry(
+            u,
+            &format!("uid={uid},ou=other,dc=example,dc=com"),
+            &[("uid", uid)],
+        ));
+        dir.taken
+            .entry("uid".into())
+            .or_default()
+            .insert(uid.into(), vec![u.into()]);
+    }
+    // person 7 exists as jsmith77 and keeps it (it still fits the template)
+    dir.entries.push(entry(
+        "u7",
+        "uid=jsmith77,ou=people,dc=example,dc=com",
+        &[("uid", "jsmith77"), ("employeeNumber", "7")],
+    ));
+    dir.taken
+        .entry("uid".into())
+        .or_default()
+        .insert("jsmith77".into(), vec!["u7".into()]);
+    let fast = users();
+    let mut slow = users();
+    // the same values, in a shape that is rendered once per number tried
+    slow.attributes.insert(
+        "uid".into(),
+        "{{ (given_name[:1] ~ surname) | ascii | lower }}{{ n }}{{ '' }}".into(),
+    );
+    for u in [&fast, &slow] {
+        assert_eq!(
+            Mapper::new(u, &header()).unwrap().suffix_n.contains("uid"),
+            std::ptr::eq(u, &fast)
+        );
+    }
+    let a = run(&recs, &dir, &fast);
+    let b = run(&recs, &dir, &slow);
+    assert!(a.errors.is_empty(), "{:?}", a.errors);
+    let uids = |o: &MapOutput| -> Vec<(String, String)> {
+        o.desired
+            .iter()
+            .map(|d| (d.key.clone(), d.attrs["uid"][0].clone()))
+            .collect()
+    };
+    assert_eq!(uids(&a), uids(&b));
+    assert_eq!(uid_of(&a, "1"), "jsmith");
+    assert_eq!(uid_of(&a, "2"), "jsmith3");
+    assert_eq!(uid_of(&a, "4"), "jsmith6");
+    assert!(uids(&a).iter().all(|(_, u)| u != "jsmith40"));
+}
+
+#[test]
+fn trailing_n_keeps_an_existing_holders_number() {
+    let recs: Vec<Record> = (1..=9)
+        .map(|k| rec(&k.to_string(), "John", "Smith", "Dev", ""))
+        .collect();
+    let mut dir = DirSnapshot::default();
+    dir.entries.push(entry(
+        "u7",
+        "uid=jsmith77,ou=people,dc=example,dc=com",
+        &[("uid", "jsmith77"), ("employeeNumber", "7")],
+    ));
+    dir.taken
+        .entry("uid".into())
+        .or_default()
+        .insert("jsmith77".into(), vec!["u7".into()]);
+    let out = run(&recs, &dir, &users());
+    assert_eq!(uid_of(&out, "7"), "jsmith77");
+    assert_eq!(uid_of(&out, "8"), "jsmith7");
+}

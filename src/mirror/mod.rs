@@ -461,24 +461,29 @@ impl Mirror {
                 serde_json::to_string(&e.attrs).unwrap_or_default(),
             )
         });
-        self.replace_rows("dir_entries", ["uuid", "dn", "attrs"], rows)
+        self.replace_rows("dir_entries", ["uuid", "dn", "attrs"], rows, false)
     }
 
     /// Make `table` hold exactly `rows` (key, a, b), writing only rows that differ and removing
-    /// keys that are gone, in one transaction. Table and column names are constants of this file.
+    /// keys that are gone, in one transaction. With `a_is_hash`, `a` is a hash of `b` and rows are
+    /// compared by it alone (`b` is not read back). Table and column names are constants of this
+    /// file.
     fn replace_rows(
         &mut self,
         table: &str,
         cols: [&str; 3],
         rows: impl Iterator<Item = (String, String, String)>,
+        a_is_hash: bool,
     ) -> Result<usize, MirrorError> {
         let p = self.path.clone();
         let [k, a, b] = cols;
         let old: std::collections::HashMap<String, (String, String)> = {
-            let mut st = self
-                .conn
-                .prepare(&format!("SELECT {k}, {a}, {b} FROM {table}"))
-                .map_err(sq(&p))?;
+            let sql = if a_is_hash {
+                format!("SELECT {k}, {a}, '' FROM {table}")
+            } else {
+                format!("SELECT {k}, {a}, {b} FROM {table}")
+            };
+            let mut st = self.conn.prepare(&sql).map_err(sq(&p))?;
             let found = st
                 .query_map([], |r| {
                     Ok((
@@ -499,7 +504,10 @@ impl Mirror {
                 .map_err(sq(&p))?;
             let mut seen = std::collections::HashSet::new();
             for (key, x, y) in rows {
-                if old.get(&key).is_some_and(|(ox, oy)| *ox == x && *oy == y) {
+                if old
+                    .get(&key)
+                    .is_some_and(|(ox, oy)| *ox == x && (a_is_hash || *oy == y))
+                {
                     seen.insert(key);
                     continue;
                 }
@@ -552,7 +560,7 @@ impl Mirror {
             });
             (r.key.clone(), hex, fields)
         });
-        self.replace_rows("hr_records", ["key", "hash", "fields"], rows)
+        self.replace_rows("hr_records", ["key", "hash", "fields"], rows, true)
     }
 
     pub fn hr_count(&self) -> Result<usize, MirrorError> {
