@@ -554,18 +554,15 @@ impl Mapper {
                 let mut n = 1u32;
                 let mut plain: Option<(String, String)> = None;
                 if suffixed {
-                    match self.render(attr, &ctxs[i], "") {
-                        Ok(Some(v)) => {
-                            let f = rules.fold(attr, &v);
-                            if own.is_none() {
-                                if let Some(k) = last_n.get(&f) {
-                                    n = k + 1;
-                                }
+                    // rendered blank or failed: the loop below says so
+                    if let Ok(Some(v)) = self.render(attr, &ctxs[i], "") {
+                        let f = rules.fold(attr, &v);
+                        if own.is_none() {
+                            if let Some(k) = last_n.get(&f) {
+                                n = k + 1;
                             }
-                            plain = Some((v, f));
                         }
-                        // rendered blank or failed: the loop below says so
-                        _ => {}
+                        plain = Some((v, f));
                     }
                 }
                 loop {
