@@ -429,6 +429,38 @@ pub struct ReadSnapshot {
     pub uniques: Vec<crate::model::Entry>,
 }
 
+/// The snapshot as saved: the run's directory entries and groups, and the uniques kept aside.
+#[derive(serde::Serialize)]
+struct ReadSnapshotRef<'a> {
+    entries: &'a [crate::model::Entry],
+    groups: &'a [crate::model::Entry],
+    uniques: &'a [crate::model::Entry],
+}
+
+impl ReadSnapshot {
+    /// The run's view of the directory, made by moving the entries and groups (not copying:
+    /// at 100,000 people each copy is about 150 MB); what is kept aside are the uniques.
+    fn into_dir(
+        self,
+        names: &[String],
+        missing_bases: &BTreeSet<String>,
+    ) -> (DirSnapshot, ReadSnapshot) {
+        let taken = taken_from(&self.uniques, names);
+        (
+            DirSnapshot {
+                entries: self.entries,
+                taken,
+                groups: self.groups,
+                missing_bases: missing_bases.clone(),
+            },
+            ReadSnapshot {
+                uniques: self.uniques,
+                ..Default::default()
+            },
+        )
+    }
+}
+
 pub const READ_CURSOR: &str = "read-cursor";
 pub const QUIET: &str = "quiet";
 
@@ -442,6 +474,11 @@ pub struct QuietMarker {
     pub today: String,
     pub next_change: Option<String>,
     pub entries: usize,
+    /// The export's records and header (a quiet run does not parse the export again).
+    #[serde(default)]
+    pub records: Option<usize>,
+    #[serde(default)]
+    pub header: Vec<String>,
 }
 
 /// SHA-256 of a file's bytes, hex.
@@ -617,10 +654,10 @@ fn unb64(v: &str) -> Option<Vec<u8>> {
 /// Apply a content-sync result to the entries the last read left for this search.
 fn merge_sync(
     prior: Vec<crate::model::Entry>,
-    r: &crate::target::ldap::SyncResult,
+    r: crate::target::ldap::SyncResult,
 ) -> Vec<crate::model::Entry> {
     if r.full {
-        return r.changed.clone();
+        return r.changed;
     }
     let changed: BTreeSet<&str> = r.changed.iter().map(|e| e.uuid.as_str()).collect();
     let mut out: Vec<crate::model::Entry> = prior
@@ -631,7 +668,7 @@ fn merge_sync(
                 && (!r.present_phase || r.present.contains(&e.uuid))
         })
         .collect();
-    out.extend(r.changed.iter().cloned());
+    out.extend(r.changed);
     out
 }
 
@@ -657,15 +694,7 @@ pub fn materialize(
     let kept: ReadSnapshot = mirror
         .and_then(|m| m.get_state(READ_SNAPSHOT).ok().flatten())
         .and_then(|v| serde_json::from_str(&v).ok())?;
-    Some((
-        DirSnapshot {
-            entries: kept.entries.clone(),
-            taken: taken_from(&kept.uniques, names),
-            groups: kept.groups.clone(),
-            missing_bases: missing_bases.clone(),
-        },
-        kept,
-    ))
+    Some(kept.into_dir(names, missing_bases))
 }
 
 /// Above this many entries written by the last run, the next run reads the directory in full
@@ -919,10 +948,11 @@ async fn read_directory(
         && results
             .iter()
             .all(|(_, _, r)| !r.full && !r.present_phase && r.changed.is_empty());
-    let deleted: BTreeSet<&String> = results
+    let deleted: BTreeSet<String> = results
         .iter()
-        .flat_map(|(_, _, r)| r.deleted.iter())
+        .flat_map(|(_, _, r)| r.deleted.iter().cloned())
         .collect();
+    let reshaped = results.iter().any(|(_, _, r)| r.present_phase || r.full);
     if unchanged && !deleted.is_empty() {
         // Deletes elsewhere in the database do not change what dirbridge manages.
         let known = prior_snapshot().unwrap_or_default();
@@ -958,11 +988,11 @@ async fn read_directory(
         Some(_) => prior_snapshot().unwrap_or_default(),
         None => ReadSnapshot::default(),
     };
-    for (key, base, r) in &results {
+    for (key, base, r) in results {
         let within = |e: &crate::model::Entry| {
             crate::dn::Dn::parse(&e.dn)
                 .ok()
-                .zip(crate::dn::Dn::parse(base).ok())
+                .zip(crate::dn::Dn::parse(&base).ok())
                 .is_some_and(|(d, b)| d.is_within(&b))
         };
         if key.starts_with("entries:") {
@@ -1043,21 +1073,13 @@ async fn read_directory(
     }
     info.mode = if incremental { "incremental" } else { "full" };
     info.fetched = fetched;
-    info.snapshot_changed = !incremental
-        || fetched > 0
-        || !deleted.is_empty()
-        || results.iter().any(|(_, _, r)| r.present_phase || r.full);
-    let kept = ReadSnapshot {
+    info.snapshot_changed = !incremental || fetched > 0 || !deleted.is_empty() || reshaped;
+    let (snapshot, kept) = ReadSnapshot {
         entries: new_entries,
         groups: new_groups,
         uniques: new_uniques,
-    };
-    let snapshot = DirSnapshot {
-        entries: kept.entries.clone(),
-        taken: taken_from(&kept.uniques, &scope.names),
-        groups: kept.groups.clone(),
-        missing_bases: scope.missing_bases.clone(),
-    };
+    }
+    .into_dir(&scope.names, &scope.missing_bases);
     Ok(DirRead {
         snapshot,
         info,
@@ -1136,21 +1158,12 @@ async fn read_full(
     }
     info.fetched = entries.len() + groups.len() + uniques.len();
     info.ranged_reads = t.ranged_reads.load(std::sync::atomic::Ordering::Relaxed);
-    let taken = taken_from(&uniques, &scope.names);
-    let kept = ReadSnapshot {
+    Ok(ReadSnapshot {
         entries,
         groups,
         uniques,
-    };
-    Ok((
-        DirSnapshot {
-            entries: kept.entries.clone(),
-            taken,
-            groups: kept.groups.clone(),
-            missing_bases: scope.missing_bases.clone(),
-        },
-        kept,
-    ))
+    }
+    .into_dir(&scope.names, &scope.missing_bases))
 }
 
 /// Active Directory, incrementally: the objects whose uSNChanged is above the last run's
@@ -1217,19 +1230,27 @@ async fn read_ad_incremental(
             st.uniques.push(e);
         }
     }
-    let snap = DirSnapshot {
-        entries: st.entries.clone(),
-        taken: taken_from(&st.uniques, &scope.names),
-        groups: st.groups.clone(),
-        missing_bases: scope.missing_bases.clone(),
-    };
+    let (snap, st) = st.into_dir(&scope.names, &scope.missing_bases);
     Ok((snap, st, fetched))
 }
 
 /// Where a run's time went, logged at info level (`-v`) when it ends.
 struct Laps {
     last: Instant,
-    laps: Vec<(&'static str, Duration)>,
+    laps: Vec<(&'static str, Duration, u64)>,
+}
+
+/// The process's resident memory in MB (0 where /proc is not there).
+fn rss_mb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .map(|kb: u64| kb / 1024)
+        .unwrap_or(0)
 }
 
 impl Laps {
@@ -1241,17 +1262,17 @@ impl Laps {
     }
     fn lap(&mut self, what: &'static str) {
         let now = Instant::now();
-        self.laps.push((what, now - self.last));
+        self.laps.push((what, now - self.last, rss_mb()));
         self.last = now;
     }
     fn log(&self) {
         let parts: Vec<String> = self
             .laps
             .iter()
-            .filter(|(_, d)| d.as_millis() > 0)
-            .map(|(w, d)| format!("{w} {:.2} s", d.as_secs_f64()))
+            .filter(|(_, d, _)| d.as_millis() > 0)
+            .map(|(w, d, m)| format!("{w} {:.2} s ({m} MB)", d.as_secs_f64()))
             .collect();
-        tracing::info!(target: "dirbridge::run", "time: {}", parts.join(", "));
+        tracing::info!(target: "dirbridge::run", "time (and resident memory after): {}", parts.join(", "));
     }
 }
 
@@ -1895,25 +1916,8 @@ pub async fn run(
         ),
         Err(e) => return Err(e.into()),
     };
-    let export = source::read(&cfg.source)?;
-    laps.lap("export");
-    for q in &export.quarantined {
-        tracing::warn!(target: "dirbridge::source", "quarantined {q}");
-    }
-    // The templates were checked against the header check-config saw; check them against this one.
-    let mut problems = Vec::new();
-    for (name, src) in &cfg.users.attributes {
-        if let Err(m) = crate::mapping::check_template(src, &export.header, true) {
-            problems.push(format!(
-                "{}: users.attributes.{name}: {m}",
-                cfg.file.display()
-            ));
-        }
-    }
-    if !problems.is_empty() {
-        return Err(RunError::Config(problems.join("\n")));
-    }
-
+    // The export's bytes, hashed before anything is read: a quiet run (below) does not parse it.
+    let export_hash_early = file_hash(&cfg.source.path);
     let mut target = LdapTarget::connect(&cfg.directory).await?;
     tracing::info!(url = %target.url, "bound");
     let schema = target.read_schema().await?;
@@ -1925,12 +1929,6 @@ pub async fn run(
     };
     // Entries come back with the server's names for attributes (`sn`, not `surname`).
     let users = canonical_users(&cfg.users, &schema);
-    let mapper = Mapper::new(&users, &export.header)
-        .and_then(|m| m.with_groups(&cfg.groups))
-        .map(|m| m.with_disabled_base(cfg.lifecycle.as_ref().and_then(|l| l.disabled_base.clone())))
-        .map(|m| m.with_ad(cfg.directory.is_ad()))
-        .and_then(|m| m.with_posix(users.posix.as_ref()))
-        .map_err(RunError::Config)?;
     let DirRead {
         snapshot: mut dir,
         info: mut read_info,
@@ -1944,7 +1942,6 @@ pub async fn run(
     // configuration are byte for byte those of the last run, whose plan was empty, and no
     // lifecycle date has come: the plan is empty without mapping anything.
     let today_early = today(cfg, opts.as_of.as_deref(), clock)?;
-    let export_hash = file_hash(&cfg.source.path);
     let config_hash = file_hash(&cfg.file).map(|h| format!("{h}:{}", env!("CARGO_PKG_VERSION")));
     if unchanged {
         let marker: Option<QuietMarker> = mirror
@@ -1955,9 +1952,8 @@ pub async fn run(
             cfg.apps.is_empty()
                 && opts.only.is_none()
                 && opts.accept.is_empty()
-                && !export.keys_uncertain
-                && export.quarantined.is_empty()
-                && export_hash.as_deref() == Some(m.export.as_str())
+                && m.records.is_some()
+                && export_hash_early.as_deref() == Some(m.export.as_str())
                 && config_hash.as_deref() == Some(m.config.as_str())
                 && m.today
                     .parse::<jiff::civil::Date>()
@@ -1972,7 +1968,7 @@ pub async fn run(
             laps.log();
             target.unbind().await;
             let plan = Plan {
-                records: export.records.len() + export.quarantined.len(),
+                records: m.records.unwrap_or_default(),
                 entries_read: m.entries,
                 managed: m.entries,
                 read_mode: "incremental".into(),
@@ -1997,7 +1993,7 @@ pub async fn run(
                         &clock.rfc3339(),
                         "ok",
                         outcome.plan.records,
-                        &export.header,
+                        &m.header,
                         &json!({"summary": plan::summary(&outcome.plan), "quiet": true}),
                     )?;
                 }
@@ -2023,6 +2019,32 @@ pub async fn run(
         }
     }
     laps.lap("snapshot");
+    let export = source::read(&cfg.source)?;
+    laps.lap("export");
+    for q in &export.quarantined {
+        tracing::warn!(target: "dirbridge::source", "quarantined {q}");
+    }
+    // The templates were checked against the header check-config saw; check them against this one.
+    let mut problems = Vec::new();
+    for (name, src) in &cfg.users.attributes {
+        if let Err(m) = crate::mapping::check_template(src, &export.header, true) {
+            problems.push(format!(
+                "{}: users.attributes.{name}: {m}",
+                cfg.file.display()
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(RunError::Config(problems.join("\n")));
+    }
+    // The bytes parsed are the bytes hashed (else the export changed meanwhile: no quiet marker).
+    let export_hash = export_hash_early.filter(|h| file_hash(&cfg.source.path).as_ref() == Some(h));
+    let mapper = Mapper::new(&users, &export.header)
+        .and_then(|m| m.with_groups(&cfg.groups))
+        .map(|m| m.with_disabled_base(cfg.lifecycle.as_ref().and_then(|l| l.disabled_base.clone())))
+        .map(|m| m.with_ad(cfg.directory.is_ad()))
+        .and_then(|m| m.with_posix(users.posix.as_ref()))
+        .map_err(RunError::Config)?;
     // Re-fold the unique values with the server's rules.
     for (attr, vals) in dir.taken.iter_mut() {
         let refolded: std::collections::HashMap<String, Vec<String>> =
@@ -2052,6 +2074,7 @@ pub async fn run(
         Some(m) => m.posix_ids()?,
         None => BTreeMap::new(),
     };
+    laps.lap("mirror read");
     // Applications: read each one's state (concurrently); one that cannot be read waits.
     let mut app_inputs: BTreeMap<String, AppInput> = BTreeMap::new();
     let mut clients: BTreeMap<String, crate::apps::scim::ScimClient> = BTreeMap::new();
@@ -2118,6 +2141,7 @@ pub async fn run(
             }
         }
     }
+    laps.lap("applications read");
     let Decision {
         mut plan,
         linking,
@@ -2141,7 +2165,7 @@ pub async fn run(
         today,
         only: opts.only.as_deref(),
     });
-    laps.lap("plan");
+    laps.lap("decide");
     plan.read_mode = read_info.mode.to_string();
     plan.fetched = read_info.fetched;
     plan.ranged_reads = read_info.ranged_reads;
@@ -2264,6 +2288,7 @@ pub async fn run(
     }
     if opts.dry_run {
         target.unbind().await;
+        laps.log();
         outcome.duration = started.elapsed();
         return Ok(outcome);
     }
@@ -2550,6 +2575,8 @@ pub async fn run(
         (true, Some(e), Some(c)) => serde_json::to_string(&QuietMarker {
             export: e.clone(),
             config: c.clone(),
+            records: Some(outcome.plan.records),
+            header: export.header.clone(),
             today: today.to_string(),
             next_change: outcome.plan.next_change.clone(),
             entries: outcome.plan.entries_read,
@@ -2570,9 +2597,14 @@ pub async fn run(
         }
         let internal = |e: serde_json::Error| RunError::Config(format!("internal: {e}"));
         if read_info.snapshot_changed || read_info.mode == "full" {
+            let saved = ReadSnapshotRef {
+                entries: &dir.entries,
+                groups: &dir.groups,
+                uniques: &snap.uniques,
+            };
             mirror.put_state(
                 READ_SNAPSHOT,
-                &serde_json::to_string(&snap).map_err(internal)?,
+                &serde_json::to_string(&saved).map_err(internal)?,
             )?;
         }
         mirror.put_state(
