@@ -418,6 +418,10 @@ pub struct ReadCursor {
     /// can lag behind the last of several concurrent writes (the content sync would omit them).
     #[serde(default)]
     pub recent: Vec<String>,
+    /// Unix time of the last full read (modifyTimestamp polling reads everything again after
+    /// `directory.full-read-every`).
+    #[serde(default)]
+    pub full_at: i64,
 }
 
 /// The directory as the last read left it, to which an incremental read applies the changes.
@@ -711,6 +715,7 @@ async fn read_directory(
     t: &mut LdapTarget,
     mirror: Option<&Mirror>,
     full_read: bool,
+    now_unix: i64,
 ) -> Result<DirRead, RunError> {
     let scope = read_scope(cfg, users, t).await?;
     let fingerprint = scope.fingerprint(&cfg.directory.base_dn);
@@ -726,7 +731,8 @@ async fn read_directory(
         load(READ_CURSOR).and_then(|v| serde_json::from_str(&v).ok())
     };
     let prior_cursor = match prior_cursor {
-        Some(c) if c.fingerprint != fingerprint => {
+        // (the method of reading is compared below, once it is known)
+        Some(c) if c.fingerprint.trim_end_matches(POLLED) != fingerprint => {
             info.why_full =
                 Some("the configuration reads other bases or attributes than the last run".into());
             None
@@ -734,10 +740,7 @@ async fn read_directory(
         // What the last run wrote is read again (slapd's contextCSN lag, below); after a large
         // load one paged read is far faster than thousands of reads by entryUUID.
         Some(c) if c.recent.len() > RECENT_READ_LIMIT => {
-            info.why_full = Some(format!(
-                "the last run wrote {} entries; one paged read is faster than reading them back one by one",
-                c.recent.len()
-            ));
+            tracing::info!(target: "dirbridge::read", "full read: the last run wrote {} entries; one paged read is faster than reading them back one by one", c.recent.len());
             None
         }
         other => other,
@@ -792,6 +795,7 @@ async fn read_directory(
                 csn: String::new(),
                 refresh_groups: false,
                 recent: Vec::new(),
+                full_at: now_unix,
             };
             return Ok(DirRead {
                 snapshot,
@@ -811,6 +815,7 @@ async fn read_directory(
             csn: String::new(),
             refresh_groups: false,
             recent: Vec::new(),
+            full_at: now_unix,
         };
         if let Some(w) = &info.why_full {
             tracing::warn!(target: "dirbridge::read", "full read: {w}");
@@ -825,18 +830,29 @@ async fn read_directory(
         });
     }
 
-    if !t.supports_content_sync().await? {
-        // No RFC 4533 here: every run reads everything.
-        let (snapshot, _) = read_full(cfg, &scope, t, &mut info).await?;
-        return Ok(DirRead {
-            snapshot,
-            info,
-            keep: None,
-            unchanged: false,
-            names: Vec::new(),
-            missing_bases: BTreeSet::new(),
-        });
-    }
+    // Without RFC 4533 (another server, or `content-sync = false`): modifyTimestamp polling, with
+    // a full read at least every `full-read-every`.
+    let polling = !cfg.directory.content_sync || !t.supports_content_sync().await?;
+    // Poll marks are not content-sync cookies: a change of method is a change of fingerprint.
+    let fingerprint = if polling {
+        format!("{fingerprint}{POLLED}")
+    } else {
+        fingerprint
+    };
+    let prior_cursor = match prior_cursor {
+        Some(c) if c.fingerprint != fingerprint => {
+            info.why_full = Some("the directory is read by another method than the last run (content sync or modifyTimestamp polling)".into());
+            None
+        }
+        Some(c)
+            if polling
+                && now_unix - c.full_at >= cfg.directory.full_read_every.as_secs() as i64 =>
+        {
+            tracing::info!(target: "dirbridge::read", "full read: the last one is older than directory.full-read-every ({})", humantime::format_duration(cfg.directory.full_read_every));
+            None
+        }
+        other => other,
+    };
     // OpenLDAP: one content-sync refresh per search, each with its own cookie — unless the
     // database is not the one the cookies come from (a fresh one under the same suffix: another
     // entryUUID; a restore from an older backup: an older contextCSN). Then one full read.
@@ -908,7 +924,9 @@ async fn read_directory(
         if !had {
             incremental = false;
         }
-        let mut r = if had {
+        let mut r = if polling {
+            poll_search(t, base, filter, attrs, cookie.as_deref()).await?
+        } else if had {
             t.sync_search(base, filter, attrs, cookie).await?
         } else {
             full_with_cookie(t, base, filter, attrs).await?
@@ -975,6 +993,7 @@ async fn read_directory(
                     cookies,
                     invocation: db_id,
                     csn: db_csn,
+                    full_at: prior_cursor.as_ref().map(|c| c.full_at).unwrap_or(now_unix),
                     ..Default::default()
                 },
                 ReadSnapshot::default(),
@@ -988,6 +1007,12 @@ async fn read_directory(
         Some(_) => prior_snapshot().unwrap_or_default(),
         None => ReadSnapshot::default(),
     };
+    // Where each entry was, to see deletes and renames made by others (below).
+    let before: std::collections::HashMap<String, String> = snap
+        .entries
+        .iter()
+        .map(|e| (e.uuid.clone(), crate::dn::normalize(&e.dn)))
+        .collect();
     for (key, base, r) in results {
         let within = |e: &crate::model::Entry| {
             crate::dn::Dn::parse(&e.dn)
@@ -1019,6 +1044,44 @@ async fn read_directory(
     });
     let mut seen = BTreeSet::new();
     new_groups.retain(|e| seen.insert(e.uuid.clone()));
+    // An entry deleted or renamed by someone else: slapd's refint overlay rewrites the DN-valued
+    // attributes pointing at it (manager, member) without a new entryCSN or modifyTimestamp, so
+    // neither content sync nor polling sees those entries change. Read the people again in full.
+    if incremental {
+        let recent: BTreeSet<&str> = prior_cursor
+            .as_ref()
+            .map(|c| c.recent.iter().map(String::as_str).collect())
+            .unwrap_or_default();
+        let now: std::collections::HashMap<&str, &str> = new_entries
+            .iter()
+            .map(|e| (e.uuid.as_str(), e.dn.as_str()))
+            .collect();
+        let moved = before.iter().find(|(u, dn)| {
+            !recent.contains(u.as_str())
+                && now
+                    .get(u.as_str())
+                    .is_none_or(|d| crate::dn::normalize(d) != **dn)
+        });
+        if let Some((u, dn)) = moved {
+            let w = format!(
+                "{dn} (entryUUID {u}) was deleted or renamed outside dirbridge: entries that referred to it may have changed without a trace"
+            );
+            tracing::info!(target: "dirbridge::read", "reading the people again in full: {w}");
+            let mut all = Vec::new();
+            let mut seen = BTreeSet::new();
+            for base in &scope.subtrees {
+                for e in t.search(base, "(objectClass=*)", &entry_attrs).await? {
+                    if !scope.configured.contains(&crate::dn::normalize(&e.dn))
+                        && seen.insert(e.uuid.clone())
+                    {
+                        all.push(e);
+                    }
+                }
+            }
+            fetched += all.len();
+            new_entries = all;
+        }
+    }
     // slapd's syncprov can leave contextCSN behind the last of several concurrent writes; a
     // refresh then omits entries written after it until the next write moves it on. What the last
     // run wrote, and entries the mirror links that the refresh did not return, are read directly
@@ -1080,6 +1143,10 @@ async fn read_directory(
         uniques: new_uniques,
     }
     .into_dir(&scope.names, &scope.missing_bases);
+    let full_at = match &prior_cursor {
+        Some(c) if incremental => c.full_at,
+        _ => now_unix,
+    };
     Ok(DirRead {
         snapshot,
         info,
@@ -1089,6 +1156,7 @@ async fn read_directory(
                 cookies,
                 invocation: db_id,
                 csn: db_csn,
+                full_at,
                 ..Default::default()
             },
             kept,
@@ -1116,6 +1184,153 @@ async fn full_with_cookie(
         changed,
         cookie: mark.cookie,
         full: true,
+        ..Default::default()
+    })
+}
+
+/// Appended to the read fingerprint when the directory is polled by modifyTimestamp.
+const POLLED: &str = "|modifyTimestamp";
+
+/// Seconds since 1970 by the run's clock.
+fn unix_secs(clock: &dyn Clock) -> i64 {
+    clock
+        .now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// A short, stable digest (hex) of some text.
+fn digest(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The state a modifyTimestamp poll leaves for the next one (kept where a content-sync cookie
+/// would be).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct PollMark {
+    /// The newest modifyTimestamp seen (generalized time); the next poll asks for entries
+    /// modified at or after it.
+    stamp: String,
+    /// Digest of the sorted entryUUIDs the search returned: the same digest means nothing left.
+    present: String,
+    /// Entries whose modifyTimestamp is `stamp`, with a digest of their content: fetched again
+    /// by the next poll (same second), they count as changed only if the content differs.
+    edge: BTreeMap<String, String>,
+}
+
+fn entry_digest(e: &crate::model::Entry) -> String {
+    digest(&format!(
+        "{}\n{}",
+        e.dn,
+        serde_json::to_string(&e.attrs).unwrap_or_default()
+    ))
+}
+
+/// Servers without content synchronization (or `directory.content-sync = false`): the entries
+/// modified since the last poll (`modifyTimestamp` at or after the newest one seen), and, to find
+/// deletions, the entryUUIDs still there (a search returning nothing else). Without a mark: every
+/// entry. Returned in the shape of a content-sync result, so both share the rest of the read.
+async fn poll_search(
+    t: &mut LdapTarget,
+    base: &str,
+    filter: &str,
+    attrs: &[&str],
+    mark: Option<&[u8]>,
+) -> Result<crate::target::ldap::SyncResult, RunError> {
+    let mark: Option<PollMark> = mark.and_then(|m| serde_json::from_slice(m).ok());
+    let asked = attrs
+        .iter()
+        .any(|a| a.eq_ignore_ascii_case("modifyTimestamp"));
+    let mut with_ts = attrs.to_vec();
+    if !asked {
+        with_ts.push("modifyTimestamp");
+    }
+    let full = mark.is_none();
+    let mut changed = match &mark {
+        Some(m) if !m.stamp.is_empty() => {
+            let f = format!(
+                "(&{filter}(modifyTimestamp>={}))",
+                crate::dn::escape_filter(&m.stamp)
+            );
+            t.search(base, &f, &with_ts).await?
+        }
+        _ => t.search(base, filter, &with_ts).await?,
+    };
+    let old_stamp = mark.as_ref().map(|m| m.stamp.clone()).unwrap_or_default();
+    let mut newest = old_stamp.clone();
+    let mut stamps = Vec::with_capacity(changed.len());
+    for e in changed.iter_mut() {
+        let ts = if asked {
+            e.get("modifyTimestamp").first().cloned()
+        } else {
+            e.attrs
+                .remove("modifytimestamp")
+                .and_then(|v| v.into_iter().next())
+        }
+        .unwrap_or_default();
+        if ts > newest {
+            newest = ts.clone();
+        }
+        stamps.push(ts);
+    }
+    // The edge second: entries at the old stamp that are as they were are not changes.
+    let mut edge = BTreeMap::new();
+    let mut kept = Vec::with_capacity(changed.len());
+    for (e, ts) in changed.into_iter().zip(stamps) {
+        let d = entry_digest(&e);
+        let same_as_before = ts == old_stamp
+            && mark
+                .as_ref()
+                .and_then(|m| m.edge.get(&e.uuid))
+                .is_some_and(|old| *old == d);
+        if ts == newest {
+            edge.insert(e.uuid.clone(), d);
+        }
+        if !same_as_before {
+            kept.push(e);
+        }
+    }
+    if newest == old_stamp {
+        // nothing newer: the entries of the old edge second that were not fetched again stay in it
+        if let Some(m) = &mark {
+            for (u, d) in &m.edge {
+                edge.entry(u.clone()).or_insert_with(|| d.clone());
+            }
+        }
+    }
+    let present: std::collections::HashSet<String> = if full {
+        kept.iter().map(|e| e.uuid.clone()).collect()
+    } else {
+        t.search(base, filter, &["entryUUID"])
+            .await?
+            .into_iter()
+            .map(|e| e.uuid)
+            .collect()
+    };
+    let mut ids: Vec<&str> = present.iter().map(String::as_str).collect();
+    ids.sort_unstable();
+    let present_digest = digest(&ids.join("\n"));
+    let present_phase = !full && mark.as_ref().is_none_or(|m| m.present != present_digest);
+    let next = PollMark {
+        stamp: newest,
+        present: present_digest,
+        edge,
+    };
+    Ok(crate::target::ldap::SyncResult {
+        changed: kept,
+        present: if present_phase {
+            present
+        } else {
+            Default::default()
+        },
+        present_phase,
+        cookie: serde_json::to_vec(&next).ok(),
+        full,
         ..Default::default()
     })
 }
@@ -1936,7 +2151,15 @@ pub async fn run(
         unchanged,
         names,
         missing_bases,
-    } = read_directory(cfg, &users, &mut target, mirror.as_ref(), opts.full_read).await?;
+    } = read_directory(
+        cfg,
+        &users,
+        &mut target,
+        mirror.as_ref(),
+        opts.full_read,
+        unix_secs(clock),
+    )
+    .await?;
     laps.lap("directory read");
     // A quiet run: the directory did not change since the last run, the export and the
     // configuration are byte for byte those of the last run, whose plan was empty, and no
@@ -2011,7 +2234,15 @@ pub async fn run(
             }
             None => {
                 // The snapshot is gone: read everything.
-                let again = read_directory(cfg, &users, &mut target, mirror.as_ref(), true).await?;
+                let again = read_directory(
+                    cfg,
+                    &users,
+                    &mut target,
+                    mirror.as_ref(),
+                    true,
+                    unix_secs(clock),
+                )
+                .await?;
                 dir = again.snapshot;
                 read_info = again.info;
                 read_keep = again.keep;

@@ -75,6 +75,8 @@ struct RawDirectory {
     max_in_flight: Option<u32>,
     connections: Option<u32>,
     range_size: Option<u32>,
+    content_sync: Option<bool>,
+    full_read_every: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -257,6 +259,12 @@ pub struct DirectoryConfig {
     /// Read multi-valued `member` in ranges of this many values (`member;range=0-1499`); None:
     /// ask for the whole attribute and follow the ranges the server chooses.
     pub range_size: Option<u32>,
+    /// Use RFC 4533 content synchronization where the server offers it (else: modifyTimestamp
+    /// polling).
+    pub content_sync: bool,
+    /// With modifyTimestamp polling: a full read at least this often.
+    #[serde(with = "secs")]
+    pub full_read_every: Duration,
 }
 
 impl DirectoryConfig {
@@ -967,6 +975,7 @@ pub fn load_str(file: &Path, src: &str, mode: Check) -> Result<(Config, Diagnost
     };
     let connect_timeout = dur(&d.connect_timeout, "connect-timeout", 10);
     let operation_timeout = dur(&d.operation_timeout, "operation-timeout", 30);
+    let full_read_every = dur(&d.full_read_every, "full-read-every", 86_400);
     let base_dn = d.base_dn.get_ref().clone();
     let base_parsed = match Dn::parse(&base_dn) {
         Ok(b) if !b.rdns.is_empty() => Some(b),
@@ -998,6 +1007,8 @@ pub fn load_str(file: &Path, src: &str, mode: Check) -> Result<(Config, Diagnost
         range_size: d.range_size.filter(|r| *r > 0),
         max_in_flight: d.max_in_flight.unwrap_or(32).clamp(1, 1024) as usize,
         connections: d.connections.unwrap_or(1).clamp(1, 16) as usize,
+        content_sync: d.content_sync.unwrap_or(true),
+        full_read_every,
     };
 
     // ---- [state]

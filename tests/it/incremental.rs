@@ -256,3 +256,106 @@ fn a_fresh_database_under_the_same_suffix_leads_to_one_full_read() {
     assert!(r2.stdout.contains("incremental read"), "{r2:?}");
     down();
 }
+
+/// A manager deleted by hand: slapd's refint overlay removes `manager` from the reports without
+/// a new entryCSN or modifyTimestamp, so neither read method sees the reports change. The read
+/// notices the delete and reads the people in full: the manager is recreated and every report
+/// points at it again.
+fn manager_deleted_by_hand_is_recreated_and_reports_restored(t: &TestEnv) {
+    let people = t.people();
+    let out = ldap(&["ldapdelete", &people["1"].dn], None);
+    assert!(out.status.success());
+    assert!(
+        t.people().values().all(|p| p.one("manager").is_none()),
+        "refint removed the references"
+    );
+    let r = t.run(&["-v", "sync", "--format", "json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["summary"]["add"], 1, "{v:#}");
+    assert_eq!(v["summary"]["modify"], 39, "{v:#}");
+    assert!(
+        r.stderr.contains("deleted or renamed outside dirbridge"),
+        "{r:?}"
+    );
+    let after = t.people();
+    let boss = after["1"].dn.clone();
+    for k in 2..=40 {
+        assert_eq!(
+            after[&k.to_string()].one("manager"),
+            Some(boss.as_str()),
+            "{k}"
+        );
+    }
+}
+
+fn boss_and_reports() -> Vec<String> {
+    let mut rows = vec!["1,Ann,,Boss,Chief,ann@example.com,".to_string()];
+    rows.extend((2..=40).map(|i| format!("{i},Given{i},,Family{i},Title {i},p{i}@example.com,1")));
+    rows
+}
+
+#[test]
+fn content_sync_sees_a_manager_deleted_by_hand() {
+    let t = TestEnv::new("refint");
+    let cfg = t
+        .default_config(&slapd().ldaps_uri)
+        .replace("base-dn =", "max-in-flight = 1\nbase-dn =");
+    t.write_config(&cfg);
+    let rows = boss_and_reports();
+    let refs: Vec<&str> = rows.iter().map(String::as_str).collect();
+    t.write_export(&refs);
+    for _ in 0..2 {
+        let r = t.run(&["sync"]);
+        assert_eq!(r.code, 0, "{r:?}");
+    }
+    manager_deleted_by_hand_is_recreated_and_reports_restored(&t);
+}
+
+#[test]
+fn without_content_sync_the_directory_is_polled_by_modify_timestamp() {
+    let t = TestEnv::new("poll");
+    let cfg = t.default_config(&slapd().ldaps_uri).replace(
+        "base-dn =",
+        "content-sync = false\nfull-read-every = \"1h\"\nmax-in-flight = 1\nbase-dn =",
+    );
+    t.write_config(&cfg);
+    let rows = boss_and_reports();
+    let refs: Vec<&str> = rows.iter().map(String::as_str).collect();
+    t.write_export(&refs);
+    let r = t.run(&["sync", "--format", "json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(fetched(&r).0, "full");
+    // The run after the load reads back what it wrote; then quiet runs that fetch nothing.
+    let quiet = (0..4).any(|_| {
+        let r = t.run(&["-v", "sync", "--format", "json"]);
+        assert_eq!(r.code, 0, "{r:?}");
+        let (mode, n) = fetched(&r);
+        assert_eq!(mode, "incremental", "{r:?}");
+        n == 0 && r.stderr.contains("quiet run")
+    });
+    assert!(quiet, "no quiet run while polling");
+    // A title changed by hand: its modifyTimestamp is newer; fetched (people and uniques) and
+    // corrected.
+    let people = t.people();
+    ldapmodify(&format!(
+        "dn: {}\nchangetype: modify\nreplace: title\ntitle: Changed by hand\n\n",
+        people["20"].dn
+    ));
+    let r = t.run(&["sync", "--format", "json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["read-mode"], "incremental", "{v:#}");
+    assert_eq!(v["summary"]["modify"], 1, "{v:#}");
+    let n = v["summary"]["entries-fetched"].as_u64().unwrap();
+    assert!((1..=3).contains(&n), "the edited entry, not all 80: {v:#}");
+    assert_eq!(t.people()["20"].one("title"), Some("Title 20"));
+    manager_deleted_by_hand_is_recreated_and_reports_restored(&t);
+    // full-read-every: a full read once the last one is older.
+    t.write_config(&cfg.replace("full-read-every = \"1h\"", "full-read-every = \"1s\""));
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let r = t.run(&["-v", "sync", "--format", "json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(fetched(&r).0, "full", "{r:?}");
+    assert!(r.stderr.contains("full-read-every"), "{r:?}");
+}
