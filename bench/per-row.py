@@ -33,6 +33,10 @@ def esc(v):
 rows = list(csv.DictReader(open(export, encoding="utf-8")))
 dn_of = {}  # employee id -> DN, filled as rows are handled (managers come first in the export)
 keys = set()
+# the uids in use, read once (a search per candidate uid is what makes naive scripts crawl)
+taken = set()
+for _, a in conn.search_ext_s(base, ldap.SCOPE_ONELEVEL, "(uid=*)", ["uid"]):
+    taken.update(v.decode().lower() for v in a.get("uid", []))
 for r in rows:
     key = r["employee_id"]
     keys.add(key)
@@ -64,14 +68,13 @@ for r in rows:
         continue
     stem = ascii_lower(r["given_name"][:1] + r["surname"]) or "user"
     n = 1
-    while True:
-        uid = stem if n == 1 else f"{stem}{n}"
-        if not conn.search_s(base, ldap.SCOPE_ONELEVEL, f"(uid={esc(uid)})", ["1.1"]):
-            break
+    while (stem if n == 1 else f"{stem}{n}") in taken:
         n += 1
+    uid = stem if n == 1 else f"{stem}{n}"
     dn = f"uid={ldap.dn.escape_dn_chars(uid)},{base}"
     want.update({"objectClass": [b"inetOrgPerson"], "uid": [uid.encode()], "employeeNumber": [key.encode()]})
     conn.add_s(dn, ldap.modlist.addModlist(want))
+    taken.add(uid.lower())
     dn_of[key] = dn
 
 for dn, have in conn.search_s(base, ldap.SCOPE_ONELEVEL, "(employeeNumber=*)", ["employeeNumber"]):
