@@ -73,6 +73,19 @@ fn entry(uuid: &str, dn: &str, attrs: &[(&str, &str)]) -> Entry {
     }
 }
 
+/// `dir` gets an entry holding `uid` (and, with a key, linked to that person by the anchor).
+fn holder(dir: &mut DirSnapshot, uuid: &str, dn: &str, uid: &str, key: Option<&str>) {
+    let mut attrs = vec![("uid", uid)];
+    if let Some(k) = key {
+        attrs.push(("employeeNumber", k));
+    }
+    dir.entries.push(entry(uuid, dn, &attrs));
+    dir.taken
+        .entry("uid".into())
+        .or_default()
+        .insert(uid.into(), vec![uuid.into()]);
+}
+
 fn run(records: &[Record], dir: &DirSnapshot, users: &UsersConfig) -> MapOutput {
     let rules = MatchRules::default();
     let present: BTreeSet<String> = records.iter().map(|r| r.key.clone()).collect();
@@ -314,26 +327,17 @@ fn trailing_n_numbering_equals_rendering_each_number() {
     }
     let mut dir = DirSnapshot::default();
     for (u, uid) in [("x2", "jsmith2"), ("x5", "jsmith5"), ("x40", "jsmith40")] {
-        dir.entries.push(entry(
-            u,
-            &format!("uid={uid},ou=other,dc=example,dc=com"),
-            &[("uid", uid)],
-        ));
-        dir.taken
-            .entry("uid".into())
-            .or_default()
-            .insert(uid.into(), vec![u.into()]);
+        let dn = format!("uid={uid},ou=other,dc=example,dc=com");
+        holder(&mut dir, u, &dn, uid, None);
     }
     // person 7 exists as jsmith77 and keeps it (it still fits the template)
-    dir.entries.push(entry(
+    holder(
+        &mut dir,
         "u7",
         "uid=jsmith77,ou=people,dc=example,dc=com",
-        &[("uid", "jsmith77"), ("employeeNumber", "7")],
-    ));
-    dir.taken
-        .entry("uid".into())
-        .or_default()
-        .insert("jsmith77".into(), vec!["u7".into()]);
+        "jsmith77",
+        Some("7"),
+    );
     let fast = users();
     let mut slow = users();
     // the same values, in a shape that is rendered once per number tried
@@ -369,15 +373,13 @@ fn trailing_n_keeps_an_existing_holders_number() {
         .map(|k| rec(&k.to_string(), "John", "Smith", "Dev", ""))
         .collect();
     let mut dir = DirSnapshot::default();
-    dir.entries.push(entry(
+    holder(
+        &mut dir,
         "u7",
         "uid=jsmith77,ou=people,dc=example,dc=com",
-        &[("uid", "jsmith77"), ("employeeNumber", "7")],
-    ));
-    dir.taken
-        .entry("uid".into())
-        .or_default()
-        .insert("jsmith77".into(), vec!["u7".into()]);
+        "jsmith77",
+        Some("7"),
+    );
     let out = run(&recs, &dir, &users());
     assert_eq!(uid_of(&out, "7"), "jsmith77");
     assert_eq!(uid_of(&out, "8"), "jsmith7");

@@ -13,6 +13,31 @@ fn fetched(r: &Run) -> (String, u64) {
     )
 }
 
+/// Runs until one is quiet (maps nothing, fetches nothing), at most four: an entry whose write
+/// slapd's contextCSN had not yet covered may surface once first. Every run reads incrementally.
+fn reaches_a_quiet_run(t: &TestEnv) -> bool {
+    (0..4).any(|_| {
+        let r = t.run(&["-v", "sync", "--format", "json"]);
+        assert_eq!(r.code, 0, "{r:?}");
+        let (mode, n) = fetched(&r);
+        assert_eq!(mode, "incremental", "{r:?}");
+        n == 0 && r.stderr.contains("quiet run")
+    })
+}
+
+/// The title of `dn` changed by hand, then a run: it must correct exactly that entry.
+fn title_changed_by_hand_is_corrected(t: &TestEnv, dn: &str) -> serde_json::Value {
+    ldapmodify(&format!(
+        "dn: {dn}\nchangetype: modify\nreplace: title\ntitle: Changed by hand\n\n"
+    ));
+    let r = t.run(&["sync", "--format", "json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["read-mode"], "incremental", "{v:#}");
+    assert_eq!(v["summary"]["modify"], 1, "{v:#}");
+    v
+}
+
 #[test]
 fn a_run_after_one_change_reads_only_that_change_and_hand_edits_are_corrected() {
     let t = TestEnv::new("incr");
@@ -32,16 +57,8 @@ fn a_run_after_one_change_reads_only_that_change_and_hand_edits_are_corrected() 
     let (mode, _) = fetched(&r);
     assert_eq!(mode, "full", "the first read is full");
     // Nothing changed anywhere and the last run planned nothing: a quiet run maps nothing and
-    // fetches nothing. (An entry whose write slapd's contextCSN had not yet covered may surface
-    // once first: hence up to four runs.)
-    let quiet = (0..4).any(|_| {
-        let r = t.run(&["-v", "sync", "--format", "json"]);
-        assert_eq!(r.code, 0, "{r:?}");
-        let (mode, n) = fetched(&r);
-        assert_eq!(mode, "incremental", "{r:?}");
-        n == 0 && r.stderr.contains("quiet run")
-    });
-    assert!(quiet, "no quiet run");
+    // fetches nothing.
+    assert!(reaches_a_quiet_run(&t), "no quiet run");
     let r = t.run(&["-v", "plan"]);
     assert!(r.stderr.contains("quiet run"), "plan too: {r:?}");
     // One record changes: the next run applies it; the one after fetches just that entry back.
@@ -64,14 +81,7 @@ fn a_run_after_one_change_reads_only_that_change_and_hand_edits_are_corrected() 
     );
     // A change by hand (drift) is seen incrementally and corrected.
     let people = t.people();
-    ldapmodify(&format!(
-        "dn: {}\nchangetype: modify\nreplace: title\ntitle: Changed by hand\n\n",
-        people["20"].dn
-    ));
-    let r = t.run(&["sync", "--format", "json"]);
-    assert_eq!(r.code, 0, "{r:?}");
-    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
-    assert_eq!(v["summary"]["modify"], 1, "{v:#}");
+    let v = title_changed_by_hand_is_corrected(&t, &people["20"].dn);
     assert!(
         v["summary"]["entries-fetched"].as_u64().unwrap() <= 10,
         "{v:#}"
@@ -327,26 +337,11 @@ fn without_content_sync_the_directory_is_polled_by_modify_timestamp() {
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(fetched(&r).0, "full");
     // The run after the load reads back what it wrote; then quiet runs that fetch nothing.
-    let quiet = (0..4).any(|_| {
-        let r = t.run(&["-v", "sync", "--format", "json"]);
-        assert_eq!(r.code, 0, "{r:?}");
-        let (mode, n) = fetched(&r);
-        assert_eq!(mode, "incremental", "{r:?}");
-        n == 0 && r.stderr.contains("quiet run")
-    });
-    assert!(quiet, "no quiet run while polling");
+    assert!(reaches_a_quiet_run(&t), "no quiet run while polling");
     // A title changed by hand: its modifyTimestamp is newer; fetched (people and uniques) and
     // corrected.
     let people = t.people();
-    ldapmodify(&format!(
-        "dn: {}\nchangetype: modify\nreplace: title\ntitle: Changed by hand\n\n",
-        people["20"].dn
-    ));
-    let r = t.run(&["sync", "--format", "json"]);
-    assert_eq!(r.code, 0, "{r:?}");
-    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
-    assert_eq!(v["read-mode"], "incremental", "{v:#}");
-    assert_eq!(v["summary"]["modify"], 1, "{v:#}");
+    let v = title_changed_by_hand_is_corrected(&t, &people["20"].dn);
     let n = v["summary"]["entries-fetched"].as_u64().unwrap();
     assert!((1..=3).contains(&n), "the edited entry, not all 80: {v:#}");
     assert_eq!(t.people()["20"].one("title"), Some("Title 20"));
