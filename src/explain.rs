@@ -163,7 +163,7 @@ pub fn explain(cfg: &Config, d: &Details, key: &str, history: &[AuditRow]) -> Va
     let state = d.states.get(key);
     let next = match (state, d.today, &cfg.lifecycle) {
         (Some(st), Some(today), Some(lc)) => {
-            crate::lifecycle::next_change(st, record.map(|r| &r.fields), lc, today)
+            crate::lifecycle::next_change(st, record.map(|r| r.fields.as_ref()), lc, today)
                 .map(|x| x.to_string())
         }
         _ => None,

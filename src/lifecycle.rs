@@ -508,7 +508,7 @@ pub fn finish(
             dn,
             attrs,
             placement: None,
-            fields: BTreeMap::new(),
+            fields: Default::default(),
             lifecycle_attrs: BTreeMap::new(),
             state: None,
         };

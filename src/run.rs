@@ -1613,7 +1613,7 @@ pub fn decide(i: &DecideInput<'_>) -> Decision {
         });
     }
     let lifecycle_errors: BTreeSet<String> = overlay.errors.iter().map(|e| e.key.clone()).collect();
-    let to_map: Vec<crate::source::Record> = export
+    let to_map: Vec<&crate::source::Record> = export
         .records
         .iter()
         .filter(|r| {
@@ -1621,7 +1621,6 @@ pub fn decide(i: &DecideInput<'_>) -> Decision {
                 && !overlay.purged.contains(&r.key)
                 && !lifecycle_errors.contains(&r.key)
         })
-        .cloned()
         .collect();
     keep.extend(lifecycle_errors.iter().cloned());
     let mut mapped = mapper.map_with(&to_map, &keep, &linking, dir, rules, &overlay.parents);

@@ -69,7 +69,7 @@ impl Mapper {
                 .iter()
                 .map(|h| (h.clone(), Value::from("")))
                 .collect();
-            for (k, v) in &d.fields {
+            for (k, v) in d.fields.iter() {
                 ctx.insert(k.clone(), Value::from(v.as_str()));
             }
             ctx.insert("n".into(), Value::from(""));

@@ -32,7 +32,7 @@ pub struct Desired {
     pub placement: Option<usize>,
     /// The record's fields (for group rules and explain).
     #[serde(skip)]
-    pub fields: BTreeMap<String, String>,
+    pub fields: crate::source::Fields,
     /// Attributes the lifecycle owns (the disable attributes) → wanted values (empty: absent).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub lifecycle_attrs: BTreeMap<String, Vec<String>>,
@@ -239,7 +239,7 @@ fn place(
 pub struct Mapper {
     env: Environment<'static>,
     users: UsersConfig,
-    header: Vec<String>,
+    header: Arc<[String]>,
     person_dns: filters::PersonDns,
     /// Attributes whose template uses `n`.
     uses_n: BTreeSet<String>,
@@ -250,6 +250,34 @@ pub struct Mapper {
     disabled_base: Option<String>,
     /// Active Directory: sAMAccountName is made to fit (20 characters, no forbidden ones).
     ad: bool,
+}
+
+/// A record as templates see it: every column of the header (empty when the record has no value),
+/// read from the record's shared fields when a template asks, not copied into a map per record.
+#[derive(Debug)]
+struct RecordContext {
+    header: Arc<[String]>,
+    fields: crate::source::Fields,
+}
+
+impl minijinja::value::Object for RecordContext {
+    fn repr(self: &Arc<Self>) -> minijinja::value::ObjectRepr {
+        minijinja::value::ObjectRepr::Map
+    }
+
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        let k = key.as_str()?;
+        match self.fields.get(k) {
+            Some(v) => Some(Value::from(v.as_str())),
+            None => self.header.iter().any(|h| h == k).then(|| Value::from("")),
+        }
+    }
+
+    fn enumerate(self: &Arc<Self>) -> minijinja::value::Enumerator {
+        let mut keys: BTreeSet<&str> = self.header.iter().map(String::as_str).collect();
+        keys.extend(self.fields.keys().map(String::as_str));
+        minijinja::value::Enumerator::Values(keys.into_iter().map(Value::from).collect())
+    }
 }
 
 /// The part before a trailing `{{ n }}` (`{{n}}`, `{{- n -}}`), if the template ends with one.
@@ -294,7 +322,7 @@ impl Mapper {
             uses_n,
             env,
             users: users.clone(),
-            header: header.to_vec(),
+            header: header.into(),
             person_dns,
         })
     }
@@ -393,15 +421,10 @@ impl Mapper {
 
     /// A record's template context, built once (renders add `n` on top without copying it).
     fn context(&self, r: &Record) -> Value {
-        let mut ctx: BTreeMap<String, Value> = self
-            .header
-            .iter()
-            .map(|h| (h.clone(), Value::from("")))
-            .collect();
-        for (k, v) in &r.fields {
-            ctx.insert(k.clone(), Value::from(v.as_str()));
-        }
-        Value::from_object(ctx)
+        Value::from_object(RecordContext {
+            header: self.header.clone(),
+            fields: r.fields.clone(),
+        })
     }
 
     /// Render one attribute; `None` when it renders empty (the attribute is absent).
@@ -436,13 +459,14 @@ impl Mapper {
         dir: &DirSnapshot,
         rules: &MatchRules,
     ) -> MapOutput {
-        self.map_with(records, quarantined, linking, dir, rules, &BTreeMap::new())
+        let records: Vec<&Record> = records.iter().collect();
+        self.map_with(&records, quarantined, linking, dir, rules, &BTreeMap::new())
     }
 
     /// [`Mapper::map`] with forced parents (HR key → parent DN), e.g. `disabled-base` for leavers.
     pub fn map_with(
         &self,
-        records: &[Record],
+        records: &[&Record],
         quarantined: &BTreeSet<String>,
         linking: &Linking,
         dir: &DirSnapshot,
@@ -453,6 +477,7 @@ impl Mapper {
             dir.entries.iter().map(|e| (e.uuid.as_str(), e)).collect();
         let mut order: Vec<&Record> = records
             .iter()
+            .copied()
             .filter(|r| !linking.conflicts.contains_key(&r.key))
             .collect();
         order.sort_by(|a, b| key_order(&a.key, &b.key));

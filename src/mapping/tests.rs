@@ -55,7 +55,7 @@ pub(crate) fn rec(key: &str, given: &str, sn: &str, title: &str, mgr: &str) -> R
     Record {
         key: key.into(),
         line: key.parse::<usize>().unwrap_or(0) + 1,
-        fields,
+        fields: fields.into(),
     }
 }
 

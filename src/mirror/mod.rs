@@ -551,7 +551,7 @@ impl Mirror {
     pub fn save_hr(&mut self, export: &Export) -> Result<usize, MirrorError> {
         use sha2::Digest;
         let rows = export.records.iter().map(|r| {
-            let fields = serde_json::to_string(&r.fields).unwrap_or_default();
+            let fields = serde_json::to_string(r.fields.as_ref()).unwrap_or_default();
             let hash = sha2::Sha256::digest(fields.as_bytes());
             let hex = hash.iter().fold(String::with_capacity(64), |mut s, b| {
                 use std::fmt::Write;
@@ -978,7 +978,9 @@ mod tests {
         let rec = |k: &str, v: &str| crate::source::Record {
             key: k.into(),
             line: 1,
-            fields: [("name".to_string(), v.to_string())].into_iter().collect(),
+            fields: crate::source::Fields::new(
+                [("name".to_string(), v.to_string())].into_iter().collect(),
+            ),
         };
         let mut e = Export {
             records: vec![rec("1", "a"), rec("2", "b")],

@@ -11,13 +11,21 @@ use serde::Serialize;
 
 use crate::config::{SourceConfig, SourceKind};
 
+/// A record's columns (shared, not copied, by the desired entry made from it).
+pub type Fields = std::sync::Arc<BTreeMap<String, String>>;
+
 /// One person as the HR export describes them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Record {
     pub key: String,
     /// 1-based line where the record starts.
     pub line: usize,
-    pub fields: BTreeMap<String, String>,
+    #[serde(serialize_with = "shared_fields")]
+    pub fields: Fields,
+}
+
+fn shared_fields<S: serde::Serializer>(f: &Fields, s: S) -> Result<S::Ok, S::Error> {
+    f.as_ref().serialize(s)
 }
 
 /// A record that could not be used, and why.
@@ -143,7 +151,7 @@ fn validate(cfg: &SourceConfig, rows: Vec<RawRow>, export: &mut Export) {
         ok.push(Record {
             key,
             line: row.line,
-            fields: row.fields,
+            fields: Fields::new(row.fields),
         });
     }
     let dup: std::collections::HashSet<String> = by_key
