@@ -17,10 +17,13 @@ pub struct Entry {
 
 impl Entry {
     pub fn get(&self, attr: &str) -> &[String] {
-        self.attrs
-            .get(&attr.to_ascii_lowercase())
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
+        // names are kept lower-case; most callers already ask in lower case (no allocation)
+        let found = if attr.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.attrs.get(&attr.to_ascii_lowercase())
+        } else {
+            self.attrs.get(attr)
+        };
+        found.map(Vec::as_slice).unwrap_or(&[])
     }
 }
 
