@@ -2134,7 +2134,9 @@ pub async fn run(
     let export_hash_early = file_hash(&cfg.source.path);
     let mut target = LdapTarget::connect(&cfg.directory).await?;
     tracing::info!(url = %target.url, "bound");
+    laps.lap("connect");
     let schema = target.read_schema().await?;
+    laps.lap("schema");
     check_schema(cfg, &schema).map_err(|m| RunError::Target(TargetError::Schema(m)))?;
     let rules = if schema.is_empty() {
         Default::default()

@@ -221,6 +221,48 @@ fn is_tls_error(msg: &str) -> bool {
         || m.contains("unknownissuer")
 }
 
+/// `host:port` of an ldap:// or ldaps:// URL (None for ldapi:// and anything else).
+fn host_port(url: &str) -> Option<String> {
+    let lower = url.to_ascii_lowercase();
+    let (rest, port) = if lower.starts_with("ldaps://") {
+        (&url[8..], 636)
+    } else if lower.starts_with("ldap://") {
+        (&url[7..], 389)
+    } else {
+        return None;
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    if authority.is_empty() {
+        return Some(format!("localhost:{port}"));
+    }
+    // host, host:port, [v6], [v6]:port
+    let has_port = match authority.rfind(']') {
+        Some(i) => authority[i..].contains(':'),
+        None => authority.contains(':'),
+    };
+    Some(if has_port {
+        authority.to_string()
+    } else {
+        format!("{authority}:{port}")
+    })
+}
+
+/// The TCP connection for `url`, with Nagle's algorithm off: LDAP sends small requests and waits
+/// for their answers, and with Nagle on, each connection's TLS handshake and bind stalled on the
+/// server's delayed ACK (40 ms of a 60 ms quiet run at 10,000 people).
+async fn tcp_nodelay(url: &str, timeout: Duration) -> Result<Option<ldap3::StdStream>, String> {
+    let Some(addr) = host_port(url) else {
+        return Ok(None);
+    };
+    let s = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&addr))
+        .await
+        .map_err(|_| format!("no answer within {}", humantime::format_duration(timeout)))?
+        .map_err(|e| e.to_string())?;
+    s.set_nodelay(true).map_err(|e| e.to_string())?;
+    let s = s.into_std().map_err(|e| e.to_string())?;
+    Ok(Some(ldap3::StdStream::Tcp(s)))
+}
+
 /// One more connection to `url`, bound like the first.
 async fn extra_connection(
     cfg: &DirectoryConfig,
@@ -231,6 +273,9 @@ async fn extra_connection(
     let mut settings = LdapConnSettings::new().set_conn_timeout(cfg.connect_timeout);
     if let Some(t) = tls {
         settings = settings.set_config(t);
+    }
+    if let Some(stream) = tcp_nodelay(url, cfg.connect_timeout).await? {
+        settings = settings.set_std_stream(stream);
     }
     if cfg.starttls && url.to_ascii_lowercase().starts_with("ldap://") {
         settings = settings.set_starttls(true);
@@ -268,6 +313,14 @@ impl LdapTarget {
             }
             if cfg.starttls && lower.starts_with("ldap://") {
                 settings = settings.set_starttls(true);
+            }
+            match tcp_nodelay(url, cfg.connect_timeout).await {
+                Ok(Some(stream)) => settings = settings.set_std_stream(stream),
+                Ok(None) => {}
+                Err(e) => {
+                    failures.push(format!("{url}: {e}"));
+                    continue;
+                }
             }
             let conn = tokio::time::timeout(
                 cfg.connect_timeout + Duration::from_secs(1),
@@ -1191,5 +1244,33 @@ async fn apply_one(
             check(ldap.delete(&c.dn).await.map_err(lerr)?)?;
             Ok(None)
         }
+    }
+}
+
+#[cfg(test)]
+mod host_port_tests {
+    use super::host_port;
+
+    #[test]
+    fn urls_give_host_and_port() {
+        assert_eq!(
+            host_port("ldaps://127.0.0.1:20390").as_deref(),
+            Some("127.0.0.1:20390")
+        );
+        assert_eq!(
+            host_port("ldap://ldap.example.com").as_deref(),
+            Some("ldap.example.com:389")
+        );
+        assert_eq!(
+            host_port("LDAPS://dc1.corp.example/").as_deref(),
+            Some("dc1.corp.example:636")
+        );
+        assert_eq!(host_port("ldaps://[::1]").as_deref(), Some("[::1]:636"));
+        assert_eq!(
+            host_port("ldap://[::1]:1389").as_deref(),
+            Some("[::1]:1389")
+        );
+        assert_eq!(host_port("ldap://").as_deref(), Some("localhost:389"));
+        assert_eq!(host_port("ldapi://%2Frun%2Fslapd%2Fldapi"), None);
     }
 }
