@@ -17,20 +17,6 @@ use dirbridge::run::{decide, DecideInput};
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn peak_rss_mb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| {
-            l.split_whitespace()
-                .nth(1)
-                .and_then(|v| v.parse::<u64>().ok())
-        })
-        .unwrap_or(0)
-        / 1024
-}
-
 fn main() {
     let n: usize = std::env::args()
         .nth(1)
@@ -178,7 +164,7 @@ max-attribute-removal-percent = 100
         t_dir.as_secs_f64(),
         t_decide.as_secs_f64(),
         t0.elapsed().as_secs_f64(),
-        peak_rss_mb()
+        dirbridge::run::memory_mb("VmHWM")
     );
     println!(
         "plan: {} add, {} modify, {} delete, {} quarantined",

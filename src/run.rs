@@ -1455,13 +1455,14 @@ struct Laps {
     laps: Vec<(&'static str, Duration, u64)>,
 }
 
-/// The process's resident memory in MB (0 where /proc is not there).
-fn rss_mb() -> u64 {
+/// A memory figure of this process from /proc/self/status, in MB: `VmRSS` (resident now) or
+/// `VmHWM` (peak resident). 0 where /proc is not there.
+pub fn memory_mb(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))
                 .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         })
         .map(|kb: u64| kb / 1024)
@@ -1477,7 +1478,7 @@ impl Laps {
     }
     fn lap(&mut self, what: &'static str) {
         let now = Instant::now();
-        self.laps.push((what, now - self.last, rss_mb()));
+        self.laps.push((what, now - self.last, memory_mb("VmRSS")));
         self.last = now;
     }
     fn log(&self) {

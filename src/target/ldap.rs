@@ -263,6 +263,40 @@ async fn tcp_nodelay(url: &str, timeout: Duration) -> Result<Option<ldap3::StdSt
     Ok(Some(ldap3::StdStream::Tcp(s)))
 }
 
+/// How to reach `url`: TLS, StartTLS, and a TCP socket opened with Nagle off.
+async fn conn_settings(
+    cfg: &DirectoryConfig,
+    url: &str,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> Result<LdapConnSettings, String> {
+    let mut settings = LdapConnSettings::new().set_conn_timeout(cfg.connect_timeout);
+    if let Some(t) = tls {
+        settings = settings.set_config(t);
+    }
+    if cfg.starttls && url.to_ascii_lowercase().starts_with("ldap://") {
+        settings = settings.set_starttls(true);
+    }
+    if let Some(stream) = tcp_nodelay(url, cfg.connect_timeout).await? {
+        settings = settings.set_std_stream(stream);
+    }
+    Ok(settings)
+}
+
+/// Bind as configured: SASL EXTERNAL over ldapi:// without a bind DN, else a simple bind.
+async fn bind(
+    ldap: &mut Ldap,
+    cfg: &DirectoryConfig,
+    ldapi: bool,
+) -> Result<ldap3::LdapResult, ldap3::LdapError> {
+    if ldapi && cfg.bind_dn.is_none() {
+        ldap.sasl_external_bind().await
+    } else {
+        let pw = cfg.password.as_ref().map(|p| p.expose()).unwrap_or("");
+        ldap.simple_bind(cfg.bind_dn.as_deref().unwrap_or(""), pw)
+            .await
+    }
+}
+
 /// One more connection to `url`, bound like the first.
 async fn extra_connection(
     cfg: &DirectoryConfig,
@@ -270,29 +304,15 @@ async fn extra_connection(
     tls: Option<Arc<rustls::ClientConfig>>,
     ldapi: bool,
 ) -> Result<Ldap, String> {
-    let mut settings = LdapConnSettings::new().set_conn_timeout(cfg.connect_timeout);
-    if let Some(t) = tls {
-        settings = settings.set_config(t);
-    }
-    if let Some(stream) = tcp_nodelay(url, cfg.connect_timeout).await? {
-        settings = settings.set_std_stream(stream);
-    }
-    if cfg.starttls && url.to_ascii_lowercase().starts_with("ldap://") {
-        settings = settings.set_starttls(true);
-    }
+    let settings = conn_settings(cfg, url, tls).await?;
     let (conn, mut ldap) = LdapConnAsync::with_settings(settings, url)
         .await
         .map_err(|e| e.to_string())?;
     ldap3::drive!(conn);
     ldap.with_timeout(cfg.operation_timeout);
-    let r = if ldapi && cfg.bind_dn.is_none() {
-        ldap.sasl_external_bind().await
-    } else {
-        let pw = cfg.password.as_ref().map(|p| p.expose()).unwrap_or("");
-        ldap.simple_bind(cfg.bind_dn.as_deref().unwrap_or(""), pw)
-            .await
-    }
-    .map_err(|e| e.to_string())?;
+    let r = bind(&mut ldap, cfg, ldapi)
+        .await
+        .map_err(|e| e.to_string())?;
     if r.rc != 0 {
         return Err(format!("bind refused: rc {}", r.rc));
     }
@@ -307,21 +327,13 @@ impl LdapTarget {
         for url in &cfg.urls {
             let lower = url.to_ascii_lowercase();
             let ldapi = lower.starts_with("ldapi://");
-            let mut settings = LdapConnSettings::new().set_conn_timeout(cfg.connect_timeout);
-            if let Some(t) = &tls {
-                settings = settings.set_config(t.clone());
-            }
-            if cfg.starttls && lower.starts_with("ldap://") {
-                settings = settings.set_starttls(true);
-            }
-            match tcp_nodelay(url, cfg.connect_timeout).await {
-                Ok(Some(stream)) => settings = settings.set_std_stream(stream),
-                Ok(None) => {}
+            let settings = match conn_settings(cfg, url, tls.clone()).await {
+                Ok(s) => s,
                 Err(e) => {
                     failures.push(format!("{url}: {e}"));
                     continue;
                 }
-            }
+            };
             let conn = tokio::time::timeout(
                 cfg.connect_timeout + Duration::from_secs(1),
                 LdapConnAsync::with_settings(settings, url),
@@ -353,13 +365,7 @@ impl LdapTarget {
             };
             ldap3::drive!(conn);
             ldap.with_timeout(cfg.operation_timeout);
-            let bound = if ldapi && cfg.bind_dn.is_none() {
-                ldap.sasl_external_bind().await
-            } else {
-                let pw = cfg.password.as_ref().map(|p| p.expose()).unwrap_or("");
-                ldap.simple_bind(cfg.bind_dn.as_deref().unwrap_or(""), pw)
-                    .await
-            };
+            let bound = bind(&mut ldap, cfg, ldapi).await;
             match bound {
                 Ok(r) if r.rc == 0 => {}
                 Ok(r) => {
