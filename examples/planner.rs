@@ -81,6 +81,7 @@ max-attribute-removal-percent = 100
     let export = dirbridge::source::parse(&cfg.source, csv.as_bytes()).expect("export");
     drop(csv);
     let t_export = t0.elapsed();
+    let rss_export = dirbridge::run::memory_mb("VmRSS");
 
     // The directory: everyone but the joiners (i % 100 == 99), plus 1% leavers no longer in the
     // export; titles as before the 5% change.
@@ -93,20 +94,17 @@ max-attribute-removal-percent = 100
     let mut put = |i: usize, key: String, title: &str, entries: &mut Vec<Entry>| {
         let uuid = format!("u-{i}");
         let uid = uid_of(i);
-        let mut attrs: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        attrs.insert("objectclass".into(), vec!["inetOrgPerson".into()]);
-        attrs.insert("employeenumber".into(), vec![key.clone()]);
-        attrs.insert("uid".into(), vec![uid.clone()]);
-        attrs.insert("cn".into(), vec![format!("Given{i} Family{i}")]);
-        attrs.insert("givenname".into(), vec![format!("Given{i}")]);
-        attrs.insert("sn".into(), vec![format!("Family{i}")]);
-        attrs.insert("title".into(), vec![title.to_string()]);
-        attrs.insert("departmentnumber".into(), vec![format!("D{}", i % 50)]);
+        let mut attrs = dirbridge::names::NameMap::new();
+        attrs.insert("objectclass", vec!["inetOrgPerson".into()]);
+        attrs.insert("employeenumber", vec![key.clone()]);
+        attrs.insert("uid", vec![uid.clone()]);
+        attrs.insert("cn", vec![format!("Given{i} Family{i}")]);
+        attrs.insert("givenname", vec![format!("Given{i}")]);
+        attrs.insert("sn", vec![format!("Family{i}")]);
+        attrs.insert("title", vec![title.to_string()]);
+        attrs.insert("departmentnumber", vec![format!("D{}", i % 50)]);
         if i > 0 {
-            attrs.insert(
-                "manager".into(),
-                vec![format!("uid={},{base}", uid_of(i / 10))],
-            );
+            attrs.insert("manager", vec![format!("uid={},{base}", uid_of(i / 10))]);
         }
         taken
             .entry("uid".into())
@@ -136,6 +134,7 @@ max-attribute-removal-percent = 100
         missing_bases: BTreeSet::new(),
     };
     let t_dir = t1.elapsed();
+    let rss_dir = dirbridge::run::memory_mb("VmRSS");
 
     let t2 = Instant::now();
     let rules = MatchRules::default();
@@ -158,7 +157,7 @@ max-attribute-removal-percent = 100
     let t_decide = t2.elapsed();
     let summary = dirbridge::plan::summary(&d.plan);
     println!(
-        "planner: {n} records, {} entries: export {:.2} s, snapshot {:.2} s, decide {:.2} s; total {:.2} s; peak RSS {} MB",
+        "planner: {n} records, {} entries: export {:.2} s ({rss_export} MB), snapshot {:.2} s ({rss_dir} MB), decide {:.2} s; total {:.2} s; peak RSS {} MB",
         dir_snap.entries.len(),
         t_export.as_secs_f64(),
         t_dir.as_secs_f64(),

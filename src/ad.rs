@@ -98,7 +98,7 @@ pub fn accounts(desired: &mut [Desired], dir: &DirSnapshot, lifecycle: Option<&L
         };
         d.attrs.remove("userAccountControl");
         d.lifecycle_attrs.insert(
-            "userAccountControl".into(),
+            "userAccountControl",
             vec![uac(current, disabled).to_string()],
         );
         let Some(lc) = lifecycle else { continue };
@@ -121,7 +121,7 @@ pub fn accounts(desired: &mut [Desired], dir: &DirSnapshot, lifecycle: Option<&L
         };
         if let Some(w) = want {
             d.attrs.remove("accountExpires");
-            d.lifecycle_attrs.insert("accountExpires".into(), vec![w]);
+            d.lifecycle_attrs.insert("accountExpires", vec![w]);
         }
     }
 }

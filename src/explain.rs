@@ -56,7 +56,7 @@ pub fn explain(cfg: &Config, d: &Details, key: &str, history: &[AuditRow]) -> Va
     };
     let mut attrs = Vec::new();
     for (name, tpl) in &d.users.attributes {
-        let header: Vec<String> = fields.keys().cloned().collect();
+        let header: Vec<String> = fields.keys().map(|k| k.to_string()).collect();
         let vars = crate::mapping::template_variables(tpl, &header);
         let want: Vec<String> = desired
             .map(|x| {

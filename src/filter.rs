@@ -137,10 +137,8 @@ fn parse_one(s: &str) -> Result<(Filter, &str), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
-
     fn e(attrs: &[(&str, &str)]) -> Entry {
-        let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut m = crate::names::NameMap::<Vec<String>>::new();
         for (k, v) in attrs {
             m.entry(k.to_ascii_lowercase())
                 .or_default()

@@ -19,6 +19,7 @@ pub mod lifecycle;
 pub mod mapping;
 pub mod mirror;
 pub mod model;
+pub mod names;
 pub mod plan;
 pub mod posix;
 pub mod run;

@@ -1,6 +1,6 @@
 //! The data the pure core works on: directory entries, snapshots, matching rules.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -12,7 +12,7 @@ pub struct Entry {
     /// The immutable id (entryUUID on OpenLDAP).
     pub uuid: String,
     pub dn: String,
-    pub attrs: BTreeMap<String, Vec<String>>,
+    pub attrs: crate::names::NameMap<Vec<String>>,
 }
 
 impl Entry {

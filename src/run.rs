@@ -1662,11 +1662,9 @@ pub fn decide(i: &DecideInput<'_>) -> Decision {
             let Some(n) = alloc.numbers.get(&d.key) else {
                 continue;
             };
-            d.attrs.insert("uidNumber".into(), vec![n.to_string()]);
-            d.attrs.insert(
-                "gidNumber".into(),
-                vec![crate::posix::gid(px, *n).to_string()],
-            );
+            d.attrs.insert("uidNumber", vec![n.to_string()]);
+            d.attrs
+                .insert("gidNumber", vec![crate::posix::gid(px, *n).to_string()]);
             let uid = d
                 .attrs
                 .get("uid")
@@ -1676,10 +1674,10 @@ pub fn decide(i: &DecideInput<'_>) -> Decision {
             match mapper.render_posix(&d.fields, &uid) {
                 Ok((home, shell)) => {
                     if let Some(h) = home {
-                        d.attrs.insert("homeDirectory".into(), vec![h]);
+                        d.attrs.insert("homeDirectory", vec![h]);
                     }
                     if let Some(s) = shell {
-                        d.attrs.insert("loginShell".into(), vec![s]);
+                        d.attrs.insert("loginShell", vec![s]);
                     }
                 }
                 Err(reason) => mapped.errors.push(crate::mapping::MapError {

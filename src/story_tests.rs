@@ -138,7 +138,7 @@ impl Fake {
                     let mut e = Entry {
                         uuid: uuid.clone(),
                         dn: c.dn.clone(),
-                        attrs: BTreeMap::new(),
+                        attrs: Default::default(),
                     };
                     for a in &c.attributes {
                         set_attr(&mut e, &a.attr, DeltaKind::Add, &[], &a.new, false);
@@ -158,7 +158,7 @@ impl Fake {
                     let mut e = Entry {
                         uuid: format!("g{}", self.next),
                         dn: c.dn.clone(),
-                        attrs: BTreeMap::new(),
+                        attrs: Default::default(),
                     };
                     for a in &c.attributes {
                         set_attr(&mut e, &a.attr, DeltaKind::Add, &[], &a.new, false);

@@ -150,14 +150,14 @@ pub fn accounts(
         let mut ctx: BTreeMap<String, Value> = d
             .fields
             .iter()
-            .map(|(k, v)| (k.clone(), Value::from(v.clone())))
+            .map(|(k, v)| (k.to_string(), Value::from(v.clone())))
             .collect();
         let entry: BTreeMap<String, Value> = d
             .attrs
             .iter()
             .map(|(k, v)| {
                 (
-                    k.clone(),
+                    k.to_string(),
                     Value::from(v.first().cloned().unwrap_or_default()),
                 )
             })

@@ -26,7 +26,7 @@ pub struct Desired {
     pub uuid: Option<String>,
     pub dn: String,
     /// attribute (as configured) → values; absent attributes are not listed.
-    pub attrs: BTreeMap<String, Vec<String>>,
+    pub attrs: crate::names::NameMap<Vec<String>>,
     /// The `[[users.placement]]` rule that chose the parent, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub placement: Option<usize>,
@@ -34,8 +34,8 @@ pub struct Desired {
     #[serde(skip)]
     pub fields: crate::source::Fields,
     /// Attributes the lifecycle owns (the disable attributes) → wanted values (empty: absent).
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub lifecycle_attrs: BTreeMap<String, Vec<String>>,
+    #[serde(skip_serializing_if = "crate::names::NameMap::is_empty")]
+    pub lifecycle_attrs: crate::names::NameMap<Vec<String>>,
     /// The lifecycle state, when `[lifecycle]` is configured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state: Option<crate::lifecycle::State>,
@@ -275,7 +275,7 @@ impl minijinja::value::Object for RecordContext {
 
     fn enumerate(self: &Arc<Self>) -> minijinja::value::Enumerator {
         let mut keys: BTreeSet<&str> = self.header.iter().map(String::as_str).collect();
-        keys.extend(self.fields.keys().map(String::as_str));
+        keys.extend(self.fields.keys().map(|k| k.as_str()));
         minijinja::value::Enumerator::Values(keys.into_iter().map(Value::from).collect())
     }
 }
@@ -378,7 +378,7 @@ impl Mapper {
     /// Home and shell of a POSIX account, from the record and its uid.
     pub fn render_posix(
         &self,
-        fields: &BTreeMap<String, String>,
+        fields: &crate::names::NameMap<String>,
         uid: &str,
     ) -> Result<(Option<String>, Option<String>), String> {
         let mut ctx: BTreeMap<String, Value> = self
@@ -387,7 +387,7 @@ impl Mapper {
             .map(|h| (h.clone(), Value::from("")))
             .collect();
         for (k, v) in fields {
-            ctx.insert(k.clone(), Value::from(v.as_str()));
+            ctx.insert(k.to_string(), Value::from(v.as_str()));
         }
         ctx.insert("uid".into(), Value::from(uid));
         ctx.insert("n".into(), Value::from(""));
@@ -518,7 +518,8 @@ impl Mapper {
             })
             .collect();
         let mut failed: Vec<Option<String>> = vec![None; order.len()];
-        let mut values: Vec<BTreeMap<String, Vec<String>>> = vec![BTreeMap::new(); order.len()];
+        let mut values: Vec<crate::names::NameMap<Vec<String>>> =
+            vec![crate::names::NameMap::new(); order.len()];
 
         // Active Directory: a userPrincipalName's local part implies a sAMAccountName, so the two
         // are unique against each other too (`bjoiner@…` collides with sAMAccountName BJOINER).
@@ -804,7 +805,7 @@ impl Mapper {
                 attrs: std::mem::take(&mut values[i]),
                 placement: placements[i],
                 fields: r.fields.clone(),
-                lifecycle_attrs: BTreeMap::new(),
+                lifecycle_attrs: Default::default(),
                 state: None,
             });
         }

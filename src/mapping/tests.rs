@@ -45,13 +45,13 @@ pub(crate) fn header() -> Vec<String> {
 }
 
 pub(crate) fn rec(key: &str, given: &str, sn: &str, title: &str, mgr: &str) -> Record {
-    let mut fields = BTreeMap::new();
-    fields.insert("employee_id".into(), key.into());
-    fields.insert("given_name".into(), given.into());
-    fields.insert("preferred_name".into(), "".into());
-    fields.insert("surname".into(), sn.into());
-    fields.insert("title".into(), title.into());
-    fields.insert("manager_id".into(), mgr.into());
+    let mut fields = crate::names::NameMap::new();
+    fields.insert("employee_id", key.into());
+    fields.insert("given_name", given.into());
+    fields.insert("preferred_name", "".into());
+    fields.insert("surname", sn.into());
+    fields.insert("title", title.into());
+    fields.insert("manager_id", mgr.into());
     Record {
         key: key.into(),
         line: key.parse::<usize>().unwrap_or(0) + 1,
@@ -60,7 +60,7 @@ pub(crate) fn rec(key: &str, given: &str, sn: &str, title: &str, mgr: &str) -> R
 }
 
 fn entry(uuid: &str, dn: &str, attrs: &[(&str, &str)]) -> Entry {
-    let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut m = crate::names::NameMap::<Vec<String>>::new();
     for (k, v) in attrs {
         m.entry(k.to_ascii_lowercase())
             .or_default()

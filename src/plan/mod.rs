@@ -218,12 +218,13 @@ fn deltas_for(
         });
     }
     // Configured attributes (absent ones are removed), and computed ones (POSIX).
-    let extra: Vec<&String> = d
+    let extra: Vec<&str> = d
         .attrs
         .keys()
-        .filter(|a| !users.attributes.contains_key(*a))
+        .filter(|a| !users.attributes.contains_key(a.as_str()))
+        .map(|a| a.as_str())
         .collect();
-    for attr in users.attributes.keys().chain(extra) {
+    for attr in users.attributes.keys().map(String::as_str).chain(extra) {
         if users.policy_of(attr) == Policy::Initial {
             continue;
         }
@@ -249,7 +250,7 @@ fn deltas_for(
             DeltaKind::Replace
         };
         out.push(AttrDelta {
-            attr: attr.clone(),
+            attr: attr.to_string(),
             kind,
             old: have.to_vec(),
             new: want.to_vec(),
@@ -288,7 +289,7 @@ fn lock_change(d: &Desired, e: &Entry, rules: &MatchRules) -> Option<Change> {
             continue;
         }
         lock.push(AttrDelta {
-            attr: attr.clone(),
+            attr: attr.to_string(),
             kind: if have.is_empty() {
                 DeltaKind::Add
             } else if want.is_empty() {
@@ -364,7 +365,7 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<Change> {
                         continue;
                     }
                     attributes.push(AttrDelta {
-                        attr: attr.clone(),
+                        attr: attr.to_string(),
                         kind: DeltaKind::Add,
                         old: vec![],
                         new: vals.clone(),

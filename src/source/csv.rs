@@ -1,8 +1,6 @@
 //! CSV exports: a header row, a configurable delimiter, RFC 4180 quoting (commas and newlines inside
 //! quotes), UTF-8 (with or without BOM), windows-1252 or ISO-8859-1.
 
-use std::collections::BTreeMap;
-
 use super::{Export, Quarantined, RawRow, SourceError};
 use crate::config::{Encoding, SourceConfig};
 
@@ -152,6 +150,7 @@ pub(crate) fn parse(
 ) -> Result<Vec<RawRow>, SourceError> {
     let cols = header(cfg, bytes)?;
     export.header = cols.clone();
+    let names: Vec<crate::names::Name> = cols.iter().map(crate::names::Name::from).collect();
     let key_idx = cols.iter().position(|c| c == &cfg.key);
     let mut rdr = reader(cfg, bytes);
     let mut rec = ::csv::ByteRecord::new();
@@ -202,12 +201,12 @@ pub(crate) fn parse(
             });
             continue;
         }
-        let mut fields = BTreeMap::new();
+        let mut fields = Vec::with_capacity(names.len());
         let mut bad = None;
         for (i, f) in rec.iter().enumerate() {
             match decode(cfg.encoding, f) {
                 Ok(v) => {
-                    fields.insert(cols[i].clone(), v);
+                    fields.push((names[i], v));
                 }
                 Err(m) => {
                     bad = Some(format!("column {:?}: {m}; check source.encoding", cols[i]));
@@ -230,7 +229,10 @@ pub(crate) fn parse(
             });
             continue;
         }
-        rows.push(RawRow { line, fields });
+        rows.push(RawRow {
+            line,
+            fields: fields.into_iter().collect(),
+        });
         last_was_row = true;
     }
     // An odd number of quote characters means a quoted field was never closed: the parser read

@@ -1,6 +1,5 @@
 //! JSON exports: an array of objects, or JSON Lines (one object per line).
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde_json::value::RawValue;
@@ -36,7 +35,7 @@ fn object_row(
 ) -> Option<RawRow> {
     match v {
         Value::Object(map) => {
-            let mut fields = BTreeMap::new();
+            let mut fields = crate::names::NameMap::new();
             for (k, v) in map {
                 if !header.contains(&k) {
                     header.push(k.clone());

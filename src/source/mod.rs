@@ -4,7 +4,7 @@
 mod csv;
 mod json;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 use serde::Serialize;
@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::config::{SourceConfig, SourceKind};
 
 /// A record's columns (shared, not copied, by the desired entry made from it).
-pub type Fields = std::sync::Arc<BTreeMap<String, String>>;
+pub type Fields = std::sync::Arc<crate::names::NameMap<String>>;
 
 /// One person as the HR export describes them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -87,7 +87,7 @@ pub enum SourceError {
 /// A row as read, before key validation.
 pub(crate) struct RawRow {
     pub line: usize,
-    pub fields: BTreeMap<String, String>,
+    pub fields: crate::names::NameMap<String>,
 }
 
 /// Read and validate the whole export.

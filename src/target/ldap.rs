@@ -74,8 +74,7 @@ pub fn uuid_text(b: &[u8]) -> Option<String> {
 }
 
 fn entry_of(se: SearchEntry, uuid: Option<String>) -> Entry {
-    let mut attrs: std::collections::BTreeMap<String, Vec<String>> =
-        std::collections::BTreeMap::new();
+    let mut attrs = crate::names::NameMap::<Vec<String>>::new();
     for (k, v) in se.attrs {
         attrs.entry(k.to_ascii_lowercase()).or_default().extend(v);
     }
@@ -477,8 +476,7 @@ impl LdapTarget {
                 continue;
             }
             let se = SearchEntry::construct(re);
-            let mut attrs: std::collections::BTreeMap<String, Vec<String>> =
-                std::collections::BTreeMap::new();
+            let mut attrs = crate::names::NameMap::<Vec<String>>::new();
             let guid = guid_attr(&se, "objectGUID");
             for (k, v) in se.attrs {
                 if k.eq_ignore_ascii_case("objectGUID") {
@@ -525,7 +523,7 @@ impl LdapTarget {
             .attrs
             .keys()
             .filter(|k| k.contains(";range="))
-            .cloned()
+            .map(|k| k.to_string())
             .collect();
         for key in ranged {
             let Some(values) = e.attrs.remove(&key) else {
