@@ -14,6 +14,7 @@ use dirbridge::model::{DirSnapshot, Entry, MatchRules};
 use dirbridge::run::{decide, DecideInput};
 
 // The same allocator as the binary (src/main.rs).
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -433,22 +433,18 @@ pub struct ReadSnapshot {
     pub uniques: Vec<crate::model::Entry>,
 }
 
-/// The snapshot as saved: the run's directory entries and groups, and the uniques kept aside.
-#[derive(serde::Serialize)]
-struct ReadSnapshotRef<'a> {
-    entries: &'a [crate::model::Entry],
-    groups: &'a [crate::model::Entry],
-    uniques: &'a [crate::model::Entry],
-}
-
 impl ReadSnapshot {
     /// The run's view of the directory, made by moving the entries and groups (not copying:
     /// at 100,000 people each copy is about 150 MB); what is kept aside are the uniques.
     fn into_dir(
-        self,
+        mut self,
         names: &[String],
         missing_bases: &BTreeSet<String>,
     ) -> (DirSnapshot, ReadSnapshot) {
+        // One order whether the entries came from the server or from the mirror (uuid order).
+        for list in [&mut self.entries, &mut self.groups, &mut self.uniques] {
+            list.sort_unstable_by(|a, b| a.uuid.cmp(&b.uuid));
+        }
         let taken = taken_from(&self.uniques, names);
         (
             DirSnapshot {
@@ -695,11 +691,27 @@ pub fn materialize(
     names: &[String],
     missing_bases: &BTreeSet<String>,
 ) -> Option<(DirSnapshot, ReadSnapshot)> {
-    let kept: ReadSnapshot = mirror
-        .and_then(|m| m.get_state(READ_SNAPSHOT).ok().flatten())
-        .and_then(|v| serde_json::from_str(&v).ok())?;
+    let kept = load_read_snapshot(mirror?)?;
     Some(kept.into_dir(names, missing_bases))
 }
+
+/// The directory as the last read saved it in the mirror's rows (None: no usable snapshot, e.g.
+/// before the first read, or from a version that kept it otherwise).
+fn load_read_snapshot(mirror: &Mirror) -> Option<ReadSnapshot> {
+    if mirror.get_state(READ_SNAPSHOT).ok().flatten().as_deref() != Some(SNAPSHOT_IN_ROWS) {
+        return None;
+    }
+    let rows = mirror.read_snapshot().ok()?;
+    Some(ReadSnapshot {
+        entries: rows.entries,
+        groups: rows.groups,
+        uniques: rows.uniques,
+    })
+}
+
+/// The value of [`READ_SNAPSHOT`] when the mirror's dir_entries, dir_groups and dir_uniques hold
+/// the directory as last read.
+const SNAPSHOT_IN_ROWS: &str = "rows";
 
 /// Above this many entries written by the last run, the next run reads the directory in full
 /// instead of reading them back by entryUUID (200 per search).
@@ -745,9 +757,7 @@ async fn read_directory(
         }
         other => other,
     };
-    let prior_snapshot = || -> Option<ReadSnapshot> {
-        load(READ_SNAPSHOT).and_then(|v| serde_json::from_str(&v).ok())
-    };
+    let prior_snapshot = || -> Option<ReadSnapshot> { mirror.and_then(load_read_snapshot) };
     let (entry_attrs, uniques_filter, unique_attrs) = scope.searches();
 
     if cfg.directory.is_ad() {
@@ -2828,15 +2838,9 @@ pub async fn run(
         }
         let internal = |e: serde_json::Error| RunError::Config(format!("internal: {e}"));
         if read_info.snapshot_changed || read_info.mode == "full" {
-            let saved = ReadSnapshotRef {
-                entries: &dir.entries,
-                groups: &dir.groups,
-                uniques: &snap.uniques,
-            };
-            mirror.put_state(
-                READ_SNAPSHOT,
-                &serde_json::to_string(&saved).map_err(internal)?,
-            )?;
+            // (the people were saved above, with the snapshot)
+            mirror.save_read_rest(&dir.groups, &snap.uniques)?;
+            mirror.put_state(READ_SNAPSHOT, SNAPSHOT_IN_ROWS)?;
         }
         mirror.put_state(
             READ_CURSOR,

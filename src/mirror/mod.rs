@@ -125,7 +125,43 @@ const MIGRATIONS: &[&str] = &[
         value TEXT NOT NULL
     );
     "#,
+    // 7: the rest of the directory as last read, a row per entry (it was one JSON value in
+    // dir_state: 50 MB at 100,000 people, rewritten whole after every change). The old value and
+    // its cursor go, so the first run after the upgrade reads the directory in full.
+    r#"
+    CREATE TABLE dir_groups (
+        uuid TEXT PRIMARY KEY,
+        dn TEXT NOT NULL,
+        attrs TEXT NOT NULL
+    );
+    CREATE TABLE dir_uniques (
+        uuid TEXT PRIMARY KEY,
+        dn TEXT NOT NULL,
+        attrs TEXT NOT NULL
+    );
+    DELETE FROM dir_state WHERE name IN ('read-snapshot', 'read-cursor');
+    "#,
 ];
+
+/// The tables that hold the directory as last read: people, groups, holders of unique values.
+const SNAPSHOT_TABLES: [&str; 3] = ["dir_entries", "dir_groups", "dir_uniques"];
+
+/// The directory as the last read left it, from the mirror's rows.
+#[derive(Debug, Default)]
+pub struct SnapshotRows {
+    pub entries: Vec<Entry>,
+    pub groups: Vec<Entry>,
+    pub uniques: Vec<Entry>,
+}
+
+/// A 64-bit digest of a row's columns, to tell changed rows without holding the old ones.
+fn row_digest(a: &str, b: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    a.hash(&mut h);
+    b.hash(&mut h);
+    h.finish()
+}
 
 /// One audit row: a change dirbridge sent, with its reason and outcome.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -454,14 +490,39 @@ impl Mirror {
     /// Keep the directory snapshot, writing only the entries that changed (and removing those
     /// that are gone). Returns how many rows were written or removed.
     pub fn save_snapshot(&mut self, dir: &DirSnapshot) -> Result<usize, MirrorError> {
-        let rows = dir.entries.iter().map(|e| {
+        self.save_entries("dir_entries", &dir.entries)
+    }
+
+    /// Keep the groups and the holders of unique values as read (with [`Self::save_snapshot`],
+    /// what [`Self::read_snapshot`] returns), writing only the rows that changed.
+    pub fn save_read_rest(
+        &mut self,
+        groups: &[Entry],
+        uniques: &[Entry],
+    ) -> Result<usize, MirrorError> {
+        Ok(self.save_entries("dir_groups", groups)? + self.save_entries("dir_uniques", uniques)?)
+    }
+
+    fn save_entries(&mut self, table: &str, entries: &[Entry]) -> Result<usize, MirrorError> {
+        let rows = entries.iter().map(|e| {
             (
                 e.uuid.clone(),
                 e.dn.clone(),
                 serde_json::to_string(&e.attrs).unwrap_or_default(),
             )
         });
-        self.replace_rows("dir_entries", ["uuid", "dn", "attrs"], rows, false)
+        self.replace_rows(table, ["uuid", "dn", "attrs"], rows, false)
+    }
+
+    /// The directory as the last read saved it (people, groups, unique-value holders), each list
+    /// in uuid order.
+    pub fn read_snapshot(&self) -> Result<SnapshotRows, MirrorError> {
+        let [e, g, u] = SNAPSHOT_TABLES;
+        Ok(SnapshotRows {
+            entries: self.entries_of(e)?,
+            groups: self.entries_of(g)?,
+            uniques: self.entries_of(u)?,
+        })
     }
 
     /// Make `table` hold exactly `rows` (key, a, b), writing only rows that differ and removing
@@ -477,7 +538,9 @@ impl Mirror {
     ) -> Result<usize, MirrorError> {
         let p = self.path.clone();
         let [k, a, b] = cols;
-        let old: std::collections::HashMap<String, (String, String)> = {
+        // key → digest of the stored columns (the rows themselves are not kept: at 100,000
+        // entries they are 50 MB)
+        let old: std::collections::HashMap<String, u64> = {
             let sql = if a_is_hash {
                 format!("SELECT {k}, {a}, '' FROM {table}")
             } else {
@@ -486,10 +549,9 @@ impl Mirror {
             let mut st = self.conn.prepare(&sql).map_err(sq(&p))?;
             let found = st
                 .query_map([], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        (r.get::<_, String>(1)?, r.get::<_, String>(2)?),
-                    ))
+                    let x = r.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
+                    let y = r.get_ref(2)?.as_str().map_err(rusqlite::Error::from)?;
+                    Ok((r.get::<_, String>(0)?, row_digest(x, y)))
                 })
                 .map_err(sq(&p))?;
             found.collect::<Result<_, _>>().map_err(sq(&p))?
@@ -504,10 +566,8 @@ impl Mirror {
                 .map_err(sq(&p))?;
             let mut seen = std::collections::HashSet::new();
             for (key, x, y) in rows {
-                if old
-                    .get(&key)
-                    .is_some_and(|(ox, oy)| *ox == x && (a_is_hash || *oy == y))
-                {
+                let digest = row_digest(&x, if a_is_hash { "" } else { &y });
+                if old.get(&key) == Some(&digest) {
                     seen.insert(key);
                     continue;
                 }
@@ -528,18 +588,24 @@ impl Mirror {
     }
 
     pub fn snapshot_entries(&self) -> Result<Vec<Entry>, MirrorError> {
+        self.entries_of("dir_entries")
+    }
+
+    fn entries_of(&self, table: &str) -> Result<Vec<Entry>, MirrorError> {
         let p = self.path.clone();
         let mut st = self
             .conn
-            .prepare("SELECT uuid, dn, attrs FROM dir_entries")
+            .prepare(&format!(
+                "SELECT uuid, dn, attrs FROM {table} ORDER BY uuid"
+            ))
             .map_err(sq(&p))?;
         let rows = st
             .query_map([], |r| {
-                let attrs: String = r.get(2)?;
+                let attrs = r.get_ref(2)?.as_str().map_err(rusqlite::Error::from)?;
                 Ok(Entry {
                     uuid: r.get(0)?,
                     dn: r.get(1)?,
-                    attrs: serde_json::from_str(&attrs).unwrap_or_default(),
+                    attrs: serde_json::from_str(attrs).unwrap_or_default(),
                 })
             })
             .map_err(sq(&p))?;
@@ -949,6 +1015,47 @@ impl Mirror {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_directory_snapshot_is_kept_a_row_per_entry_and_only_changed_rows_are_written() {
+        let dir = std::env::temp_dir().join(format!("dirbridge-snaprows-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut m = Mirror::open(&dir.join("mirror.db")).unwrap();
+        let e = |u: &str, title: &str| Entry {
+            uuid: u.into(),
+            dn: format!("uid={u},ou=people,dc=example,dc=com"),
+            attrs: [
+                ("uid", vec![u.to_string()]),
+                ("title", vec![title.to_string()]),
+            ]
+            .into(),
+        };
+        let mut snap = DirSnapshot {
+            entries: vec![e("b", "Staff"), e("a", "Lead")],
+            ..Default::default()
+        };
+        let groups = vec![e("g", "x")];
+        assert_eq!(m.save_snapshot(&snap).unwrap(), 2);
+        assert_eq!(m.save_read_rest(&groups, &snap.entries).unwrap(), 3);
+        // nothing changed: nothing written
+        assert_eq!(m.save_snapshot(&snap).unwrap(), 0);
+        assert_eq!(m.save_read_rest(&groups, &snap.entries).unwrap(), 0);
+        // one title changed, one entry gone, one new
+        snap.entries = vec![e("a", "Boss"), e("c", "Staff")];
+        assert_eq!(m.save_snapshot(&snap).unwrap(), 3);
+        let back = m.read_snapshot().unwrap();
+        assert_eq!(back.entries, snap.entries);
+        assert_eq!(back.groups, groups);
+        assert_eq!(
+            back.uniques
+                .iter()
+                .map(|e| e.uuid.as_str())
+                .collect::<Vec<_>>(),
+            ["a", "b"],
+            "saved apart from the people"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn migrations_links_and_lock() {

@@ -196,7 +196,7 @@ fn ad_hand_edits_are_seen_incrementally_and_renames_keep_the_object_guid() {
     let db = t.dir.join("state/mirror.db");
     let out = std::process::Command::new("python3")
         .arg("-c")
-        .arg("import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(\"UPDATE dir_state SET value = json_set(value, '$.invocation', 'not-this-dc')\"); c.commit()")
+        .arg("import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(\"UPDATE dir_state SET value = json_set(value, '$.invocation', 'not-this-dc') WHERE name = 'read-cursor'\"); c.commit()")
         .arg(&db)
         .output()
         .unwrap();
