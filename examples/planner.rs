@@ -141,6 +141,7 @@ max-attribute-removal-percent = 100
     let rules = MatchRules::default();
     let mapper = Mapper::new(&cfg.users, &export.header).expect("mapper");
     let d = decide(&DecideInput {
+        settled: &Default::default(),
         apps: &BTreeMap::new(),
         cfg: &cfg,
         users: &cfg.users,

@@ -462,6 +462,75 @@ impl ReadSnapshot {
 }
 
 pub const READ_CURSOR: &str = "read-cursor";
+/// The configuration and day under which the mirror's settled people were found.
+pub const SETTLED: &str = "settled";
+
+/// When the settled people were found: a run skips them only with the same configuration on the
+/// same day (a new day can change lifecycle states).
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct SettledMarker {
+    config: String,
+    today: String,
+}
+
+/// A digest of what mapping and planning a person depend on: their record's fields and their
+/// entry as read.
+pub fn person_digest(fields: &crate::names::NameMap<String>, e: &crate::model::Entry) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    fields.hash(&mut h);
+    e.uuid.hash(&mut h);
+    e.dn.hash(&mut h);
+    e.attrs.hash(&mut h);
+    h.finish()
+}
+
+/// The people this run need not map again: the last run planned nothing for them, and since then
+/// their record and their entry are unchanged (same digest), and none of their fields names a
+/// person who changed, appeared or left (a reference such as `manager_id | person_dn` would
+/// render differently). Pure: `prior` is what the mirror kept, `links` HR key → entry uuid.
+pub fn settled_people(
+    prior: &std::collections::HashMap<String, u64>,
+    export: &crate::source::Export,
+    dir: &DirSnapshot,
+    links: &BTreeMap<String, String>,
+) -> std::collections::HashSet<String> {
+    use std::collections::HashSet;
+    if prior.is_empty() {
+        return HashSet::new();
+    }
+    let by_uuid: std::collections::HashMap<&str, &crate::model::Entry> =
+        dir.entries.iter().map(|e| (e.uuid.as_str(), e)).collect();
+    let mut calm: Vec<&crate::source::Record> = Vec::new();
+    let mut dirty: HashSet<&str> = HashSet::new();
+    let mut present: HashSet<&str> = HashSet::with_capacity(export.records.len());
+    for r in &export.records {
+        present.insert(&r.key);
+        let same = links
+            .get(&r.key)
+            .and_then(|u| by_uuid.get(u.as_str()))
+            .is_some_and(|e| prior.get(&r.key) == Some(&person_digest(&r.fields, e)));
+        if same {
+            calm.push(r);
+        } else {
+            dirty.insert(&r.key);
+        }
+    }
+    for k in prior.keys() {
+        if !present.contains(k.as_str()) {
+            dirty.insert(k);
+        }
+    }
+    for q in &export.quarantined {
+        if let Some(k) = &q.key {
+            dirty.insert(k);
+        }
+    }
+    calm.into_iter()
+        .filter(|r| !r.fields.values().any(|v| dirty.contains(v.trim())))
+        .map(|r| r.key.clone())
+        .collect()
+}
 pub const QUIET: &str = "quiet";
 
 /// What the last run that planned nothing saw: the next run with the same export and
@@ -1520,6 +1589,8 @@ pub struct DecideInput<'a> {
     pub only: Option<&'a str>,
     /// Each application's state as read (or why it could not be), and its links in the mirror.
     pub apps: &'a BTreeMap<String, AppInput>,
+    /// HR keys of people settled since the last run (see [`settled_people`]): not mapped again.
+    pub settled: &'a std::collections::HashSet<String>,
 }
 
 /// One application as a run found it.
@@ -1565,6 +1636,7 @@ pub fn decide(i: &DecideInput<'_>) -> Decision {
         today,
         only,
         apps: app_inputs,
+        settled,
     } = *i;
     let quarantined_keys = export.quarantined_keys();
     let present: BTreeSet<String> = export
@@ -1634,7 +1706,48 @@ pub fn decide(i: &DecideInput<'_>) -> Decision {
         })
         .collect();
     keep.extend(lifecycle_errors.iter().cloned());
-    let mut mapped = mapper.map_with(&to_map, &keep, &linking, dir, rules, &overlay.parents);
+    // Settled people keep the entry they have (their record, their entry and the people they refer
+    // to are as the last run left them); the others are mapped.
+    let mut calm: Vec<(&crate::source::Record, &crate::model::Entry)> = Vec::new();
+    let to_map = if settled.is_empty() || only.is_some() {
+        to_map
+    } else {
+        let by_uuid: std::collections::HashMap<&str, &crate::model::Entry> =
+            dir.entries.iter().map(|e| (e.uuid.as_str(), e)).collect();
+        let mut rest = Vec::with_capacity(to_map.len());
+        for r in to_map {
+            // (linked as the mirror had it: the digest that settled them was of that entry)
+            let entry = linking
+                .by_key
+                .get(&r.key)
+                .filter(|u| links.get(&r.key) == Some(*u))
+                .and_then(|u| by_uuid.get(u.as_str()).copied());
+            match entry {
+                Some(e)
+                    if settled.contains(&r.key)
+                        && !keep.contains(&r.key)
+                        && !overlay.parents.contains_key(&r.key)
+                        && !linking.conflicts.contains_key(&r.key) =>
+                {
+                    calm.push((r, e))
+                }
+                _ => rest.push(r),
+            }
+        }
+        rest
+    };
+    if !calm.is_empty() {
+        tracing::info!(target: "dirbridge::plan", settled = calm.len(), mapped = to_map.len(), "people whose record and entry are as the last run left them are not mapped again");
+    }
+    let mut mapped = mapper.map_with(
+        &to_map,
+        &keep,
+        &linking,
+        dir,
+        rules,
+        &overlay.parents,
+        &calm,
+    );
     mapped.errors.extend(overlay.errors.iter().cloned());
     if let Some(lc) = &cfg.lifecycle {
         crate::lifecycle::finish(&mut mapped.desired, &overlay, lc, users, dir);
@@ -2383,6 +2496,27 @@ pub async fn run(
         }
     }
     laps.lap("applications read");
+    // People settled since the last run (same configuration, same day; no applications, whose
+    // templates may read any entry value).
+    let settled = match (&mirror, &config_hash) {
+        (Some(m), Some(c))
+            if cfg.apps.is_empty() && opts.only.is_none() && !export.keys_uncertain =>
+        {
+            let marker: Option<SettledMarker> = m
+                .get_state(SETTLED)?
+                .and_then(|v| serde_json::from_str(&v).ok());
+            let now = SettledMarker {
+                config: c.clone(),
+                today: today.to_string(),
+            };
+            if marker.as_ref() == Some(&now) {
+                settled_people(&m.settled()?, &export, &dir, &links)
+            } else {
+                Default::default()
+            }
+        }
+        _ => Default::default(),
+    };
     let Decision {
         mut plan,
         linking,
@@ -2405,7 +2539,9 @@ pub async fn run(
         created: &created,
         today,
         only: opts.only.as_deref(),
+        settled: &settled,
     });
+    drop(settled);
     laps.lap("decide");
     plan.read_mode = read_info.mode.to_string();
     plan.fetched = read_info.fetched;
@@ -2826,6 +2962,40 @@ pub async fn run(
         _ => "{}".to_string(),
     };
     mirror.put_state(QUIET, &marker)?;
+    // The people this run planned nothing for, for the next run to skip while they stay so.
+    let settled_marker = match &config_hash {
+        Some(c)
+            if cfg.apps.is_empty()
+                && opts.only.is_none()
+                && !export.keys_uncertain
+                && !outcome.interrupted =>
+        {
+            let touched: std::collections::HashSet<&str> = outcome
+                .plan
+                .changes
+                .iter()
+                .map(|c| c.key.as_str())
+                .collect();
+            let by_uuid: std::collections::HashMap<&str, &crate::model::Entry> =
+                dir.entries.iter().map(|e| (e.uuid.as_str(), e)).collect();
+            let rows = mapped
+                .desired
+                .iter()
+                .filter(|d| !d.fields.is_empty() && !touched.contains(d.key.as_str()))
+                .filter_map(|d| {
+                    let e = by_uuid.get(d.uuid.as_deref()?)?;
+                    Some((d.key.clone(), person_digest(&d.fields, e), e.uuid.clone()))
+                });
+            mirror.save_settled(rows)?;
+            serde_json::to_string(&SettledMarker {
+                config: c.clone(),
+                today: today.to_string(),
+            })
+            .unwrap_or_default()
+        }
+        _ => "{}".to_string(),
+    };
+    mirror.put_state(SETTLED, &settled_marker)?;
     if let Some((mut cursor, snap)) = read_keep {
         cursor.recent = written.iter().cloned().collect();
         // slapd's refint rewrites group members without a change the content sync reports: after
@@ -2881,4 +3051,92 @@ pub async fn run(
         }),
     )?;
     Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Entry;
+    use crate::source::{Export, Record};
+
+    fn rec(key: &str, title: &str, manager: &str) -> Record {
+        Record {
+            key: key.into(),
+            line: 1,
+            fields: std::sync::Arc::new(
+                [
+                    ("employee_id", key.to_string()),
+                    ("title", title.to_string()),
+                    ("manager_id", manager.to_string()),
+                ]
+                .into(),
+            ),
+        }
+    }
+
+    fn entry(key: &str, title: &str) -> Entry {
+        Entry {
+            uuid: format!("u{key}"),
+            dn: format!("uid=p{key},ou=people,dc=example,dc=com"),
+            attrs: [("title", vec![title.to_string()])].into(),
+        }
+    }
+
+    #[test]
+    fn settled_people_are_those_unchanged_who_name_no_one_changed() {
+        // 1 is the boss of 2 and 3; 4 reports to 3.
+        let records = vec![
+            rec("1", "Boss", ""),
+            rec("2", "A", "1"),
+            rec("3", "B", "1"),
+            rec("4", "C", "3"),
+        ];
+        let dir = DirSnapshot {
+            entries: ["1", "2", "3", "4"].iter().map(|k| entry(k, "x")).collect(),
+            ..Default::default()
+        };
+        let links: BTreeMap<String, String> = ["1", "2", "3", "4"]
+            .iter()
+            .map(|k| (k.to_string(), format!("u{k}")))
+            .collect();
+        let digest = |r: &Record, d: &DirSnapshot| {
+            let e = d
+                .entries
+                .iter()
+                .find(|e| e.uuid == format!("u{}", r.key))
+                .unwrap();
+            person_digest(&r.fields, e)
+        };
+        let prior: std::collections::HashMap<String, u64> = records
+            .iter()
+            .map(|r| (r.key.clone(), digest(r, &dir)))
+            .collect();
+        let export = |records: Vec<Record>| Export {
+            records,
+            ..Default::default()
+        };
+        let settled = |records: Vec<Record>, dir: &DirSnapshot| {
+            let mut v: Vec<String> = settled_people(&prior, &export(records), dir, &links)
+                .into_iter()
+                .collect();
+            v.sort();
+            v
+        };
+        // nothing changed: everyone
+        assert_eq!(settled(records.clone(), &dir), ["1", "2", "3", "4"]);
+        // 3's record changed: 3, and 4 who names 3, are mapped again
+        let mut changed = records.clone();
+        changed[2] = rec("3", "B2", "1");
+        assert_eq!(settled(changed, &dir), ["1", "2"]);
+        // the boss's entry was edited: the boss and the two who name the boss
+        let mut edited = dir.clone();
+        edited.entries[0] = entry("1", "by hand");
+        assert_eq!(settled(records.clone(), &edited), ["4"]);
+        // 4 left the export; a newcomer 5 names 4: neither is settled
+        let mut moved = records.clone();
+        moved[3] = rec("5", "D", "4");
+        assert_eq!(settled(moved, &dir), ["1", "2", "3"]);
+        // no prior: no one
+        assert!(settled_people(&Default::default(), &export(records), &dir, &links).is_empty());
+    }
 }

@@ -266,6 +266,7 @@ fn step(cfg: &Config, fake: &mut Fake, rows: &[&str], day: &str, expected: &[&st
         .unwrap()
         .with_disabled_base(Some(L.to_string()));
     let d = decide(&DecideInput {
+        settled: &Default::default(),
         apps: &BTreeMap::new(),
         cfg,
         users: &cfg.users,

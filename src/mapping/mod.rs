@@ -460,10 +460,22 @@ impl Mapper {
         rules: &MatchRules,
     ) -> MapOutput {
         let records: Vec<&Record> = records.iter().collect();
-        self.map_with(&records, quarantined, linking, dir, rules, &BTreeMap::new())
+        self.map_with(
+            &records,
+            quarantined,
+            linking,
+            dir,
+            rules,
+            &BTreeMap::new(),
+            &[],
+        )
     }
 
-    /// [`Mapper::map`] with forced parents (HR key → parent DN), e.g. `disabled-base` for leavers.
+    /// [`Mapper::map`] with forced parents (HR key → parent DN), e.g. `disabled-base` for leavers,
+    /// and settled people: records whose entry the last run left as this mapping would make it
+    /// (record and entry unchanged since, nothing they refer to changed). Those are not rendered
+    /// again; their desired entry is their entry's values of the configured attributes.
+    #[allow(clippy::too_many_arguments)]
     pub fn map_with(
         &self,
         records: &[&Record],
@@ -472,6 +484,7 @@ impl Mapper {
         dir: &DirSnapshot,
         rules: &MatchRules,
         parents: &BTreeMap<String, String>,
+        settled: &[(&Record, &Entry)],
     ) -> MapOutput {
         let by_uuid: HashMap<&str, &Entry> =
             dir.entries.iter().map(|e| (e.uuid.as_str(), e)).collect();
@@ -744,6 +757,9 @@ impl Mapper {
                     map.insert(order[i].key.clone(), dns[i].clone());
                 }
             }
+            for (r, e) in settled {
+                map.insert(r.key.clone(), e.dn.clone());
+            }
             // A quarantined person keeps the entry they have (also one the linker took as gone).
             let gone_by_key: HashMap<&str, &str> = linking
                 .gone
@@ -808,6 +824,29 @@ impl Mapper {
                 lifecycle_attrs: Default::default(),
                 state: None,
             });
+        }
+        if !settled.is_empty() {
+            for (r, e) in settled {
+                let mut attrs = crate::names::NameMap::new();
+                for attr in self.users.attributes.keys().chain([&self.users.rdn]) {
+                    let v = e.get(attr);
+                    if !v.is_empty() {
+                        attrs.insert(attr, v.to_vec());
+                    }
+                }
+                desired.push(Desired {
+                    key: r.key.clone(),
+                    line: r.line,
+                    uuid: Some(e.uuid.clone()),
+                    dn: e.dn.clone(),
+                    attrs,
+                    placement: None,
+                    fields: r.fields.clone(),
+                    lifecycle_attrs: Default::default(),
+                    state: None,
+                });
+            }
+            desired.sort_by(|a, b| key_order(&a.key, &b.key));
         }
         errors.sort_by(|a, b| key_order(&a.key, &b.key));
         MapOutput { desired, errors }

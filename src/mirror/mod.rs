@@ -141,6 +141,15 @@ const MIGRATIONS: &[&str] = &[
     );
     DELETE FROM dir_state WHERE name IN ('read-snapshot', 'read-cursor');
     "#,
+    // 8: people the last run found settled (nothing to change): a digest of their record and
+    // entry; a later run with the same configuration maps them again only when it differs
+    r#"
+    CREATE TABLE settled (
+        hr_key TEXT PRIMARY KEY,
+        digest TEXT NOT NULL,
+        entry_uuid TEXT NOT NULL
+    );
+    "#,
 ];
 
 /// The tables that hold the directory as last read: people, groups, holders of unique values.
@@ -512,6 +521,37 @@ impl Mirror {
             )
         });
         self.replace_rows(table, ["uuid", "dn", "attrs"], rows, false)
+    }
+
+    /// People settled by the last run: HR key → digest of their record and entry.
+    pub fn settled(&self) -> Result<std::collections::HashMap<String, u64>, MirrorError> {
+        let p = self.path.clone();
+        let mut st = self
+            .conn
+            .prepare("SELECT hr_key, digest FROM settled")
+            .map_err(sq(&p))?;
+        let rows = st
+            .query_map([], |r| {
+                let d = r.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
+                Ok((r.get::<_, String>(0)?, u64::from_str_radix(d, 16).ok()))
+            })
+            .map_err(sq(&p))?;
+        let mut out = std::collections::HashMap::new();
+        for row in rows {
+            if let (k, Some(d)) = row.map_err(sq(&p))? {
+                out.insert(k, d);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Replace the settled people (HR key, digest, entry uuid), writing only what changed.
+    pub fn save_settled(
+        &mut self,
+        rows: impl Iterator<Item = (String, u64, String)>,
+    ) -> Result<usize, MirrorError> {
+        let rows = rows.map(|(k, d, u)| (k, format!("{d:016x}"), u));
+        self.replace_rows("settled", ["hr_key", "digest", "entry_uuid"], rows, true)
     }
 
     /// The directory as the last read saved it (people, groups, unique-value holders), each list

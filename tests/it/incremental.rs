@@ -354,3 +354,59 @@ fn without_content_sync_the_directory_is_polled_by_modify_timestamp() {
     assert_eq!(fetched(&r).0, "full", "{r:?}");
     assert!(r.stderr.contains("full-read-every"), "{r:?}");
 }
+
+/// People whose record and entry are as the last run left them are not mapped again; a change of
+/// their own record or entry, or of someone they refer to, maps them again as before.
+#[test]
+fn settled_people_are_mapped_again_only_when_they_or_the_people_they_name_change() {
+    let t = TestEnv::new("settled");
+    let cfg = t
+        .default_config(&slapd().ldaps_uri)
+        .replace("base-dn =", "max-in-flight = 1\nbase-dn =");
+    t.write_config(&cfg);
+    let mut rows = boss_and_reports();
+    let write = |rows: &[String]| {
+        let refs: Vec<&str> = rows.iter().map(String::as_str).collect();
+        t.write_export(&refs);
+    };
+    write(&rows);
+    // the first run adds everyone; the second plans nothing, so everyone is settled after it
+    for _ in 0..2 {
+        let r = t.run(&["sync"]);
+        assert_eq!(r.code, 0, "{r:?}");
+    }
+    // One record changes: only it is mapped; the change is applied.
+    rows[4] = "5,Given5,,Family5,Chief,p5@example.com,1".into();
+    write(&rows);
+    let r = t.run(&["-v", "sync", "--format", "json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("settled=39 mapped=1"), "{r:?}");
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["summary"]["modify"], 1, "{v:#}");
+    assert_eq!(t.people()["5"].one("title"), Some("Chief"));
+    // A hand edit of a settled person's entry is seen and corrected.
+    let dn = t.people()["20"].dn.clone();
+    title_changed_by_hand_is_corrected(&t, &dn);
+    assert_eq!(t.people()["20"].one("title"), Some("Title 20"));
+    // The boss's surname changes, so does the boss's uid and DN: every report names the boss
+    // (manager_id 1) and is mapped again, and the plan changes their manager.
+    rows[0] = "1,Ann,,Bossa,Chief,ann@example.com,".into();
+    write(&rows);
+    let (code, plan) = t.plan_json();
+    assert_eq!(code, 0, "{plan:#}");
+    let managers = changes(&plan)
+        .iter()
+        .filter(|c| c["op"] == "modify")
+        .filter(|c| c["attributes"].to_string().contains("manager"))
+        .count();
+    assert_eq!(managers, 39, "{plan:#}");
+    let r = t.run(&["sync"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let boss = t.people()["1"].dn.clone();
+    assert!(boss.starts_with("uid=abossa,"), "{boss}");
+    assert!(t
+        .people()
+        .values()
+        .filter(|p| p.one("employeeNumber") != Some("1"))
+        .all(|p| p.one("manager") == Some(boss.as_str())));
+}
