@@ -1090,14 +1090,15 @@ async fn read_directory(
     let before: std::collections::HashMap<String, String> = snap
         .entries
         .iter()
-        .map(|e| (e.uuid.clone(), crate::dn::normalize(&e.dn)))
+        .map(|e| (e.uuid.clone(), e.dn.clone()))
         .collect();
     for (key, base, r) in results {
+        let base_dn = crate::dn::Dn::parse(&base).ok();
         let within = |e: &crate::model::Entry| {
             crate::dn::Dn::parse(&e.dn)
                 .ok()
-                .zip(crate::dn::Dn::parse(&base).ok())
-                .is_some_and(|(d, b)| d.is_within(&b))
+                .zip(base_dn.as_ref())
+                .is_some_and(|(d, b)| d.is_within(b))
         };
         if key.starts_with("entries:") {
             // entries of other subtrees stay for their own search
@@ -1139,7 +1140,7 @@ async fn read_directory(
             !recent.contains(u.as_str())
                 && now
                     .get(u.as_str())
-                    .is_none_or(|d| crate::dn::normalize(d) != **dn)
+                    .is_none_or(|d| d != dn && crate::dn::normalize(d) != crate::dn::normalize(dn))
         });
         if let Some((u, dn)) = moved {
             let w = format!(
@@ -1894,10 +1895,16 @@ pub fn decide(i: &DecideInput<'_>) -> Decision {
             reason: e.reason.clone(),
         });
     }
+    // (only rules that keep members dirbridge does not manage need to know who it manages)
     let mut managed_members: BTreeSet<String> = BTreeSet::new();
+    let need_managed = cfg.groups.iter().any(|g| {
+        g.members == crate::config::MemberPolicy::Merge
+            || g.kind == crate::config::GroupKind::AdGroup
+    });
     for e in dir
         .entries
         .iter()
+        .filter(|_| need_managed)
         .filter(|e| !e.get(&users.anchor).is_empty())
     {
         managed_members.insert(rules.fold("member", &e.dn));
@@ -1905,7 +1912,7 @@ pub fn decide(i: &DecideInput<'_>) -> Decision {
             managed_members.insert(rules.fold("memberUid", u));
         }
     }
-    for d in &mapped.desired {
+    for d in mapped.desired.iter().filter(|_| need_managed) {
         managed_members.insert(rules.fold("member", &d.dn));
         for u in d.attrs.get("uid").into_iter().flatten() {
             managed_members.insert(rules.fold("memberUid", u));

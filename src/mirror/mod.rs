@@ -129,15 +129,18 @@ const MIGRATIONS: &[&str] = &[
     // dir_state: 50 MB at 100,000 people, rewritten whole after every change). The old value and
     // its cursor go, so the first run after the upgrade reads the directory in full.
     r#"
+    ALTER TABLE dir_entries ADD COLUMN digest TEXT NOT NULL DEFAULT '';
     CREATE TABLE dir_groups (
         uuid TEXT PRIMARY KEY,
         dn TEXT NOT NULL,
-        attrs TEXT NOT NULL
+        attrs TEXT NOT NULL,
+        digest TEXT NOT NULL DEFAULT ''
     );
     CREATE TABLE dir_uniques (
         uuid TEXT PRIMARY KEY,
         dn TEXT NOT NULL,
-        attrs TEXT NOT NULL
+        attrs TEXT NOT NULL,
+        digest TEXT NOT NULL DEFAULT ''
     );
     DELETE FROM dir_state WHERE name IN ('read-snapshot', 'read-cursor');
     "#,
@@ -163,13 +166,13 @@ pub struct SnapshotRows {
     pub uniques: Vec<Entry>,
 }
 
-/// A 64-bit digest of a row's columns, to tell changed rows without holding the old ones.
-fn row_digest(a: &str, b: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
+/// A 64-bit digest of what a row holds (hex), to tell changed rows without reading the old ones
+/// back or serialising unchanged ones.
+pub fn digest_hex(v: &impl std::hash::Hash) -> String {
+    use std::hash::Hasher;
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    a.hash(&mut h);
-    b.hash(&mut h);
-    h.finish()
+    v.hash(&mut h);
+    format!("{:016x}", h.finish())
 }
 
 /// One audit row: a change dirbridge sent, with its reason and outcome.
@@ -513,14 +516,15 @@ impl Mirror {
     }
 
     fn save_entries(&mut self, table: &str, entries: &[Entry]) -> Result<usize, MirrorError> {
-        let rows = entries.iter().map(|e| {
-            (
-                e.uuid.clone(),
+        let rows = entries
+            .iter()
+            .map(|e| (e.uuid.clone(), digest_hex(&(&e.dn, &e.attrs)), e));
+        self.replace_rows(table, &["uuid", "digest", "dn", "attrs"], rows, |e| {
+            vec![
                 e.dn.clone(),
                 serde_json::to_string(&e.attrs).unwrap_or_default(),
-            )
-        });
-        self.replace_rows(table, ["uuid", "dn", "attrs"], rows, false)
+            ]
+        })
     }
 
     /// People settled by the last run: HR key → digest of their record and entry.
@@ -551,7 +555,9 @@ impl Mirror {
         rows: impl Iterator<Item = (String, u64, String)>,
     ) -> Result<usize, MirrorError> {
         let rows = rows.map(|(k, d, u)| (k, format!("{d:016x}"), u));
-        self.replace_rows("settled", ["hr_key", "digest", "entry_uuid"], rows, true)
+        self.replace_rows("settled", &["hr_key", "digest", "entry_uuid"], rows, |u| {
+            vec![u.clone()]
+        })
     }
 
     /// The directory as the last read saved it (people, groups, unique-value holders), each list
@@ -565,55 +571,50 @@ impl Mirror {
         })
     }
 
-    /// Make `table` hold exactly `rows` (key, a, b), writing only rows that differ and removing
-    /// keys that are gone, in one transaction. With `a_is_hash`, `a` is a hash of `b` and rows are
-    /// compared by it alone (`b` is not read back). Table and column names are constants of this
-    /// file.
-    fn replace_rows(
+    /// Make `table` hold exactly `rows` (key, digest, item), writing only rows whose digest
+    /// differs from the stored one and removing keys that are gone, in one transaction. Only the
+    /// rows written are serialised (`rest` gives the remaining columns). Table and column names
+    /// are constants of this file: key, digest, then the rest.
+    fn replace_rows<T>(
         &mut self,
         table: &str,
-        cols: [&str; 3],
-        rows: impl Iterator<Item = (String, String, String)>,
-        a_is_hash: bool,
+        cols: &[&str],
+        rows: impl Iterator<Item = (String, String, T)>,
+        rest: impl Fn(&T) -> Vec<String>,
     ) -> Result<usize, MirrorError> {
         let p = self.path.clone();
-        let [k, a, b] = cols;
-        // key → digest of the stored columns (the rows themselves are not kept: at 100,000
-        // entries they are 50 MB)
-        let old: std::collections::HashMap<String, u64> = {
-            let sql = if a_is_hash {
-                format!("SELECT {k}, {a}, '' FROM {table}")
-            } else {
-                format!("SELECT {k}, {a}, {b} FROM {table}")
-            };
-            let mut st = self.conn.prepare(&sql).map_err(sq(&p))?;
+        let (k, d) = (cols[0], cols[1]);
+        let old: std::collections::HashMap<String, String> = {
+            let mut st = self
+                .conn
+                .prepare(&format!("SELECT {k}, {d} FROM {table}"))
+                .map_err(sq(&p))?;
             let found = st
-                .query_map([], |r| {
-                    let x = r.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
-                    let y = r.get_ref(2)?.as_str().map_err(rusqlite::Error::from)?;
-                    Ok((r.get::<_, String>(0)?, row_digest(x, y)))
-                })
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
                 .map_err(sq(&p))?;
             found.collect::<Result<_, _>>().map_err(sq(&p))?
         };
         let tx = self.conn.transaction().map_err(sq(&p))?;
         let mut written = 0;
         {
+            let marks: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
             let mut up = tx
                 .prepare(&format!(
-                    "INSERT OR REPLACE INTO {table} ({k}, {a}, {b}) VALUES (?1, ?2, ?3)"
+                    "INSERT OR REPLACE INTO {table} ({}) VALUES ({})",
+                    cols.join(", "),
+                    marks.join(", ")
                 ))
                 .map_err(sq(&p))?;
             let mut seen = std::collections::HashSet::new();
-            for (key, x, y) in rows {
-                let digest = row_digest(&x, if a_is_hash { "" } else { &y });
-                if old.get(&key) == Some(&digest) {
-                    seen.insert(key);
-                    continue;
+            for (key, digest, item) in rows {
+                if old.get(&key) != Some(&digest) {
+                    let mut values = vec![key.clone(), digest];
+                    values.extend(rest(&item));
+                    up.execute(rusqlite::params_from_iter(values.iter()))
+                        .map_err(sq(&p))?;
+                    written += 1;
                 }
-                up.execute(params![key, x, y]).map_err(sq(&p))?;
                 seen.insert(key);
-                written += 1;
             }
             let mut del = tx
                 .prepare(&format!("DELETE FROM {table} WHERE {k} = ?1"))
@@ -655,18 +656,13 @@ impl Mirror {
     /// Keep the export as the last good HR snapshot, writing only the records whose content hash
     /// changed (and removing those that are gone).
     pub fn save_hr(&mut self, export: &Export) -> Result<usize, MirrorError> {
-        use sha2::Digest;
-        let rows = export.records.iter().map(|r| {
-            let fields = serde_json::to_string(r.fields.as_ref()).unwrap_or_default();
-            let hash = sha2::Sha256::digest(fields.as_bytes());
-            let hex = hash.iter().fold(String::with_capacity(64), |mut s, b| {
-                use std::fmt::Write;
-                let _ = write!(s, "{b:02x}");
-                s
-            });
-            (r.key.clone(), hex, fields)
-        });
-        self.replace_rows("hr_records", ["key", "hash", "fields"], rows, true)
+        let rows = export
+            .records
+            .iter()
+            .map(|r| (r.key.clone(), digest_hex(r.fields.as_ref()), r));
+        self.replace_rows("hr_records", &["key", "hash", "fields"], rows, |r| {
+            vec![serde_json::to_string(r.fields.as_ref()).unwrap_or_default()]
+        })
     }
 
     pub fn hr_count(&self) -> Result<usize, MirrorError> {

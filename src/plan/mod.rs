@@ -384,7 +384,7 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<Change> {
                 });
             }
             Some(e) => {
-                let renamed = dn::normalize(&e.dn) != dn::normalize(&d.dn);
+                let renamed = e.dn != d.dn && dn::normalize(&e.dn) != dn::normalize(&d.dn);
                 if renamed {
                     let old_rdn = dn::Dn::parse(&e.dn)
                         .ok()
