@@ -2723,7 +2723,8 @@ pub async fn run(
     }
     let mut groups_created = Vec::new();
     let mut groups_deleted = Vec::new();
-    let changes = outcome.plan.changes.clone();
+    // (taken out while the phases borrow it, put back after: a copy is 130 MB at 100,000 adds)
+    let changes = std::mem::take(&mut outcome.plan.changes);
     let mut phases: BTreeMap<u32, Vec<&Change>> = BTreeMap::new();
     for c in &changes {
         phases.entry(c.phase).or_default().push(c);
@@ -2909,6 +2910,7 @@ pub async fn run(
         }
         mirror.journal_done(&outcomes, &clock.rfc3339())?;
     }
+    outcome.plan.changes = changes;
     target.unbind().await;
     laps.lap("directory writes");
     if !outcome.interrupted {
