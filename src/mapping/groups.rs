@@ -40,6 +40,9 @@ impl Mapper {
         exclude: &BTreeSet<String>,
     ) -> GroupsOut {
         let mut out = GroupsOut::default();
+        if rules.is_empty() {
+            return out;
+        }
         let exprs: Vec<Option<Result<minijinja::Expression<'_, '_>, String>>> = rules
             .iter()
             .map(|r| {

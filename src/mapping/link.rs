@@ -114,35 +114,43 @@ pub fn link(
         .enumerate()
         .map(|(i, e)| (e.uuid.as_str(), i))
         .collect();
-    // folded anchor value → entries carrying it
-    let mut by_anchor: HashMap<String, Vec<usize>> = HashMap::new();
-    for (i, e) in dir.entries.iter().enumerate() {
-        let vals = e.get(anchor);
-        if let Some(v) = vals.first() {
-            out.managed += 1;
-            by_anchor.entry(rules.fold(anchor, v)).or_default().push(i);
-        }
-    }
-    let mut used: BTreeSet<usize> = BTreeSet::new();
+    out.managed = dir
+        .entries
+        .iter()
+        .filter(|e| !e.get(anchor).is_empty())
+        .count();
+    // folded anchor value → entries carrying it (built when a key without a usable link needs it:
+    // after the first run, rarely)
+    let mut by_anchor_built: Option<HashMap<String, Vec<usize>>> = None;
+    let mut used: Vec<bool> = vec![false; dir.entries.len()];
     for key in present {
         if let Some(uuid) = links.get(key) {
             if let Some(&i) = by_uuid.get(uuid.as_str()) {
                 out.by_key.insert(key.clone(), uuid.clone());
-                used.insert(i);
+                used[i] = true;
                 continue;
             }
             out.dangling.push(key.clone());
         }
+        let by_anchor = by_anchor_built.get_or_insert_with(|| {
+            let mut m: HashMap<String, Vec<usize>> = HashMap::new();
+            for (i, e) in dir.entries.iter().enumerate() {
+                if let Some(v) = e.get(anchor).first() {
+                    m.entry(rules.fold(anchor, v)).or_default().push(i);
+                }
+            }
+            m
+        });
         let cands = by_anchor
             .get(&rules.fold(anchor, key))
             .cloned()
             .unwrap_or_default();
-        let cands: Vec<usize> = cands.into_iter().filter(|i| !used.contains(i)).collect();
+        let cands: Vec<usize> = cands.into_iter().filter(|i| !used[*i]).collect();
         match cands.len() {
             0 => {}
             1 => {
                 let e = &dir.entries[cands[0]];
-                used.insert(cands[0]);
+                used[cands[0]] = true;
                 out.by_key.insert(key.clone(), e.uuid.clone());
                 let why = if links.contains_key(key) {
                     "the linked entry is gone; relinked by anchor".to_string()
@@ -162,20 +170,22 @@ pub fn link(
                     cands.iter().map(|&i| dir.entries[i].dn.clone()).collect(),
                 );
                 for i in cands {
-                    used.insert(i);
+                    used[i] = true;
                 }
             }
         }
     }
-    let present_folded: BTreeSet<String> = present.iter().map(|k| rules.fold(anchor, k)).collect();
+    let mut present_folded: Option<BTreeSet<String>> = None;
     for (i, e) in dir.entries.iter().enumerate() {
-        if used.contains(&i) {
+        if used[i] {
             continue;
         }
         if let Some(v) = e.get(anchor).first() {
             // An anchored entry no export key claims. If its key is present (say, claimed through a
             // link by another entry) it is a duplicate: never delete it automatically.
-            if !present_folded.contains(&rules.fold(anchor, v)) {
+            let folded = present_folded
+                .get_or_insert_with(|| present.iter().map(|k| rules.fold(anchor, k)).collect());
+            if !folded.contains(&rules.fold(anchor, v)) {
                 out.gone.insert(e.uuid.clone(), v.clone());
             }
         }
