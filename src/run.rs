@@ -1092,6 +1092,12 @@ async fn read_directory(
         .iter()
         .map(|e| (e.uuid.clone(), e.dn.clone()))
         .collect();
+    // With one people subtree every prior entry is in it (the last read put it there).
+    let one_subtree = results
+        .iter()
+        .filter(|(k, _, _)| k.starts_with("entries:"))
+        .count()
+        == 1;
     for (key, base, r) in results {
         let base_dn = crate::dn::Dn::parse(&base).ok();
         let within = |e: &crate::model::Entry| {
@@ -1105,7 +1111,7 @@ async fn read_directory(
             let (prior, rest): (Vec<crate::model::Entry>, Vec<crate::model::Entry>) =
                 std::mem::take(&mut snap.entries)
                     .into_iter()
-                    .partition(|e| within(e));
+                    .partition(|e| one_subtree || within(e));
             snap.entries = rest;
             new_entries.extend(merge_sync(prior, r));
         } else if key.starts_with("groups:") {
