@@ -2523,13 +2523,17 @@ pub async fn run(
                 today: today.to_string(),
             };
             if marker.as_ref() == Some(&now) {
-                settled_people(&m.settled()?, &export, &dir, &links)
+                let prior = m.settled()?;
+                let people = settled_people(&prior, &export, &dir, &links);
+                (people, prior)
             } else {
                 Default::default()
             }
         }
         _ => Default::default(),
     };
+    // (the digests of the settled people: unchanged, so saved again as they are)
+    let (settled, settled_digests) = settled;
     let Decision {
         mut plan,
         linking,
@@ -2554,7 +2558,6 @@ pub async fn run(
         only: opts.only.as_deref(),
         settled: &settled,
     });
-    drop(settled);
     laps.lap("decide");
     plan.read_mode = read_info.mode.to_string();
     plan.fetched = read_info.fetched;
@@ -2999,7 +3002,16 @@ pub async fn run(
                 .filter(|d| !d.fields.is_empty() && !touched.contains(d.key.as_str()))
                 .filter_map(|d| {
                     let e = by_uuid.get(d.uuid.as_deref()?)?;
-                    Some((d.key.clone(), person_digest(&d.fields, e), e.uuid.clone()))
+                    let digest = match settled_digests.get(&d.key) {
+                        // (linked to the entry the digest was of)
+                        Some(&known)
+                            if settled.contains(&d.key) && links.get(&d.key) == d.uuid.as_ref() =>
+                        {
+                            known
+                        }
+                        _ => person_digest(&d.fields, e),
+                    };
+                    Some((d.key.clone(), digest, e.uuid.clone()))
                 });
             mirror.save_settled(rows)?;
             serde_json::to_string(&SettledMarker {
