@@ -25,6 +25,18 @@ fn reaches_a_quiet_run(t: &TestEnv) -> bool {
     })
 }
 
+/// A test environment on the shared slapd that writes one change at a time: with several in
+/// flight slapd's contextCSN can lag behind the last of them, and such an entry surfaces in a
+/// later delta than its own (counted there).
+fn one_write_at_a_time(name: &str) -> TestEnv {
+    let t = TestEnv::new(name);
+    let cfg = t
+        .default_config(&slapd().ldaps_uri)
+        .replace("base-dn =", "max-in-flight = 1\nbase-dn =");
+    t.write_config(&cfg);
+    t
+}
+
 /// The title of `dn` changed by hand, then a run: it must correct exactly that entry.
 fn title_changed_by_hand_is_corrected(t: &TestEnv, dn: &str) -> serde_json::Value {
     ldapmodify(&format!(
@@ -40,13 +52,7 @@ fn title_changed_by_hand_is_corrected(t: &TestEnv, dn: &str) -> serde_json::Valu
 
 #[test]
 fn a_run_after_one_change_reads_only_that_change_and_hand_edits_are_corrected() {
-    let t = TestEnv::new("incr");
-    // One write at a time: with several in flight slapd's contextCSN can lag behind the last of
-    // them, and such an entry surfaces in a later delta than its own (counted there).
-    let cfg = t
-        .default_config(&slapd().ldaps_uri)
-        .replace("base-dn =", "max-in-flight = 1\nbase-dn =");
-    t.write_config(&cfg);
+    let t = one_write_at_a_time("incr");
     let rows: Vec<String> = (1..=60)
         .map(|i| format!("{i},Given{i},,Family{i},Title {i},p{i}@example.com,"))
         .collect();
@@ -307,11 +313,7 @@ fn boss_and_reports() -> Vec<String> {
 
 #[test]
 fn content_sync_sees_a_manager_deleted_by_hand() {
-    let t = TestEnv::new("refint");
-    let cfg = t
-        .default_config(&slapd().ldaps_uri)
-        .replace("base-dn =", "max-in-flight = 1\nbase-dn =");
-    t.write_config(&cfg);
+    let t = one_write_at_a_time("refint");
     let rows = boss_and_reports();
     let refs: Vec<&str> = rows.iter().map(String::as_str).collect();
     t.write_export(&refs);
@@ -359,11 +361,7 @@ fn without_content_sync_the_directory_is_polled_by_modify_timestamp() {
 /// their own record or entry, or of someone they refer to, maps them again as before.
 #[test]
 fn settled_people_are_mapped_again_only_when_they_or_the_people_they_name_change() {
-    let t = TestEnv::new("settled");
-    let cfg = t
-        .default_config(&slapd().ldaps_uri)
-        .replace("base-dn =", "max-in-flight = 1\nbase-dn =");
-    t.write_config(&cfg);
+    let t = one_write_at_a_time("settled");
     let mut rows = boss_and_reports();
     let write = |rows: &[String]| {
         let refs: Vec<&str> = rows.iter().map(String::as_str).collect();
