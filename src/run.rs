@@ -36,6 +36,32 @@ pub struct RunOptions {
     pub full_read: bool,
     /// Set to true to stop after the operations in flight (SIGTERM in the daemon).
     pub cancel: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Where a long-lived caller (the daemon) keeps the mirror's connection between runs, with
+    /// the snapshot it caches (see [`Mirror::cache_between_runs`]).
+    pub mirror_slot: Option<MirrorSlot>,
+}
+
+/// The daemon's mirror connection between runs: a run takes it (or opens one) and gives it back
+/// when it ends well; a run that fails drops it, and the next one opens the mirror afresh.
+#[derive(Clone, Default)]
+pub struct MirrorSlot(std::sync::Arc<std::sync::Mutex<Option<Mirror>>>);
+
+impl std::fmt::Debug for MirrorSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MirrorSlot")
+    }
+}
+
+impl MirrorSlot {
+    /// The kept connection, if it is to this mirror file.
+    fn take(&self, path: &std::path::Path) -> Option<Mirror> {
+        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        slot.take().filter(|m| m.path() == path)
+    }
+
+    fn put(&self, m: Mirror) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(m);
+    }
 }
 
 /// What a run computed, for `explain` and `report`.
@@ -1050,6 +1076,8 @@ async fn read_directory(
         .flat_map(|(_, _, r)| r.deleted.iter().cloned())
         .collect();
     let reshaped = results.iter().any(|(_, _, r)| r.present_phase || r.full);
+    // (loaded at most once: a caching mirror hands its snapshot over)
+    let mut prior_loaded: Option<ReadSnapshot> = None;
     if unchanged && !deleted.is_empty() {
         // Deletes elsewhere in the database do not change what dirbridge manages.
         let known = prior_snapshot().unwrap_or_default();
@@ -1059,10 +1087,18 @@ async fn read_directory(
             .chain(known.groups.iter())
             .chain(known.uniques.iter())
             .any(|e| deleted.contains(&e.uuid));
+        prior_loaded = Some(known);
     }
     info.mode = if incremental { "incremental" } else { "full" };
     if unchanged {
         info.fetched = 0;
+        if let (Some(m), Some(k)) = (mirror, prior_loaded) {
+            m.keep_snapshot(crate::mirror::SnapshotRows {
+                entries: k.entries,
+                groups: k.groups,
+                uniques: k.uniques,
+            });
+        }
         return Ok(DirRead {
             snapshot: DirSnapshot::default(),
             info,
@@ -1083,7 +1119,7 @@ async fn read_directory(
         });
     }
     let mut snap = match &prior_cursor {
-        Some(_) => prior_snapshot().unwrap_or_default(),
+        Some(_) => prior_loaded.or_else(prior_snapshot).unwrap_or_default(),
         None => ReadSnapshot::default(),
     };
     // Where each entry was, to see deletes and renames made by others (below).
@@ -2255,8 +2291,14 @@ pub async fn run(
     };
     // A preview works without a writable mirror (say, run by a user who cannot write the state
     // directory): it then plans as if the mirror were new, and says so.
-    let (mirror, mirror_warning) = match Mirror::open(&cfg.state) {
-        Ok(m) => (Some(m), None),
+    let kept = opts.mirror_slot.as_ref().and_then(|s| s.take(&cfg.state));
+    let (mirror, mirror_warning) = match kept.map(Ok).unwrap_or_else(|| Mirror::open(&cfg.state)) {
+        Ok(m) => {
+            if opts.mirror_slot.is_some() {
+                m.cache_between_runs();
+            }
+            (Some(m), None)
+        }
         Err(e) if opts.dry_run => (
             None,
             Some(format!(
@@ -2355,6 +2397,9 @@ pub async fn run(
                         &m.header,
                         &json!({"summary": plan::summary(&outcome.plan), "quiet": true}),
                     )?;
+                    if let Some(slot) = &opts.mirror_slot {
+                        slot.put(mirror);
+                    }
                 }
             }
             outcome.duration = started.elapsed();
@@ -3023,6 +3068,7 @@ pub async fn run(
         _ => "{}".to_string(),
     };
     mirror.put_state(SETTLED, &settled_marker)?;
+    let mut kept_uniques = None;
     if let Some((mut cursor, snap)) = read_keep {
         cursor.recent = written.iter().cloned().collect();
         // slapd's refint rewrites group members without a change the content sync reports: after
@@ -3043,6 +3089,7 @@ pub async fn run(
             READ_CURSOR,
             &serde_json::to_string(&cursor).map_err(internal)?,
         )?;
+        kept_uniques = Some(snap.uniques);
     }
     if !export.keys_uncertain && opts.only.is_none() {
         mirror.save_hr(&export)?;
@@ -3077,6 +3124,17 @@ pub async fn run(
             "duration-seconds": outcome.duration.as_secs_f64(),
         }),
     )?;
+    if let Some(slot) = &opts.mirror_slot {
+        // What the snapshot tables hold now (saved above, or read from them unchanged).
+        if let Some(uniques) = kept_uniques {
+            mirror.keep_snapshot(crate::mirror::SnapshotRows {
+                entries: dir.entries,
+                groups: dir.groups,
+                uniques,
+            });
+        }
+        slot.put(mirror);
+    }
     Ok(outcome)
 }
 

@@ -598,6 +598,8 @@ async fn serve(path: &Path, cfg: Config) -> i32 {
     let mut waiters: Vec<oneshot::Sender<RunSummary>> = Vec::new();
     let mut run_id = 0u64;
     let mut stopping = false;
+    // The mirror's connection, with the directory snapshot it caches, from one run to the next.
+    let mirror_slot = run::MirrorSlot::default();
     while !stopping {
         if pending.is_none() {
             tokio::select! {
@@ -631,6 +633,7 @@ async fn serve(path: &Path, cfg: Config) -> i32 {
         let opts = RunOptions {
             daemon_holds_lock: true,
             cancel: Some(cancel_rx),
+            mirror_slot: Some(mirror_slot.clone()),
             ..Default::default()
         };
         let fut = run::run(&cfg, &opts, &SystemClock);

@@ -1,7 +1,7 @@
 //! The SQLite mirror: last good HR snapshot, directory snapshot, links, run journal and audit.
 //! WAL, versioned migrations (each in its own transaction), created private to the user.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -192,6 +192,22 @@ pub struct AuditRow {
 pub struct Mirror {
     conn: Connection,
     path: PathBuf,
+    /// What a long-lived connection (the daemon's) keeps between runs; see [`RowCache`].
+    cache: std::cell::RefCell<RowCache>,
+}
+
+/// What the rows of the snapshot tables hold, kept in memory by a connection that stays open
+/// between runs (the daemon's), so that a run neither reads them back nor parses them again.
+/// Valid only while no other connection has written the database (SQLite's `data_version`).
+#[derive(Default)]
+struct RowCache {
+    enabled: bool,
+    /// `PRAGMA data_version` when the cache was last known good.
+    version: Option<i64>,
+    /// The snapshot tables' rows (taken by the run that reads them, given back when it ends).
+    snapshot: Option<SnapshotRows>,
+    /// Table → key → digest, as the rows are (see [`Mirror::replace_rows`]).
+    digests: HashMap<String, HashMap<Box<str>, String>>,
 }
 
 fn sq(path: &Path) -> impl Fn(rusqlite::Error) -> MirrorError + '_ {
@@ -303,6 +319,7 @@ impl Mirror {
         let mut m = Mirror {
             conn,
             path: path.to_path_buf(),
+            cache: Default::default(),
         };
         m.migrate()?;
         Ok(m)
@@ -563,12 +580,54 @@ impl Mirror {
     /// The directory as the last read saved it (people, groups, unique-value holders), each list
     /// in uuid order.
     pub fn read_snapshot(&self) -> Result<SnapshotRows, MirrorError> {
+        if self.cache_valid() {
+            if let Some(rows) = self.cache.borrow_mut().snapshot.take() {
+                return Ok(rows);
+            }
+        }
         let [e, g, u] = SNAPSHOT_TABLES;
         Ok(SnapshotRows {
             entries: self.entries_of(e)?,
             groups: self.entries_of(g)?,
             uniques: self.entries_of(u)?,
         })
+    }
+
+    /// Keep this connection's snapshot rows and row digests in memory between runs (the daemon,
+    /// which holds the mirror's lock for its whole life): the next run takes them from memory as
+    /// long as no other connection wrote the database.
+    pub fn cache_between_runs(&self) {
+        self.cache.borrow_mut().enabled = true;
+    }
+
+    /// Hand back the snapshot the run read (with [`Self::read_snapshot`]) or saved: what the
+    /// snapshot tables hold now, in uuid order. Kept only by a connection that caches.
+    pub fn keep_snapshot(&self, rows: SnapshotRows) {
+        if self.cache_valid() {
+            self.cache.borrow_mut().snapshot = Some(rows);
+        }
+    }
+
+    /// Whether the cache holds what the rows hold: caching is on and no other connection has
+    /// written the database since the cache was filled. When not, the cache is emptied.
+    fn cache_valid(&self) -> bool {
+        if !self.cache.borrow().enabled {
+            return false;
+        }
+        let version: Option<i64> = self
+            .conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))
+            .ok();
+        let mut c = self.cache.borrow_mut();
+        if version.is_some() && c.version == version {
+            return true;
+        }
+        *c = RowCache {
+            enabled: true,
+            version,
+            ..Default::default()
+        };
+        false
     }
 
     /// Make `table` hold exactly `rows` (key, digest, item), writing only rows whose digest
@@ -584,18 +643,33 @@ impl Mirror {
     ) -> Result<usize, MirrorError> {
         let p = self.path.clone();
         let (k, d) = (cols[0], cols[1]);
-        let old: std::collections::HashMap<String, String> = {
-            let mut st = self
-                .conn
-                .prepare(&format!("SELECT {k}, {d} FROM {table}"))
-                .map_err(sq(&p))?;
-            let found = st
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-                .map_err(sq(&p))?;
-            found.collect::<Result<_, _>>().map_err(sq(&p))?
+        let cached = if self.cache_valid() {
+            self.cache.borrow_mut().digests.remove(table)
+        } else {
+            None
+        };
+        let old: HashMap<Box<str>, String> = match cached {
+            Some(old) => old,
+            None => {
+                let mut st = self
+                    .conn
+                    .prepare(&format!("SELECT {k}, {d} FROM {table}"))
+                    .map_err(sq(&p))?;
+                let found = st
+                    .query_map([], |r| {
+                        Ok((
+                            r.get::<_, String>(0)?.into_boxed_str(),
+                            r.get::<_, String>(1)?,
+                        ))
+                    })
+                    .map_err(sq(&p))?;
+                found.collect::<Result<_, _>>().map_err(sq(&p))?
+            }
         };
         let tx = self.conn.transaction().map_err(sq(&p))?;
         let mut written = 0;
+        // key → digest as the rows are after this (kept by a caching connection)
+        let mut now: HashMap<Box<str>, String> = HashMap::with_capacity(old.len());
         {
             let marks: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
             let mut up = tx
@@ -605,26 +679,31 @@ impl Mirror {
                     marks.join(", ")
                 ))
                 .map_err(sq(&p))?;
-            let mut seen = std::collections::HashSet::new();
             for (key, digest, item) in rows {
-                if old.get(&key) != Some(&digest) {
-                    let mut values = vec![key.clone(), digest];
+                if old.get(key.as_str()) != Some(&digest) {
+                    let mut values = vec![key.clone(), digest.clone()];
                     values.extend(rest(&item));
                     up.execute(rusqlite::params_from_iter(values.iter()))
                         .map_err(sq(&p))?;
                     written += 1;
                 }
-                seen.insert(key);
+                now.insert(key.into_boxed_str(), digest);
             }
             let mut del = tx
                 .prepare(&format!("DELETE FROM {table} WHERE {k} = ?1"))
                 .map_err(sq(&p))?;
-            for key in old.keys().filter(|key| !seen.contains(*key)) {
-                del.execute(params![key]).map_err(sq(&p))?;
+            for key in old.keys().filter(|key| !now.contains_key(*key)) {
+                del.execute(params![key.as_ref()]).map_err(sq(&p))?;
                 written += 1;
             }
         }
         tx.commit().map_err(sq(&p))?;
+        if self.cache_valid() {
+            self.cache
+                .borrow_mut()
+                .digests
+                .insert(table.to_string(), now);
+        }
         Ok(written)
     }
 
@@ -1090,6 +1169,70 @@ mod tests {
             ["a", "b"],
             "saved apart from the people"
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_caching_connection_keeps_the_snapshot_until_another_connection_writes() {
+        let dir = std::env::temp_dir().join(format!("dirbridge-cache-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let db = dir.join("mirror.db");
+        let e = |u: &str, title: &str| Entry {
+            uuid: u.into(),
+            dn: format!("uid={u},ou=people,dc=x"),
+            attrs: [("title", vec![title.to_string()])].into(),
+        };
+        let snap = |entries: Vec<Entry>| DirSnapshot {
+            entries,
+            ..Default::default()
+        };
+        let mut m = Mirror::open(&db).unwrap();
+        m.cache_between_runs();
+        let d = snap(vec![e("a", "one"), e("b", "two")]);
+        assert_eq!(m.save_snapshot(&d).unwrap(), 2);
+        // what the run hands back is what the next run gets, without reading the rows
+        let mut handed = d.entries.clone();
+        handed[0].attrs = [("title", vec!["as handed back".to_string()])].into();
+        m.keep_snapshot(SnapshotRows {
+            entries: handed.clone(),
+            ..Default::default()
+        });
+        assert_eq!(m.read_snapshot().unwrap().entries, handed, "from memory");
+        // (taken: the next read is from the rows)
+        assert_eq!(
+            m.read_snapshot().unwrap().entries,
+            d.entries,
+            "from the rows"
+        );
+        // the digests are remembered too: an unchanged save writes nothing
+        assert_eq!(m.save_snapshot(&d).unwrap(), 0);
+        let d2 = snap(vec![e("a", "one"), e("c", "three")]);
+        assert_eq!(m.save_snapshot(&d2).unwrap(), 2, "c written, b deleted");
+        m.keep_snapshot(SnapshotRows {
+            entries: d2.entries.clone(),
+            ..Default::default()
+        });
+        // another connection writes the database: the cache is dropped, the rows are read
+        {
+            let other = Connection::open(&db).unwrap();
+            other
+                .execute(
+                    "UPDATE dir_entries SET attrs = '{\"title\":[\"by hand\"]}', digest = 'x' WHERE uuid = 'a'",
+                    [],
+                )
+                .unwrap();
+        }
+        let back = m.read_snapshot().unwrap().entries;
+        assert_eq!(back[0].get("title"), ["by hand"]);
+        // and the digests are read again too: the edited row is written back
+        assert_eq!(m.save_snapshot(&d2).unwrap(), 1);
+        // a connection that does not cache never keeps anything
+        let plain = Mirror::open(&db).unwrap();
+        plain.keep_snapshot(SnapshotRows {
+            entries: handed,
+            ..Default::default()
+        });
+        assert_eq!(plain.read_snapshot().unwrap().entries, d2.entries);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
