@@ -502,13 +502,7 @@ struct SettledMarker {
 /// A digest of what mapping and planning a person depend on: their record's fields and their
 /// entry as read.
 pub fn person_digest(fields: &crate::names::NameMap<String>, e: &crate::model::Entry) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    fields.hash(&mut h);
-    e.uuid.hash(&mut h);
-    e.dn.hash(&mut h);
-    e.attrs.hash(&mut h);
-    h.finish()
+    crate::mirror::digest(&(fields, &e.uuid, &e.dn, &e.attrs))
 }
 
 /// The people this run need not map again: the last run planned nothing for them, and since then
@@ -516,20 +510,20 @@ pub fn person_digest(fields: &crate::names::NameMap<String>, e: &crate::model::E
 /// person who changed, appeared or left (a reference such as `manager_id | person_dn` would
 /// render differently). Pure: `prior` is what the mirror kept, `links` HR key → entry uuid.
 pub fn settled_people(
-    prior: &std::collections::HashMap<String, u64>,
+    prior: &foldhash::HashMap<String, u64>,
     export: &crate::source::Export,
     dir: &DirSnapshot,
     links: &BTreeMap<String, String>,
-) -> std::collections::HashSet<String> {
-    use std::collections::HashSet;
+) -> foldhash::HashSet<String> {
     if prior.is_empty() {
-        return HashSet::new();
+        return Default::default();
     }
-    let by_uuid: std::collections::HashMap<&str, &crate::model::Entry> =
+    let by_uuid: foldhash::HashMap<&str, &crate::model::Entry> =
         dir.entries.iter().map(|e| (e.uuid.as_str(), e)).collect();
     let mut calm: Vec<&crate::source::Record> = Vec::new();
-    let mut dirty: HashSet<&str> = HashSet::new();
-    let mut present: HashSet<&str> = HashSet::with_capacity(export.records.len());
+    let mut dirty: foldhash::HashSet<&str> = Default::default();
+    let mut present: foldhash::HashSet<&str> =
+        foldhash::HashSet::with_capacity_and_hasher(export.records.len(), Default::default());
     for r in &export.records {
         present.insert(&r.key);
         let same = links
@@ -552,8 +546,16 @@ pub fn settled_people(
             dirty.insert(k);
         }
     }
+    // (most field values cannot be a changed key by their length alone: no lookup for them)
+    let lengths: u128 = dirty
+        .iter()
+        .fold(0, |m, k| m | 1u128.checked_shl(k.len() as u32).unwrap_or(0));
+    let may_name = |v: &str| {
+        let v = v.trim();
+        (v.len() >= 128 || lengths & (1u128 << v.len()) != 0) && dirty.contains(v)
+    };
     calm.into_iter()
-        .filter(|r| !r.fields.values().any(|v| dirty.contains(v.trim())))
+        .filter(|r| !r.fields.values().any(|v| may_name(v)))
         .map(|r| r.key.clone())
         .collect()
 }
@@ -1123,17 +1125,32 @@ async fn read_directory(
         None => ReadSnapshot::default(),
     };
     // Where each entry was, to see deletes and renames made by others (below).
-    let before: std::collections::HashMap<String, String> = snap
+    // Only entries the read reports (changed, deleted, or anything after a present phase) can have
+    // moved: the merge keeps every other prior entry as it was.
+    let any_present_phase = results.iter().any(|(_, _, r)| r.present_phase || r.full);
+    let reported: foldhash::HashSet<&str> = results
+        .iter()
+        .flat_map(|(_, _, r)| {
+            r.changed
+                .iter()
+                .map(|e| e.uuid.as_str())
+                .chain(r.deleted.iter().map(String::as_str))
+        })
+        .collect();
+    let before: Vec<(String, String)> = snap
         .entries
         .iter()
+        .filter(|e| any_present_phase || reported.contains(e.uuid.as_str()))
         .map(|e| (e.uuid.clone(), e.dn.clone()))
         .collect();
+    drop(reported);
     // With one people subtree every prior entry is in it (the last read put it there).
     let one_subtree = results
         .iter()
         .filter(|(k, _, _)| k.starts_with("entries:"))
         .count()
         == 1;
+    let mut fetched_entries = 0usize;
     for (key, base, r) in results {
         let base_dn = crate::dn::Dn::parse(&base).ok();
         let within = |e: &crate::model::Entry| {
@@ -1149,6 +1166,7 @@ async fn read_directory(
                     .into_iter()
                     .partition(|e| one_subtree || within(e));
             snap.entries = rest;
+            fetched_entries += r.changed.len();
             new_entries.extend(merge_sync(prior, r));
         } else if key.starts_with("groups:") {
             let prior: Vec<crate::model::Entry> =
@@ -1159,22 +1177,34 @@ async fn read_directory(
             new_uniques.extend(merge_sync(prior, r));
         }
     }
-    // Entries: the configured bases themselves are not people; one entry per uuid.
-    let mut seen = BTreeSet::new();
-    new_entries.retain(|e| {
-        !scope.configured.contains(&crate::dn::normalize(&e.dn)) && seen.insert(e.uuid.clone())
-    });
+    // Entries: the configured bases themselves are not people; one entry per uuid. (With one
+    // people subtree the merge leaves one entry per uuid, and the prior entries passed this
+    // before: only those the read returned are looked at.)
+    if one_subtree && !any_present_phase && !new_entries.is_empty() {
+        // (merge_sync puts what the read returned last)
+        let split = new_entries.len().saturating_sub(fetched_entries);
+        let fresh = new_entries.split_off(split);
+        let mut seen = BTreeSet::new();
+        new_entries.extend(fresh.into_iter().filter(|e| {
+            !scope.configured.contains(&crate::dn::normalize(&e.dn)) && seen.insert(e.uuid.clone())
+        }));
+    } else {
+        let mut seen = BTreeSet::new();
+        new_entries.retain(|e| {
+            !scope.configured.contains(&crate::dn::normalize(&e.dn)) && seen.insert(e.uuid.clone())
+        });
+    }
     let mut seen = BTreeSet::new();
     new_groups.retain(|e| seen.insert(e.uuid.clone()));
     // An entry deleted or renamed by someone else: slapd's refint overlay rewrites the DN-valued
     // attributes pointing at it (manager, member) without a new entryCSN or modifyTimestamp, so
     // neither content sync nor polling sees those entries change. Read the people again in full.
-    if incremental {
+    if incremental && !before.is_empty() {
         let recent: BTreeSet<&str> = prior_cursor
             .as_ref()
             .map(|c| c.recent.iter().map(String::as_str).collect())
             .unwrap_or_default();
-        let now: std::collections::HashMap<&str, &str> = new_entries
+        let now: foldhash::HashMap<&str, &str> = new_entries
             .iter()
             .map(|e| (e.uuid.as_str(), e.dn.as_str()))
             .collect();
@@ -1209,7 +1239,7 @@ async fn read_directory(
     // run wrote, and entries the mirror links that the refresh did not return, are read directly
     // (by entryUUID).
     if let Some(m) = mirror {
-        let have: BTreeSet<&str> = new_entries.iter().map(|e| e.uuid.as_str()).collect();
+        let have: foldhash::HashSet<&str> = new_entries.iter().map(|e| e.uuid.as_str()).collect();
         let recent: BTreeSet<&str> = if incremental {
             prior_cursor
                 .as_ref()
@@ -1230,7 +1260,8 @@ async fn read_directory(
         if !missing.is_empty() {
             tracing::info!(target: "dirbridge::read", missing = missing.len(), "reading linked entries the content sync did not return");
         }
-        let unique_uuids: BTreeSet<String> = new_uniques.iter().map(|e| e.uuid.clone()).collect();
+        // (the entries read again were taken out of the uniques above)
+        let mut unique_uuids: BTreeSet<String> = BTreeSet::new();
         for chunk in missing.chunks(200) {
             let filter = format!(
                 "(|{})",
@@ -1246,8 +1277,8 @@ async fn read_directory(
                     if scope.configured.contains(&crate::dn::normalize(&e.dn)) {
                         continue;
                     }
-                    if !unique_uuids.contains(&e.uuid)
-                        && scope.names.iter().any(|a| !e.get(a).is_empty())
+                    if scope.names.iter().any(|a| !e.get(a).is_empty())
+                        && unique_uuids.insert(e.uuid.clone())
                     {
                         new_uniques.push(e.clone());
                     }
@@ -1633,7 +1664,7 @@ pub struct DecideInput<'a> {
     /// Each application's state as read (or why it could not be), and its links in the mirror.
     pub apps: &'a BTreeMap<String, AppInput>,
     /// HR keys of people settled since the last run (see [`settled_people`]): not mapped again.
-    pub settled: &'a std::collections::HashSet<String>,
+    pub settled: &'a foldhash::HashSet<String>,
 }
 
 /// One application as a run found it.
@@ -1755,7 +1786,7 @@ pub fn decide(i: &DecideInput<'_>) -> Decision {
     let to_map = if settled.is_empty() || only.is_some() {
         to_map
     } else {
-        let by_uuid: std::collections::HashMap<&str, &crate::model::Entry> =
+        let by_uuid: foldhash::HashMap<&str, &crate::model::Entry> =
             dir.entries.iter().map(|e| (e.uuid.as_str(), e)).collect();
         let mut rest = Vec::with_capacity(to_map.len());
         for r in to_map {
@@ -1801,7 +1832,7 @@ pub fn decide(i: &DecideInput<'_>) -> Decision {
     // POSIX: uidNumber from the range (stable, never reused), gidNumber, home, shell.
     let mut posix_new = BTreeMap::new();
     if let Some(px) = &users.posix {
-        let by_uuid: std::collections::HashMap<&str, &crate::model::Entry> =
+        let by_uuid: foldhash::HashMap<&str, &crate::model::Entry> =
             dir.entries.iter().map(|e| (e.uuid.as_str(), e)).collect();
         let used: BTreeSet<u32> = dir
             .taken
@@ -3033,13 +3064,13 @@ pub async fn run(
                 && !export.keys_uncertain
                 && !outcome.interrupted =>
         {
-            let touched: std::collections::HashSet<&str> = outcome
+            let touched: foldhash::HashSet<&str> = outcome
                 .plan
                 .changes
                 .iter()
                 .map(|c| c.key.as_str())
                 .collect();
-            let by_uuid: std::collections::HashMap<&str, &crate::model::Entry> =
+            let by_uuid: foldhash::HashMap<&str, &crate::model::Entry> =
                 dir.entries.iter().map(|e| (e.uuid.as_str(), e)).collect();
             let rows = mapped
                 .desired
@@ -3192,7 +3223,7 @@ mod tests {
                 .unwrap();
             person_digest(&r.fields, e)
         };
-        let prior: std::collections::HashMap<String, u64> = records
+        let prior: foldhash::HashMap<String, u64> = records
             .iter()
             .map(|r| (r.key.clone(), digest(r, &dir)))
             .collect();

@@ -108,7 +108,7 @@ pub fn link(
     rules: &MatchRules,
 ) -> Linking {
     let mut out = Linking::default();
-    let by_uuid: HashMap<&str, usize> = dir
+    let by_uuid: foldhash::HashMap<&str, usize> = dir
         .entries
         .iter()
         .enumerate()
@@ -123,10 +123,16 @@ pub fn link(
     // after the first run, rarely)
     let mut by_anchor_built: Option<HashMap<String, Vec<usize>>> = None;
     let mut used: Vec<bool> = vec![false; dir.entries.len()];
+    // Both in key order: the links are walked alongside (no lookup per key), and the links made
+    // are collected in order and built into a map at once.
+    let mut by_key: Vec<(String, String)> = Vec::with_capacity(present.len());
+    let mut walk = links.iter().peekable();
     for key in present {
-        if let Some(uuid) = links.get(key) {
+        while walk.next_if(|(k, _)| k.as_str() < key.as_str()).is_some() {}
+        let link = walk.next_if(|(k, _)| *k == key).map(|(_, u)| u);
+        if let Some(uuid) = link {
             if let Some(&i) = by_uuid.get(uuid.as_str()) {
-                out.by_key.insert(key.clone(), uuid.clone());
+                by_key.push((key.clone(), uuid.clone()));
                 used[i] = true;
                 continue;
             }
@@ -151,7 +157,7 @@ pub fn link(
             1 => {
                 let e = &dir.entries[cands[0]];
                 used[cands[0]] = true;
-                out.by_key.insert(key.clone(), e.uuid.clone());
+                by_key.push((key.clone(), e.uuid.clone()));
                 let why = if links.contains_key(key) {
                     "the linked entry is gone; relinked by anchor".to_string()
                 } else {
@@ -175,6 +181,7 @@ pub fn link(
             }
         }
     }
+    out.by_key = by_key.into_iter().collect();
     let mut present_folded: Option<BTreeSet<String>> = None;
     for (i, e) in dir.entries.iter().enumerate() {
         if used[i] {

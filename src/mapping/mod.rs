@@ -486,7 +486,7 @@ impl Mapper {
         parents: &BTreeMap<String, String>,
         settled: &[(&Record, &Entry)],
     ) -> MapOutput {
-        let by_uuid: HashMap<&str, &Entry> =
+        let by_uuid: foldhash::HashMap<&str, &Entry> =
             dir.entries.iter().map(|e| (e.uuid.as_str(), e)).collect();
         let mut order: Vec<&Record> = records
             .iter()
@@ -761,7 +761,7 @@ impl Mapper {
                 map.insert(r.key.clone(), e.dn.clone());
             }
             // A quarantined person keeps the entry they have (also one the linker took as gone).
-            let gone_by_key: HashMap<&str, &str> = linking
+            let gone_by_key: foldhash::HashMap<&str, &str> = linking
                 .gone
                 .iter()
                 .map(|(u, k)| (k.as_str(), u.as_str()))
@@ -826,14 +826,33 @@ impl Mapper {
             });
         }
         if !settled.is_empty() {
+            // (the names interned once; each map built in one go)
+            let names: Vec<(crate::names::Name, &String)> = self
+                .users
+                .attributes
+                .keys()
+                .chain([&self.users.rdn])
+                .map(|a| (crate::names::Name::new(a), a))
+                .collect();
+            let mut settled: Vec<&(&Record, &Entry)> = settled.iter().collect();
+            settled.sort_by(|a, b| key_order(&a.0.key, &b.0.key));
+            let mapped = std::mem::take(&mut desired);
+            desired.reserve_exact(mapped.len() + settled.len());
+            let mut mapped = mapped.into_iter().peekable();
             for (r, e) in settled {
-                let mut attrs = crate::names::NameMap::new();
-                for attr in self.users.attributes.keys().chain([&self.users.rdn]) {
-                    let v = e.get(attr);
-                    if !v.is_empty() {
-                        attrs.insert(attr, v.to_vec());
-                    }
+                // both lists in key order: merged, not sorted again
+                while let Some(d) =
+                    mapped.next_if(|d| key_order(&d.key, &r.key) != std::cmp::Ordering::Greater)
+                {
+                    desired.push(d);
                 }
+                let attrs: crate::names::NameMap<Vec<String>> = names
+                    .iter()
+                    .filter_map(|(n, a)| {
+                        let v = e.get(a);
+                        (!v.is_empty()).then(|| (*n, v.to_vec()))
+                    })
+                    .collect();
                 desired.push(Desired {
                     key: r.key.clone(),
                     line: r.line,
@@ -846,7 +865,7 @@ impl Mapper {
                     state: None,
                 });
             }
-            desired.sort_by(|a, b| key_order(&a.key, &b.key));
+            desired.extend(mapped);
         }
         errors.sort_by(|a, b| key_order(&a.key, &b.key));
         MapOutput { desired, errors }

@@ -211,7 +211,7 @@ pub fn check(g: &GateInput<'_>) -> Vec<Refusal> {
             .filter(|p| p.trim_start().starts_with('('))
             .filter_map(|p| crate::filter::Filter::parse(p).ok().map(|f| (p, f)))
             .collect();
-        let by_uuid: std::collections::HashMap<&str, &crate::model::Entry> =
+        let by_uuid: foldhash::HashMap<&str, &crate::model::Entry> =
             g.entries.iter().map(|e| (e.uuid.as_str(), e)).collect();
         for c in g.changes {
             if c.op == Op::Add {

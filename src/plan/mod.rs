@@ -327,7 +327,7 @@ fn lock_change(d: &Desired, e: &Entry, rules: &MatchRules) -> Option<Change> {
 /// Compute the ordered list of changes.
 pub fn plan(input: &PlanInput<'_>) -> Vec<Change> {
     let users = input.users;
-    let by_uuid: HashMap<&str, &Entry> = input
+    let by_uuid: foldhash::HashMap<&str, &Entry> = input
         .dir
         .entries
         .iter()
