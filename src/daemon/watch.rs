@@ -1,6 +1,8 @@
 //! Watching the HR export: inotify through `notify` on the file's directory (so a file replaced
-//! by rename is seen), debounced, and never read half-written: a run is triggered only once the
-//! file's size and mtime stayed the same for a short while.
+//! by rename is seen), debounced, and never read half-written: a file written in place triggers a
+//! run only once its size and mtime stayed the same for a short while. A file moved into place
+//! (written aside, then renamed over the export: the way to publish one atomically) is complete
+//! as it appears, and triggers a run at once.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -29,18 +31,26 @@ pub fn watch(
         .file_name()
         .map(|n| n.to_os_string())
         .ok_or("the export path has no file name")?;
-    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    // (true: the export was moved into place, complete)
+    let (tx, mut rx) = mpsc::unbounded_channel::<bool>();
     let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         if let Ok(ev) = ev {
+            use notify::event::{ModifyKind, RenameMode};
             if matches!(ev.kind, notify::EventKind::Access(_)) {
                 return;
             }
-            if ev
-                .paths
-                .iter()
-                .any(|p| p.file_name() == Some(name.as_os_str()))
-            {
-                let _ = tx.send(());
+            let is_export = |p: &PathBuf| p.file_name() == Some(name.as_os_str());
+            let moved_in = match ev.kind {
+                notify::EventKind::Modify(ModifyKind::Name(RenameMode::To)) => {
+                    ev.paths.first().is_some_and(is_export)
+                }
+                notify::EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => {
+                    ev.paths.last().is_some_and(is_export)
+                }
+                _ => false,
+            };
+            if moved_in || ev.paths.iter().any(is_export) {
+                let _ = tx.send(moved_in);
             }
         }
     })
@@ -52,13 +62,25 @@ pub fn watch(
         // debounce: a quiet period of `debounce / 2`, then a stability wait of the rest
         let quiet = debounce / 2;
         let settle = (debounce - quiet).max(Duration::from_millis(20));
-        while rx.recv().await.is_some() {
-            loop {
+        while let Some(first) = rx.recv().await {
+            let mut moved_in = first;
+            while !moved_in {
                 match tokio::time::timeout(quiet, rx.recv()).await {
-                    Ok(Some(())) => continue,
+                    Ok(Some(m)) => moved_in = m,
                     Ok(None) => return,
                     Err(_) => break,
                 }
+            }
+            if moved_in {
+                // complete as it appeared: no wait (what else is queued is part of this run)
+                while rx.try_recv().is_ok() {}
+                if stamp(&file).is_some() {
+                    let _ = triggers.send(Trigger {
+                        kind: "file",
+                        reply: None,
+                    });
+                }
+                continue;
             }
             // stable size and mtime: the writer is done (bounded: a file written for minutes
             // keeps postponing, and a file that disappears is not a trigger)

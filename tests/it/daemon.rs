@@ -125,9 +125,13 @@ impl Drop for Daemon {
 }
 
 fn daemon_config(t: &TestEnv, extra: &str) {
+    daemon_config_debounced(t, "200ms", extra)
+}
+
+fn daemon_config_debounced(t: &TestEnv, debounce: &str, extra: &str) {
     let cfg = t.default_config(&slapd().ldaps_uri)
         + &format!(
-            "\n[daemon]\nsocket = \"{}\"\nallow-root = true\ndebounce = \"200ms\"\n{extra}\n",
+            "\n[daemon]\nsocket = \"{}\"\nallow-root = true\ndebounce = \"{debounce}\"\n{extra}\n",
             t.dir.join("control.sock").display()
         );
     t.write_config(&cfg);
@@ -189,6 +193,34 @@ fn an_export_edit_reaches_the_directory_by_itself() {
     );
     assert_eq!(last["exit-code"], 0, "{s:#}");
     assert_eq!(t.people()["2"].one("title"), Some("Chief"));
+    assert_eq!(d.stop(), 0);
+}
+
+#[test]
+fn an_export_moved_into_place_runs_at_once_one_written_in_place_waits_for_the_debounce() {
+    let t = TestEnv::new("dmoved");
+    // a debounce far longer than the waits below
+    daemon_config_debounced(&t, "40s", "");
+    t.write_export(&["1,Ann,,Boss,CEO,,", "2,Bob,,Worker,Dev,,1"]);
+    let d = Daemon::start(&t, &[]);
+    d.wait_runs(1);
+    // written aside and renamed over the export: complete as it appears, no debounce
+    let tmp = t.dir.join(".export.tmp");
+    std::fs::write(
+        &tmp,
+        format!("{HEADER}\n1,Ann,,Boss,CEO,,\n2,Bob,,Worker,Moved,,1\n"),
+    )
+    .unwrap();
+    std::fs::rename(&tmp, t.dir.join("export.csv")).unwrap();
+    wait_for("the export moved into place", || {
+        t.people()["2"].one("title") == Some("Moved")
+    });
+    d.wait_runs(2);
+    // written in place: it waits for the debounce (the writer may not be done)
+    t.write_export(&["1,Ann,,Boss,CEO,,", "2,Bob,,Worker,InPlace,,1"]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(d.runs(), 2, "an in-place write ran before its debounce");
+    assert_eq!(t.people()["2"].one("title"), Some("Moved"));
     assert_eq!(d.stop(), 0);
 }
 
