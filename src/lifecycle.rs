@@ -513,6 +513,7 @@ pub fn finish(
             fields: Default::default(),
             lifecycle_attrs: Default::default(),
             state: None,
+            settled: false,
         };
         set_lock(&mut d, st);
         desired.push(d);

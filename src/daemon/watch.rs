@@ -36,19 +36,19 @@ pub fn watch(
     let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         if let Ok(ev) = ev {
             use notify::event::{ModifyKind, RenameMode};
-            if matches!(ev.kind, notify::EventKind::Access(_)) {
+            // (a rename within the directory comes as From, To and Both: Both repeats the others)
+            if matches!(
+                ev.kind,
+                notify::EventKind::Access(_)
+                    | notify::EventKind::Modify(ModifyKind::Name(RenameMode::Both))
+            ) {
                 return;
             }
             let is_export = |p: &PathBuf| p.file_name() == Some(name.as_os_str());
-            let moved_in = match ev.kind {
-                notify::EventKind::Modify(ModifyKind::Name(RenameMode::To)) => {
-                    ev.paths.first().is_some_and(is_export)
-                }
-                notify::EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => {
-                    ev.paths.last().is_some_and(is_export)
-                }
-                _ => false,
-            };
+            let moved_in = matches!(
+                ev.kind,
+                notify::EventKind::Modify(ModifyKind::Name(RenameMode::To))
+            ) && ev.paths.first().is_some_and(is_export);
             if moved_in || ev.paths.iter().any(is_export) {
                 let _ = tx.send(moved_in);
             }

@@ -39,6 +39,11 @@ pub struct Desired {
     /// The lifecycle state, when `[lifecycle]` is configured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state: Option<crate::lifecycle::State>,
+    /// A settled person (see [`Mapper::map_with`]): `attrs` are their entry's values, and the
+    /// last run planned nothing for the same record, entry and configuration, so the plan has
+    /// nothing to compare.
+    #[serde(skip)]
+    pub settled: bool,
 }
 
 /// A record that could not be mapped: it is quarantined for this run.
@@ -823,6 +828,7 @@ impl Mapper {
                 fields: r.fields.clone(),
                 lifecycle_attrs: Default::default(),
                 state: None,
+                settled: false,
             });
         }
         if !settled.is_empty() {
@@ -863,6 +869,7 @@ impl Mapper {
                     fields: r.fields.clone(),
                     lifecycle_attrs: Default::default(),
                     state: None,
+                    settled: true,
                 });
             }
             desired.extend(mapped);

@@ -383,6 +383,8 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<Change> {
                     subject: Subject::Person,
                 });
             }
+            // (their entry is as the last run left it, and it planned nothing for them)
+            Some(_) if d.settled => {}
             Some(e) => {
                 let renamed = e.dn != d.dn && dn::normalize(&e.dn) != dn::normalize(&d.dn);
                 if renamed {
