@@ -825,6 +825,7 @@ async fn read_directory(
     mirror: Option<&Mirror>,
     full_read: bool,
     now_unix: i64,
+    links: &std::cell::OnceCell<BTreeMap<String, String>>,
 ) -> Result<DirRead, RunError> {
     let scope = read_scope(cfg, users, t).await?;
     let fingerprint = scope.fingerprint(&cfg.directory.base_dn);
@@ -1248,10 +1249,17 @@ async fn read_directory(
         } else {
             BTreeSet::new()
         };
-        let mut missing: Vec<String> = m
-            .links()?
-            .into_values()
+        let links = match links.get() {
+            Some(l) => l,
+            None => {
+                let l = m.links()?;
+                links.get_or_init(|| l)
+            }
+        };
+        let mut missing: Vec<String> = links
+            .values()
             .filter(|u| !have.contains(u.as_str()) && !recent.contains(u.as_str()))
+            .cloned()
             .collect();
         missing.extend(recent.iter().map(|s| s.to_string()));
         let refetch: BTreeSet<String> = missing.iter().cloned().collect();
@@ -1713,11 +1721,11 @@ pub fn decide(i: &DecideInput<'_>) -> Decision {
         settled,
     } = *i;
     let quarantined_keys = export.quarantined_keys();
-    let present: BTreeSet<String> = export
+    let present: BTreeSet<&str> = export
         .records
         .iter()
-        .map(|r| r.key.clone())
-        .chain(quarantined_keys.iter().cloned())
+        .map(|r| r.key.as_str())
+        .chain(quarantined_keys.iter().map(String::as_str))
         .collect();
     let mut linking = link::link(&present, dir, links, &users.anchor, rules);
     if !users.correlate.is_empty() {
@@ -2353,6 +2361,8 @@ pub async fn run(
     };
     // Entries come back with the server's names for attributes (`sn`, not `surname`).
     let users = canonical_users(&cfg.users, &schema);
+    // The mirror's links, read once (by the directory read if it needs them, else below).
+    let links_read = std::cell::OnceCell::new();
     let DirRead {
         snapshot: mut dir,
         info: mut read_info,
@@ -2367,6 +2377,7 @@ pub async fn run(
         mirror.as_ref(),
         opts.full_read,
         unix_secs(clock),
+        &links_read,
     )
     .await?;
     laps.lap("directory read");
@@ -2453,6 +2464,7 @@ pub async fn run(
                     mirror.as_ref(),
                     true,
                     unix_secs(clock),
+                    &links_read,
                 )
                 .await?;
                 dir = again.snapshot;
@@ -2488,8 +2500,13 @@ pub async fn run(
         .map(|m| m.with_ad(cfg.directory.is_ad()))
         .and_then(|m| m.with_posix(users.posix.as_ref()))
         .map_err(RunError::Config)?;
-    // Re-fold the unique values with the server's rules.
+    // Re-fold the unique values with the server's rules (where they differ from the defaults
+    // the read folded with: folding is idempotent).
+    let default_rules = crate::model::MatchRules::default();
     for (attr, vals) in dir.taken.iter_mut() {
+        if rules.rule(attr) == default_rules.rule(attr) {
+            continue;
+        }
         let refolded: std::collections::HashMap<String, Vec<String>> =
             vals.drain().fold(Default::default(), |mut m, (k, v)| {
                 m.entry(rules.fold(attr, &k))
@@ -2500,9 +2517,10 @@ pub async fn run(
         *vals = refolded;
     }
 
-    let links = match &mirror {
-        Some(m) => m.links()?,
-        None => Default::default(),
+    let links = match (links_read.into_inner(), &mirror) {
+        (Some(l), _) => l,
+        (None, Some(m)) => m.links()?,
+        (None, None) => Default::default(),
     };
     let today = today(cfg, opts.as_of.as_deref(), clock)?;
     let departures = match &mirror {

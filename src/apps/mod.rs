@@ -420,7 +420,7 @@ pub struct AppPlanInput<'a> {
     /// Keys whose accounts are left alone (quarantined or unreadable records).
     pub keep: &'a BTreeSet<String>,
     /// Every key the export holds (absent people are the only ones deactivated as leavers).
-    pub present: &'a BTreeSet<String>,
+    pub present: &'a BTreeSet<&'a str>,
     /// The export could not be read well enough to know every key: deactivate nothing.
     pub no_deactivations: bool,
     pub groups: &'a [PushedGroup],
@@ -743,7 +743,7 @@ pub fn plan(i: &AppPlanInput<'_>) -> AppPlan {
             out.forget.push(k.clone());
             continue;
         };
-        let why = if i.present.contains(k) {
+        let why = if i.present.contains(k.as_str()) {
             format!("record {k} is no longer in scope of apps.{}", app.name)
         } else {
             format!("record {k} is no longer in the export")

@@ -91,8 +91,8 @@ impl Case {
         }
     }
     fn run(&self) -> AppPlan {
-        let mut present = self.present.clone();
-        present.extend(self.accounts.iter().map(|a| a.key.clone()));
+        let mut present: BTreeSet<&str> = self.present.iter().map(String::as_str).collect();
+        present.extend(self.accounts.iter().map(|a| a.key.as_str()));
         plan(&AppPlanInput {
             app: &self.app,
             accounts: &self.accounts,

@@ -100,8 +100,8 @@ pub fn correlate(
 }
 
 /// `present`: every key the export names (valid and quarantined). `links`: the mirror's links.
-pub fn link(
-    present: &BTreeSet<String>,
+pub fn link<S: AsRef<str> + Ord>(
+    present: &BTreeSet<S>,
     dir: &DirSnapshot,
     links: &BTreeMap<String, String>,
     anchor: &str,
@@ -128,15 +128,16 @@ pub fn link(
     let mut by_key: Vec<(String, String)> = Vec::with_capacity(present.len());
     let mut walk = links.iter().peekable();
     for key in present {
-        while walk.next_if(|(k, _)| k.as_str() < key.as_str()).is_some() {}
-        let link = walk.next_if(|(k, _)| *k == key).map(|(_, u)| u);
+        let key = key.as_ref();
+        while walk.next_if(|(k, _)| k.as_str() < key).is_some() {}
+        let link = walk.next_if(|(k, _)| k.as_str() == key).map(|(_, u)| u);
         if let Some(uuid) = link {
             if let Some(&i) = by_uuid.get(uuid.as_str()) {
-                by_key.push((key.clone(), uuid.clone()));
+                by_key.push((key.to_string(), uuid.clone()));
                 used[i] = true;
                 continue;
             }
-            out.dangling.push(key.clone());
+            out.dangling.push(key.to_string());
         }
         let by_anchor = by_anchor_built.get_or_insert_with(|| {
             let mut m: HashMap<String, Vec<usize>> = HashMap::new();
@@ -157,14 +158,14 @@ pub fn link(
             1 => {
                 let e = &dir.entries[cands[0]];
                 used[cands[0]] = true;
-                by_key.push((key.clone(), e.uuid.clone()));
+                by_key.push((key.to_string(), e.uuid.clone()));
                 let why = if links.contains_key(key) {
                     "the linked entry is gone; relinked by anchor".to_string()
                 } else {
                     "no link in the mirror; linked by anchor".to_string()
                 };
                 out.relinked.push(Relink {
-                    key: key.clone(),
+                    key: key.to_string(),
                     uuid: e.uuid.clone(),
                     dn: e.dn.clone(),
                     why,
@@ -172,7 +173,7 @@ pub fn link(
             }
             _ => {
                 out.conflicts.insert(
-                    key.clone(),
+                    key.to_string(),
                     cands.iter().map(|&i| dir.entries[i].dn.clone()).collect(),
                 );
                 for i in cands {
@@ -190,8 +191,12 @@ pub fn link(
         if let Some(v) = e.get(anchor).first() {
             // An anchored entry no export key claims. If its key is present (say, claimed through a
             // link by another entry) it is a duplicate: never delete it automatically.
-            let folded = present_folded
-                .get_or_insert_with(|| present.iter().map(|k| rules.fold(anchor, k)).collect());
+            let folded = present_folded.get_or_insert_with(|| {
+                present
+                    .iter()
+                    .map(|k| rules.fold(anchor, k.as_ref()))
+                    .collect()
+            });
             if !folded.contains(&rules.fold(anchor, v)) {
                 out.gone.insert(e.uuid.clone(), v.clone());
             }

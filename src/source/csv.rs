@@ -151,6 +151,11 @@ pub(crate) fn parse(
     let cols = header(cfg, bytes)?;
     export.header = cols.clone();
     let names: Vec<crate::names::Name> = cols.iter().map(crate::names::Name::from).collect();
+    // The columns in name order, once for the file (a repeated name: the last column wins, as in
+    // a map): each row's fields are then built in order, not sorted row by row.
+    let mut by_name: Vec<usize> = (0..names.len()).collect();
+    by_name.sort_by(|&a, &b| names[a].as_str().cmp(names[b].as_str()).then(b.cmp(&a)));
+    by_name.dedup_by(|a, b| names[*a] == names[*b]);
     let key_idx = cols.iter().position(|c| c == &cfg.key);
     let mut rdr = reader(cfg, bytes);
     let mut rec = ::csv::ByteRecord::new();
@@ -201,15 +206,18 @@ pub(crate) fn parse(
             });
             continue;
         }
-        let mut fields = Vec::with_capacity(names.len());
+        let mut fields = Vec::with_capacity(by_name.len());
         let mut bad = None;
-        for (i, f) in rec.iter().enumerate() {
-            match decode(cfg.encoding, f) {
-                Ok(v) => {
-                    fields.push((names[i], v));
-                }
-                Err(m) => {
-                    bad = Some(format!("column {:?}: {m}; check source.encoding", cols[i]));
+        for &i in &by_name {
+            match decode(cfg.encoding, rec.get(i).unwrap_or_default()) {
+                Ok(v) => fields.push((names[i], v)),
+                Err(_) => {
+                    // (named by the first undecodable column in the file's order)
+                    bad = rec.iter().enumerate().find_map(|(j, f)| {
+                        decode(cfg.encoding, f)
+                            .err()
+                            .map(|m| format!("column {:?}: {m}; check source.encoding", cols[j]))
+                    });
                     break;
                 }
             }
@@ -231,7 +239,7 @@ pub(crate) fn parse(
         }
         rows.push(RawRow {
             line,
-            fields: fields.into_iter().collect(),
+            fields: crate::names::NameMap::from_sorted(fields),
         });
         last_was_row = true;
     }
