@@ -2604,10 +2604,14 @@ pub async fn run(
     }
     laps.lap("applications read");
     // People settled since the last run (same configuration, same day; no applications, whose
-    // templates may read any entry value).
+    // templates may read any entry value; not for explain and report, which show everyone's
+    // desired entry).
     let settled = match (&mirror, &config_hash) {
         (Some(m), Some(c))
-            if cfg.apps.is_empty() && opts.only.is_none() && !export.keys_uncertain =>
+            if cfg.apps.is_empty()
+                && opts.only.is_none()
+                && !opts.details
+                && !export.keys_uncertain =>
         {
             let marker: Option<SettledMarker> = m
                 .get_state(SETTLED)?

@@ -219,7 +219,7 @@ struct RowCache {
     /// The links table (HR key → entry uuid).
     links: Option<BTreeMap<String, String>>,
     /// Table → key → digest, as the rows are (see [`Mirror::replace_rows`]).
-    digests: HashMap<String, HashMap<Box<str>, u64>>,
+    digests: HashMap<String, foldhash::HashMap<Box<str>, u64>>,
 }
 
 fn sq(path: &Path) -> impl Fn(rusqlite::Error) -> MirrorError + '_ {
@@ -683,7 +683,7 @@ impl Mirror {
         } else {
             None
         };
-        let old: HashMap<Box<str>, u64> = match cached {
+        let old: foldhash::HashMap<Box<str>, u64> = match cached {
             Some(old) => old,
             None => {
                 let mut st = self
@@ -702,7 +702,8 @@ impl Mirror {
         let tx = self.conn.transaction().map_err(sq(&p))?;
         let mut written = 0;
         // key → digest as the rows are after this (kept by a caching connection)
-        let mut now: HashMap<Box<str>, u64> = HashMap::with_capacity(old.len());
+        let mut now: foldhash::HashMap<Box<str>, u64> =
+            foldhash::HashMap::with_capacity_and_hasher(old.len(), Default::default());
         {
             let marks: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
             let mut up = tx
