@@ -137,6 +137,13 @@ fn daemon_config_debounced(t: &TestEnv, debounce: &str, extra: &str) {
     t.write_config(&cfg);
 }
 
+/// The export written aside with Ann and `second`, then renamed over the watched file.
+fn replace_by_rename(t: &TestEnv, second: &str) {
+    let tmp = t.dir.join(".export.tmp");
+    std::fs::write(&tmp, format!("{HEADER}\n1,Ann,,Boss,CEO,,\n{second}\n")).unwrap();
+    std::fs::rename(&tmp, t.dir.join("export.csv")).unwrap();
+}
+
 fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     let until = Instant::now() + Duration::from_secs(15);
     while Instant::now() < until {
@@ -162,13 +169,7 @@ fn an_export_edit_reaches_the_directory_by_itself() {
         t.people()["2"].one("title") == Some("Lead")
     });
     // replaced by rename
-    let tmp = t.dir.join(".export.tmp");
-    std::fs::write(
-        &tmp,
-        format!("{HEADER}\n1,Ann,,Boss,CEO,,\n2,Bob,,Worker,Head,,1\n"),
-    )
-    .unwrap();
-    std::fs::rename(&tmp, t.dir.join("export.csv")).unwrap();
+    replace_by_rename(&t, "2,Bob,,Worker,Head,,1");
     wait_for("the renamed file", || {
         t.people()["2"].one("title") == Some("Head")
     });
@@ -205,13 +206,7 @@ fn an_export_moved_into_place_runs_at_once_one_written_in_place_waits_for_the_de
     let d = Daemon::start(&t, &[]);
     d.wait_runs(1);
     // written aside and renamed over the export: complete as it appears, no debounce
-    let tmp = t.dir.join(".export.tmp");
-    std::fs::write(
-        &tmp,
-        format!("{HEADER}\n1,Ann,,Boss,CEO,,\n2,Bob,,Worker,Moved,,1\n"),
-    )
-    .unwrap();
-    std::fs::rename(&tmp, t.dir.join("export.csv")).unwrap();
+    replace_by_rename(&t, "2,Bob,,Worker,Moved,,1");
     wait_for("the export moved into place", || {
         t.people()["2"].one("title") == Some("Moved")
     });
