@@ -275,7 +275,6 @@ impl<V> NameMap<V> {
         self.items.shrink_to_fit();
     }
 
-    /// From pairs in any order; a later pair replaces an earlier one with the same name.
     /// From items already in name order, each name once (e.g. a CSV row whose columns were put
     /// in name order once for the whole file).
     pub(crate) fn from_sorted(items: Vec<(Name, V)>) -> Self {
@@ -283,6 +282,7 @@ impl<V> NameMap<V> {
         NameMap { items }
     }
 
+    /// From pairs in any order; a later pair replaces an earlier one with the same name.
     fn from_pairs(mut items: Vec<(Name, V)>) -> Self {
         // stable: equal names keep their input order, so the last one wins below
         items.sort_by(|a, b| a.0 .0.cmp(b.0 .0));

@@ -1181,20 +1181,17 @@ async fn read_directory(
     // Entries: the configured bases themselves are not people; one entry per uuid. (With one
     // people subtree the merge leaves one entry per uuid, and the prior entries passed this
     // before: only those the read returned are looked at.)
-    if one_subtree && !any_present_phase && !new_entries.is_empty() {
+    let split = if one_subtree && !any_present_phase {
         // (merge_sync puts what the read returned last)
-        let split = new_entries.len().saturating_sub(fetched_entries);
-        let fresh = new_entries.split_off(split);
-        let mut seen = BTreeSet::new();
-        new_entries.extend(fresh.into_iter().filter(|e| {
-            !scope.configured.contains(&crate::dn::normalize(&e.dn)) && seen.insert(e.uuid.clone())
-        }));
+        new_entries.len().saturating_sub(fetched_entries)
     } else {
-        let mut seen = BTreeSet::new();
-        new_entries.retain(|e| {
-            !scope.configured.contains(&crate::dn::normalize(&e.dn)) && seen.insert(e.uuid.clone())
-        });
-    }
+        0
+    };
+    let fresh = new_entries.split_off(split);
+    let mut seen = BTreeSet::new();
+    new_entries.extend(fresh.into_iter().filter(|e| {
+        !scope.configured.contains(&crate::dn::normalize(&e.dn)) && seen.insert(e.uuid.clone())
+    }));
     let mut seen = BTreeSet::new();
     new_groups.retain(|e| seen.insert(e.uuid.clone()));
     // An entry deleted or renamed by someone else: slapd's refint overlay rewrites the DN-valued

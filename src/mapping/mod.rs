@@ -835,14 +835,13 @@ impl Mapper {
             // Only `uid` is copied from the entry: what group rules read of a desired entry
             // (posixGroup members). The plan does not compare settled people, and explain and
             // report do not use them: copying every value was 40% of the time of a run.
-            let names: Vec<(crate::names::Name, &String)> = self
+            let uid = self
                 .users
                 .attributes
                 .keys()
                 .chain([&self.users.rdn])
-                .filter(|a| a.eq_ignore_ascii_case("uid"))
-                .map(|a| (crate::names::Name::new(a), a))
-                .collect();
+                .find(|a| a.eq_ignore_ascii_case("uid"))
+                .map(|a| (crate::names::Name::new(a), a));
             let mut settled: Vec<&(&Record, &Entry)> = settled.iter().collect();
             settled.sort_by(|a, b| key_order(&a.0.key, &b.0.key));
             let mapped = std::mem::take(&mut desired);
@@ -855,7 +854,7 @@ impl Mapper {
                 {
                     desired.push(d);
                 }
-                let attrs: crate::names::NameMap<Vec<String>> = names
+                let attrs: crate::names::NameMap<Vec<String>> = uid
                     .iter()
                     .filter_map(|(n, a)| {
                         let v = e.get(a);

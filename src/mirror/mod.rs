@@ -590,7 +590,10 @@ impl Mirror {
         let rows = st
             .query_map([], |r| {
                 let d = r.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
-                Ok((r.get::<_, String>(0)?, u64::from_str_radix(d, 16).ok()))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    Some(parse_digest(d)).filter(|&d| d != u64::MAX),
+                ))
             })
             .map_err(sq(&p))?;
         let mut out = foldhash::HashMap::default();
