@@ -12,6 +12,7 @@ pub struct Entry {
     /// The immutable id (entryUUID on OpenLDAP).
     pub uuid: String,
     pub dn: String,
+    #[serde(deserialize_with = "crate::names::exact_values")]
     pub attrs: crate::names::NameMap<Vec<String>>,
 }
 

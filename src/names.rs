@@ -425,6 +425,42 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for NameMap<V> {
     }
 }
 
+/// Deserialise a map of value lists with every list exactly as long as it is (`serde`'s `Vec`
+/// starts at four slots: a directory entry's ten single values would take four times the
+/// memory). For `#[serde(deserialize_with)]` on entries' attributes.
+pub fn exact_values<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<NameMap<Vec<String>>, D::Error> {
+    struct Exact(Vec<String>);
+    impl<'de> Deserialize<'de> for Exact {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Exact, D::Error> {
+            struct Vis;
+            impl<'de> serde::de::Visitor<'de> for Vis {
+                type Value = Exact;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a list of values")
+                }
+                fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                    self,
+                    mut a: A,
+                ) -> Result<Exact, A::Error> {
+                    let mut v = Vec::with_capacity(a.size_hint().unwrap_or(1).clamp(1, 64));
+                    while let Some(x) = a.next_element()? {
+                        v.push(x);
+                    }
+                    v.shrink_to_fit();
+                    Ok(Exact(v))
+                }
+            }
+            d.deserialize_seq(Vis)
+        }
+    }
+    let m = NameMap::<Exact>::deserialize(d)?;
+    Ok(NameMap {
+        items: m.items.into_iter().map(|(k, v)| (k, v.0)).collect(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

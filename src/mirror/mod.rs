@@ -762,7 +762,10 @@ impl Mirror {
                 Ok(Entry {
                     uuid: r.get(0)?,
                     dn: r.get(1)?,
-                    attrs: serde_json::from_str(attrs).unwrap_or_default(),
+                    attrs: crate::names::exact_values(&mut serde_json::Deserializer::from_str(
+                        attrs,
+                    ))
+                    .unwrap_or_default(),
                 })
             })
             .map_err(sq(&p))?;

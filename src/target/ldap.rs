@@ -73,12 +73,29 @@ pub fn uuid_text(b: &[u8]) -> Option<String> {
     ))
 }
 
+/// Add values read for `k` (lower-cased) to an entry's attributes, each list exactly as long as it
+/// is: the parser's lists have room for four, and a full read holds a million of them.
+fn put_values(attrs: &mut crate::names::NameMap<Vec<String>>, k: &str, mut v: Vec<String>) {
+    let k = k.to_ascii_lowercase();
+    match attrs.get_mut(&k) {
+        Some(have) => {
+            have.extend(v);
+            have.shrink_to_fit();
+        }
+        None => {
+            v.shrink_to_fit();
+            attrs.insert(k, v);
+        }
+    }
+}
+
 fn entry_of(se: SearchEntry, uuid: Option<String>) -> Entry {
     let mut attrs = crate::names::NameMap::<Vec<String>>::new();
     for (k, v) in se.attrs {
-        attrs.entry(k.to_ascii_lowercase()).or_default().extend(v);
+        put_values(&mut attrs, &k, v);
     }
     let from_attr = attrs.remove("entryuuid").and_then(|v| v.into_iter().next());
+    attrs.shrink_to_fit();
     Entry {
         uuid: from_attr.or(uuid).unwrap_or_default(),
         dn: se.dn,
@@ -482,11 +499,12 @@ impl LdapTarget {
                 if k.eq_ignore_ascii_case("objectGUID") {
                     continue;
                 }
-                attrs.entry(k.to_ascii_lowercase()).or_default().extend(v);
+                put_values(&mut attrs, &k, v);
             }
             let uuid = guid
                 .or_else(|| attrs.remove("entryuuid").and_then(|v| v.into_iter().next()))
                 .unwrap_or_default();
+            attrs.shrink_to_fit();
             out.push(Entry {
                 uuid,
                 dn: se.dn,
@@ -1006,13 +1024,13 @@ fn member_mods(c: &Change, current: Option<&HashSet<String>>) -> Vec<Mod<String>
             DeltaKind::Delete => {
                 let vals: HashSet<String> = a.old.iter().filter(keep).cloned().collect();
                 if !vals.is_empty() {
-                    mods.push(Mod::Delete(a.attr.clone(), vals));
+                    mods.push(Mod::Delete(a.attr.to_string(), vals));
                 }
             }
             _ => {
                 let vals: HashSet<String> = a.new.iter().filter(keep).cloned().collect();
                 if !vals.is_empty() {
-                    mods.push(Mod::Add(a.attr.clone(), vals));
+                    mods.push(Mod::Add(a.attr.to_string(), vals));
                 }
             }
         }
@@ -1121,7 +1139,7 @@ async fn apply_one(
             let mut attrs: HashMap<String, HashSet<String>> = HashMap::new();
             for a in &c.attributes {
                 attrs
-                    .entry(a.attr.clone())
+                    .entry(a.attr.to_string())
                     .or_default()
                     .extend(a.new.iter().cloned());
             }
@@ -1156,9 +1174,9 @@ async fn apply_one(
                 .attributes
                 .iter()
                 .map(|a| match a.kind {
-                    DeltaKind::Add => Mod::Add(a.attr.clone(), set(&a.new)),
-                    DeltaKind::Delete => Mod::Delete(a.attr.clone(), HashSet::new()),
-                    DeltaKind::Replace => Mod::Replace(a.attr.clone(), set(&a.new)),
+                    DeltaKind::Add => Mod::Add(a.attr.to_string(), set(&a.new)),
+                    DeltaKind::Delete => Mod::Delete(a.attr.to_string(), HashSet::new()),
+                    DeltaKind::Replace => Mod::Replace(a.attr.to_string(), set(&a.new)),
                 })
                 .collect();
             check(ldap.modify(&c.dn, mods).await.map_err(lerr)?)?;
@@ -1186,7 +1204,7 @@ async fn apply_one(
                 let attr = c
                     .attributes
                     .first()
-                    .map(|a| a.attr.clone())
+                    .map(|a| a.attr.to_string())
                     .unwrap_or_default();
                 let (entries, _) = ldap
                     .search(&c.dn, Scope::Base, "(objectClass=*)", vec![attr.as_str()])
