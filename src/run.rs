@@ -1670,6 +1670,10 @@ pub struct DecideInput<'a> {
     pub apps: &'a BTreeMap<String, AppInput>,
     /// HR keys of people settled since the last run (see [`settled_people`]): not mapped again.
     pub settled: &'a foldhash::HashSet<String>,
+    /// Keep every desired entry whole in the decision (explain and report show them); otherwise
+    /// a new person's values move into their add change, and their desired entry keeps its key,
+    /// DN and record only.
+    pub keep_desired: bool,
 }
 
 /// One application as a run found it.
@@ -1716,6 +1720,7 @@ pub fn decide(i: &DecideInput<'_>) -> Decision {
         only,
         apps: app_inputs,
         settled,
+        keep_desired,
     } = *i;
     let quarantined_keys = export.quarantined_keys();
     let present: BTreeSet<&str> = export
@@ -1948,22 +1953,10 @@ pub fn decide(i: &DecideInput<'_>) -> Decision {
         }
         plan.quarantined.retain(|q| q.key.as_deref() == Some(only));
     }
-    // A record that failed mapping is left alone: its entry is neither changed nor deleted.
-    let mut changes = plan::plan(&PlanInput {
-        users,
-        desired: &mapped.desired,
-        dir,
-        linking: &linking,
-        rules,
-        no_deletes: export.keys_uncertain,
-        only,
-        lifecycle: cfg.lifecycle.is_some(),
-        purge: &overlay.purge,
-    });
-    if cfg.directory.is_ad() {
-        changes = plan::linked_after_add(changes, rules);
-    }
-    changes.extend(plan::containers(users, &mapped.desired, dir));
+    // Everything that reads the desired entries' values comes first: the plan then moves a new
+    // person's values into their add instead of copying them (explain and report, and --only,
+    // keep them).
+    let containers = plan::containers(users, &mapped.desired, dir);
     // Groups: what the rules grant, against what the groups hold.
     let groups_out = mapper.groups(&cfg.groups, &mapped.desired, &overlay.drop_groups);
     for e in &groups_out.errors {
@@ -1996,27 +1989,6 @@ pub fn decide(i: &DecideInput<'_>) -> Decision {
             managed_members.insert(rules.fold("memberUid", u));
         }
     }
-    let renamed: std::collections::HashMap<String, String> = changes
-        .iter()
-        .filter(|c| matches!(c.op, Op::Rename | Op::Move))
-        .filter_map(|c| c.new_dn.clone().map(|n| (crate::dn::normalize(&c.dn), n)))
-        .collect();
-    let mut group_changes = plan::groups::plan_groups(&plan::groups::GroupPlanInput {
-        renamed: &renamed,
-        rules: &cfg.groups,
-        desired: &groups_out.groups,
-        existing: &dir.groups,
-        created,
-        managed_members: &managed_members,
-        rules_match: rules,
-    });
-    if let Some(only) = only {
-        group_changes =
-            plan::groups::only_person(group_changes, only, &mapped.desired, dir, &linking, rules);
-    }
-    changes.extend(group_changes);
-    plan.changes = plan::order(changes, rules);
-
     // Applications: who gets an account, and what each app needs.
     let mut apps = BTreeMap::new();
     let mut app_changes = Vec::new();
@@ -2067,6 +2039,44 @@ pub fn decide(i: &DecideInput<'_>) -> Decision {
         apps.insert(app.name.clone(), AppDecision { accounts, plan: ap });
     }
     plan.app_changes = crate::apps::order(app_changes);
+    // A record that failed mapping is left alone: its entry is neither changed nor deleted.
+    let mut changes = plan::plan(PlanInput {
+        users,
+        desired: &mut mapped.desired,
+        keep_values: keep_desired || only.is_some(),
+        dir,
+        linking: &linking,
+        rules,
+        no_deletes: export.keys_uncertain,
+        only,
+        lifecycle: cfg.lifecycle.is_some(),
+        purge: &overlay.purge,
+    });
+    if cfg.directory.is_ad() {
+        changes = plan::linked_after_add(changes, rules);
+    }
+    changes.extend(containers);
+    let renamed: std::collections::HashMap<String, String> = changes
+        .iter()
+        .filter(|c| matches!(c.op, Op::Rename | Op::Move))
+        .filter_map(|c| c.new_dn.clone().map(|n| (crate::dn::normalize(&c.dn), n)))
+        .collect();
+    let mut group_changes = plan::groups::plan_groups(&plan::groups::GroupPlanInput {
+        renamed: &renamed,
+        rules: &cfg.groups,
+        desired: &groups_out.groups,
+        existing: &dir.groups,
+        created,
+        managed_members: &managed_members,
+        rules_match: rules,
+    });
+    if let Some(only) = only {
+        group_changes =
+            plan::groups::only_person(group_changes, only, &mapped.desired, dir, &linking, rules);
+    }
+    changes.extend(group_changes);
+    plan.changes = plan::order(changes, rules);
+
     Decision {
         apps,
         posix_new,
@@ -2247,10 +2257,10 @@ async fn apply_apps(
                                     } else if d.attr != "externalId" {
                                         match d.new.first() {
                                             Some(v) => {
-                                                l.attrs.insert(d.attr.clone(), v.clone());
+                                                l.attrs.insert(d.attr.to_string(), v.clone());
                                             }
                                             None => {
-                                                l.attrs.remove(&d.attr);
+                                                l.attrs.remove(d.attr.as_str());
                                             }
                                         }
                                     }
@@ -2652,6 +2662,7 @@ pub async fn run(
         today,
         only: opts.only.as_deref(),
         settled: &settled,
+        keep_desired: opts.details,
     });
     laps.lap("decide");
     plan.read_mode = read_info.mode.to_string();

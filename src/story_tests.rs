@@ -280,6 +280,7 @@ fn step(cfg: &Config, fake: &mut Fake, rows: &[&str], day: &str, expected: &[&st
         posix_ids: &BTreeMap::new(),
         today: day.parse().unwrap(),
         only: None,
+        keep_desired: false,
     });
     assert!(
         d.plan.quarantined.is_empty(),

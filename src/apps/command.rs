@@ -43,10 +43,10 @@ pub fn payload(c: &AppChange) -> Value {
             continue;
         }
         if let Some(v) = d.new.first() {
-            new.insert(d.attr.clone(), json!(v));
+            new.insert(d.attr.to_string(), json!(v));
         }
         if let Some(v) = d.old.first() {
-            old.insert(d.attr.clone(), json!(v));
+            old.insert(d.attr.to_string(), json!(v));
         }
     }
     let active = active.unwrap_or(!matches!(

@@ -444,7 +444,7 @@ fn delta(attr: &str, old: Option<&String>, new: Option<&String>) -> Option<AttrD
     }
     let v = |x: Option<&String>| x.map(|s| vec![s.clone()]).unwrap_or_default();
     Some(AttrDelta {
-        attr: attr.to_string(),
+        attr: attr.into(),
         kind: match (old, new) {
             (None, Some(_)) => DeltaKind::Add,
             (Some(_), None) => DeltaKind::Delete,

@@ -659,7 +659,7 @@ impl ScimClient {
                     .attributes
                     .iter()
                     .filter(|d| d.attr != "externalId")
-                    .filter_map(|d| d.new.first().map(|v| (d.attr.clone(), v.clone())))
+                    .filter_map(|d| d.new.first().map(|v| (d.attr.to_string(), v.clone())))
                     .collect();
                 self.create(&c.key, &attrs, ids).await.map(Some)
             }

@@ -128,7 +128,7 @@ pub fn check(g: &GateInput<'_>) -> Vec<Refusal> {
     for c in g.changes.iter().filter(|c| c.op == Op::Modify) {
         for a in &c.attributes {
             if a.kind == DeltaKind::Delete {
-                *removed.entry(a.attr.clone()).or_default() += 1;
+                *removed.entry(a.attr.to_string()).or_default() += 1;
             }
         }
     }

@@ -99,7 +99,7 @@ pub fn plan_groups(i: &GroupPlanInput<'_>) -> Vec<Change> {
                         new: vec![kind.object_class().to_string()],
                     },
                     AttrDelta {
-                        attr: first.attr.clone(),
+                        attr: first.attr.as_str().into(),
                         kind: DeltaKind::Add,
                         old: vec![],
                         new: vec![first.value.clone()],

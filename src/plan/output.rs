@@ -201,7 +201,7 @@ fn change_json(c: &Change) -> Value {
     let mut attrs = Map::new();
     for a in &c.attributes {
         attrs.insert(
-            a.attr.clone(),
+            a.attr.to_string(),
             json!({"kind": a.kind, "old": a.old, "new": a.new}),
         );
     }
@@ -225,7 +225,7 @@ fn app_change_json(c: &crate::apps::AppChange) -> Value {
     let mut attrs = Map::new();
     for a in &c.attributes {
         attrs.insert(
-            a.attr.clone(),
+            a.attr.to_string(),
             json!({"kind": a.kind, "old": a.old, "new": a.new}),
         );
     }

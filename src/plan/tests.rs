@@ -45,7 +45,7 @@ fn golden(case: &str) {
     let u = users();
     let present: BTreeSet<String> = export.records.iter().map(|r| r.key.clone()).collect();
     let linking = crate::mapping::link::link(&present, &snap, &links, &u.anchor, &rules);
-    let mapped = Mapper::new(&u, &export.header).unwrap().map(
+    let mut mapped = Mapper::new(&u, &export.header).unwrap().map(
         &export.records,
         &BTreeSet::new(),
         &linking,
@@ -60,9 +60,10 @@ fn golden(case: &str) {
         ..Default::default()
     };
     p.changes = order(
-        plan(&PlanInput {
+        plan(PlanInput {
             users: &u,
-            desired: &mapped.desired,
+            desired: &mut mapped.desired,
+            keep_values: false,
             dir: &snap,
             linking: &linking,
             rules: &rules,
