@@ -476,7 +476,7 @@ pub fn finish(
             };
             d.lifecycle_attrs.insert(a.clone(), want);
         }
-        d.state = Some(st.clone());
+        d.state = Some(Box::new(st.clone()));
     };
     for d in desired.iter_mut() {
         let st = o.states.get(&d.key).cloned().unwrap_or(State::Active);

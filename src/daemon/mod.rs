@@ -634,6 +634,7 @@ async fn serve(path: &Path, cfg: Config) -> i32 {
             daemon_holds_lock: true,
             cancel: Some(cancel_rx),
             mirror_slot: Some(mirror_slot.clone()),
+            summary_only: true,
             ..Default::default()
         };
         let fut = run::run(&cfg, &opts, &SystemClock);

@@ -38,7 +38,7 @@ pub struct Desired {
     pub lifecycle_attrs: crate::names::NameMap<Vec<String>>,
     /// The lifecycle state, when `[lifecycle]` is configured.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub state: Option<crate::lifecycle::State>,
+    pub state: Option<Box<crate::lifecycle::State>>,
     /// A settled person (see [`Mapper::map_with`]): the last run planned nothing for the same
     /// record, entry and configuration, so the plan has nothing to compare; `attrs` holds only
     /// their entry's `uid`.

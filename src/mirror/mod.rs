@@ -686,7 +686,7 @@ impl Mirror {
         } else {
             None
         };
-        let old: foldhash::HashMap<Box<str>, u64> = match cached {
+        let mut old: foldhash::HashMap<Box<str>, u64> = match cached {
             Some(old) => old,
             None => {
                 let mut st = self
@@ -702,11 +702,15 @@ impl Mirror {
                 found.collect::<Result<_, _>>().map_err(sq(&p))?
             }
         };
+        let caching = self.cache.borrow().enabled;
         let tx = self.conn.transaction().map_err(sq(&p))?;
         let mut written = 0;
-        // key → digest as the rows are after this (kept by a caching connection)
-        let mut now: foldhash::HashMap<Box<str>, u64> =
-            foldhash::HashMap::with_capacity_and_hasher(old.len(), Default::default());
+        // key → digest as the rows are after this (kept by a caching connection only)
+        let mut now: foldhash::HashMap<Box<str>, u64> = if caching {
+            foldhash::HashMap::with_capacity_and_hasher(old.len(), Default::default())
+        } else {
+            Default::default()
+        };
         {
             let marks: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
             let mut up = tx
@@ -717,19 +721,22 @@ impl Mirror {
                 ))
                 .map_err(sq(&p))?;
             for (key, digest, item) in rows {
-                if old.get(key.as_str()) != Some(&digest) {
+                // (what is left in `old` afterwards is gone)
+                if old.remove(key.as_str()) != Some(digest) {
                     let mut values = vec![key.clone(), format!("{digest:016x}")];
                     values.extend(rest(&item));
                     up.execute(rusqlite::params_from_iter(values.iter()))
                         .map_err(sq(&p))?;
                     written += 1;
                 }
-                now.insert(key.into_boxed_str(), digest);
+                if caching {
+                    now.insert(key.into_boxed_str(), digest);
+                }
             }
             let mut del = tx
                 .prepare(&format!("DELETE FROM {table} WHERE {k} = ?1"))
                 .map_err(sq(&p))?;
-            for key in old.keys().filter(|key| !now.contains_key(*key)) {
+            for key in old.keys() {
                 del.execute(params![key.as_ref()]).map_err(sq(&p))?;
                 written += 1;
             }

@@ -308,7 +308,7 @@ pub fn only_person(
                 if a.attr == "objectClass" {
                     continue;
                 }
-                let attr = a.attr.clone();
+                let attr = a.attr;
                 if matches!(c.op, Op::AddMember | Op::Add)
                     && ["member", "uniqueMember", "memberUid"].contains(&attr.as_str())
                 {

@@ -264,7 +264,7 @@ fn deltas_for(
 
 fn move_reason(d: &Desired, moved: bool, rdn: &str) -> String {
     use crate::lifecycle::State;
-    match (&d.state, d.placement, moved) {
+    match (d.state.as_deref(), d.placement, moved) {
         (Some(State::Leaver { since, why, .. }), _, true) => {
             format!("record {}: leaver since {since} ({why}); moved to lifecycle.disabled-base", d.key)
         }
@@ -307,7 +307,7 @@ fn lock_change(d: &Desired, e: &Entry, rules: &MatchRules) -> Option<Change> {
     if lock.is_empty() {
         return None;
     }
-    let st = d.state.as_ref()?;
+    let st = d.state.as_deref()?;
     let disabled =
         !matches!(st, State::Active) && d.lifecycle_attrs.values().any(|v| !v.is_empty());
     let why = match st {

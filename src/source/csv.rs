@@ -80,14 +80,13 @@ fn strip_bom(enc: Encoding, bytes: &[u8]) -> &[u8] {
     }
 }
 
-fn reader(cfg: &SourceConfig, bytes: &[u8]) -> ::csv::Reader<std::io::Cursor<Vec<u8>>> {
+/// A reader over the bytes in memory (not a copy of them: an export may be tens of MB).
+fn reader<'a>(cfg: &SourceConfig, bytes: &'a [u8]) -> ::csv::Reader<&'a [u8]> {
     ::csv::ReaderBuilder::new()
         .delimiter(cfg.delimiter as u8)
         .has_headers(false)
         .flexible(true)
-        .from_reader(std::io::Cursor::new(
-            strip_bom(cfg.encoding, bytes).to_vec(),
-        ))
+        .from_reader(strip_bom(cfg.encoding, bytes))
 }
 
 pub(crate) fn header(cfg: &SourceConfig, bytes: &[u8]) -> Result<Vec<String>, SourceError> {
