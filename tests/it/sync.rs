@@ -303,6 +303,25 @@ fn ldif_output_replays_with_ldapmodify() {
 }
 
 #[test]
+fn a_sync_asked_for_its_ldif_prints_the_changes_whole() {
+    // (a sync that shows only its summary lets the changes' values go once journaled; one that
+    // prints them must keep them)
+    let t = TestEnv::new("syncldif");
+    t.write_export(PEOPLE);
+    let r = t.run(&["sync", "--format", "ldif"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        r.stdout.matches("changetype: add").count(),
+        4,
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("cn: Bobby Worker"), "{}", r.stdout);
+    assert!(r.stdout.contains("sn: Worker"), "{}", r.stdout);
+    assert_eq!(t.people().len(), 4);
+}
+
+#[test]
 fn json_and_jsonl_sources() {
     let t = TestEnv::new("jsonsrc");
     let json = r#"[
