@@ -51,7 +51,12 @@ pub fn explain(cfg: &Config, d: &Details, key: &str, history: &[AuditRow]) -> Va
     let sources = |vars: &[String]| -> BTreeMap<String, String> {
         vars.iter()
             .filter(|v| v.as_str() != "n")
-            .map(|v| (v.clone(), fields.get(v).cloned().unwrap_or_default()))
+            .map(|v| {
+                (
+                    v.clone(),
+                    fields.get(v).map(|x| x.to_string()).unwrap_or_default(),
+                )
+            })
             .collect()
     };
     let mut attrs = Vec::new();

@@ -104,7 +104,7 @@ pub fn parse_date(s: &str) -> Result<Option<Date>, String> {
 /// people who have no record any more); `terminated_since`: the day a terminated status was first
 /// seen.
 pub fn state(
-    fields: Option<&crate::names::NameMap<String>>,
+    fields: Option<&crate::source::FieldMap>,
     cfg: &LifecycleConfig,
     today: Date,
     first_seen_gone: Option<Date>,
@@ -125,7 +125,7 @@ pub fn state(
     let col = |c: &Option<String>| -> Result<Option<Date>, String> {
         match c {
             None => Ok(None),
-            Some(name) => parse_date(f.get(name).map(String::as_str).unwrap_or(""))
+            Some(name) => parse_date(f.get(name).map(|v| &**v).unwrap_or(""))
                 .map_err(|e| format!("lifecycle: column {name}: {e}")),
         }
     };
@@ -180,7 +180,7 @@ pub fn state(
 /// The next day after `today` on which this person's state changes, if any is known.
 pub fn next_change(
     state: &State,
-    fields: Option<&crate::names::NameMap<String>>,
+    fields: Option<&crate::source::FieldMap>,
     cfg: &LifecycleConfig,
     today: Date,
 ) -> Option<Date> {
@@ -208,7 +208,7 @@ pub fn next_change(
     }
     if !state.is_leaver() {
         if let (Some(f), Some(c)) = (fields, &cfg.end_date) {
-            if let Ok(Some(e)) = parse_date(f.get(c).map(String::as_str).unwrap_or("")) {
+            if let Ok(Some(e)) = parse_date(f.get(c).map(|v| &**v).unwrap_or("")) {
                 cands.push(e);
             }
         }
@@ -235,10 +235,10 @@ mod tests {
         }
     }
 
-    fn rec(start: &str, end: &str, status: &str) -> crate::names::NameMap<String> {
+    fn rec(start: &str, end: &str, status: &str) -> crate::source::FieldMap {
         [("start", start), ("end", end), ("status", status)]
             .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .map(|(k, v)| (k.to_string(), Box::from(*v)))
             .collect()
     }
 
@@ -372,55 +372,53 @@ pub struct Overlay {
 /// States for every record and every vanished person, before mapping.
 pub fn evaluate(i: &Input<'_>) -> Overlay {
     let mut o = Overlay::default();
-    let consider = |key: &str,
-                    fields: Option<&crate::names::NameMap<String>>,
-                    line: usize,
-                    o: &mut Overlay| {
-        let first_gone = i.departures.get(key).copied();
-        let st = match state(fields, i.cfg, i.today, first_gone) {
-            Ok(s) => s,
-            Err(reason) => {
-                o.errors.push(MapError {
-                    key: key.to_string(),
-                    line,
-                    reason,
-                });
-                return;
+    let consider =
+        |key: &str, fields: Option<&crate::source::FieldMap>, line: usize, o: &mut Overlay| {
+            let first_gone = i.departures.get(key).copied();
+            let st = match state(fields, i.cfg, i.today, first_gone) {
+                Ok(s) => s,
+                Err(reason) => {
+                    o.errors.push(MapError {
+                        key: key.to_string(),
+                        line,
+                        reason,
+                    });
+                    return;
+                }
+            };
+            if let Some(n) = next_change(&st, fields, i.cfg, i.today) {
+                o.next_change = Some(o.next_change.map_or(n, |c| c.min(n)));
             }
+            let has_entry = i.linked.contains_key(key) || i.gone.values().any(|k| k == key);
+            match &st {
+                State::NotYet { .. } if !has_entry => {
+                    o.skip.insert(key.to_string());
+                }
+                State::Leaver { .. } if !has_entry => {
+                    // Gone before dirbridge ever made an account: nothing to create.
+                    o.skip.insert(key.to_string());
+                }
+                State::Leaver { since, why, .. } => {
+                    if !why.starts_with("end date") {
+                        if let Ok(d) = since.parse::<Date>() {
+                            o.departures.insert(key.to_string(), d);
+                        }
+                    }
+                    if st.purge(i.today) {
+                        o.purged.insert(key.to_string());
+                    } else {
+                        if let Some(b) = &i.cfg.disabled_base {
+                            o.parents.insert(key.to_string(), b.clone());
+                        }
+                        if i.cfg.drop_groups {
+                            o.drop_groups.insert(key.to_string());
+                        }
+                    }
+                }
+                _ => {}
+            }
+            o.states.insert(key.to_string(), st);
         };
-        if let Some(n) = next_change(&st, fields, i.cfg, i.today) {
-            o.next_change = Some(o.next_change.map_or(n, |c| c.min(n)));
-        }
-        let has_entry = i.linked.contains_key(key) || i.gone.values().any(|k| k == key);
-        match &st {
-            State::NotYet { .. } if !has_entry => {
-                o.skip.insert(key.to_string());
-            }
-            State::Leaver { .. } if !has_entry => {
-                // Gone before dirbridge ever made an account: nothing to create.
-                o.skip.insert(key.to_string());
-            }
-            State::Leaver { since, why, .. } => {
-                if !why.starts_with("end date") {
-                    if let Ok(d) = since.parse::<Date>() {
-                        o.departures.insert(key.to_string(), d);
-                    }
-                }
-                if st.purge(i.today) {
-                    o.purged.insert(key.to_string());
-                } else {
-                    if let Some(b) = &i.cfg.disabled_base {
-                        o.parents.insert(key.to_string(), b.clone());
-                    }
-                    if i.cfg.drop_groups {
-                        o.drop_groups.insert(key.to_string());
-                    }
-                }
-            }
-            _ => {}
-        }
-        o.states.insert(key.to_string(), st);
-    };
     for r in i.records {
         consider(&r.key, Some(r.fields.as_ref()), r.line, &mut o);
     }

@@ -505,7 +505,7 @@ struct SettledMarker {
 
 /// A digest of what mapping and planning a person depend on: their record's fields and their
 /// entry as read.
-pub fn person_digest(fields: &crate::names::NameMap<String>, e: &crate::model::Entry) -> u64 {
+pub fn person_digest(fields: &crate::source::FieldMap, e: &crate::model::Entry) -> u64 {
     crate::mirror::digest(&(fields, &e.uuid, &e.dn, &e.attrs))
 }
 
@@ -3226,9 +3226,9 @@ mod tests {
             line: 1,
             fields: std::sync::Arc::new(
                 [
-                    ("employee_id", key.to_string()),
-                    ("title", title.to_string()),
-                    ("manager_id", manager.to_string()),
+                    ("employee_id", Box::<str>::from(key)),
+                    ("title", title.into()),
+                    ("manager_id", manager.into()),
                 ]
                 .into(),
             ),

@@ -150,7 +150,7 @@ pub fn accounts(
         let mut ctx: BTreeMap<String, Value> = d
             .fields
             .iter()
-            .map(|(k, v)| (k.to_string(), Value::from(v.clone())))
+            .map(|(k, v)| (k.to_string(), Value::from(&**v)))
             .collect();
         let entry: BTreeMap<String, Value> = d
             .attrs

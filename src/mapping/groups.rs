@@ -73,7 +73,7 @@ impl Mapper {
                 .map(|h| (h.clone(), Value::from("")))
                 .collect();
             for (k, v) in d.fields.iter() {
-                ctx.insert(k.to_string(), Value::from(v.as_str()));
+                ctx.insert(k.to_string(), Value::from(&**v));
             }
             ctx.insert("n".into(), Value::from(""));
             let ctx = Value::from_object(ctx);

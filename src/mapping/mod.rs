@@ -273,7 +273,7 @@ impl minijinja::value::Object for RecordContext {
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
         let k = key.as_str()?;
         match self.fields.get(k) {
-            Some(v) => Some(Value::from(v.as_str())),
+            Some(v) => Some(Value::from(&**v)),
             None => self.header.iter().any(|h| h == k).then(|| Value::from("")),
         }
     }
@@ -383,7 +383,7 @@ impl Mapper {
     /// Home and shell of a POSIX account, from the record and its uid.
     pub fn render_posix(
         &self,
-        fields: &crate::names::NameMap<String>,
+        fields: &crate::source::FieldMap,
         uid: &str,
     ) -> Result<(Option<String>, Option<String>), String> {
         let mut ctx: BTreeMap<String, Value> = self
@@ -392,7 +392,7 @@ impl Mapper {
             .map(|h| (h.clone(), Value::from("")))
             .collect();
         for (k, v) in fields {
-            ctx.insert(k.to_string(), Value::from(v.as_str()));
+            ctx.insert(k.to_string(), Value::from(&**v));
         }
         ctx.insert("uid".into(), Value::from(uid));
         ctx.insert("n".into(), Value::from(""));

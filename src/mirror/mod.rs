@@ -1329,7 +1329,7 @@ mod tests {
             key: k.into(),
             line: 1,
             fields: crate::source::Fields::new(
-                [("name".to_string(), v.to_string())].into_iter().collect(),
+                [("name".to_string(), Box::from(v))].into_iter().collect(),
             ),
         };
         let mut e = Export {

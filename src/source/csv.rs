@@ -209,7 +209,7 @@ pub(crate) fn parse(
         let mut bad = None;
         for &i in &by_name {
             match decode(cfg.encoding, rec.get(i).unwrap_or_default()) {
-                Ok(v) => fields.push((names[i], v)),
+                Ok(v) => fields.push((names[i], v.into_boxed_str())),
                 Err(_) => {
                     // (named by the first undecodable column in the file's order)
                     bad = rec.iter().enumerate().find_map(|(j, f)| {

@@ -41,7 +41,7 @@ fn object_row(
                     header.push(k.clone());
                 }
                 if let Some(t) = to_text(&v) {
-                    fields.insert(k, t);
+                    fields.insert(k, t.into_boxed_str());
                 }
             }
             Some(RawRow { line, fields })

@@ -12,7 +12,11 @@ use serde::Serialize;
 use crate::config::{SourceConfig, SourceKind};
 
 /// A record's columns (shared, not copied, by the desired entry made from it).
-pub type Fields = std::sync::Arc<crate::names::NameMap<String>>;
+/// A record's fields: column → value. Values are boxed strings (16 bytes, not `String`'s 24: an
+/// export of 100,000 records holds a million of them).
+pub type FieldMap = crate::names::NameMap<Box<str>>;
+
+pub type Fields = std::sync::Arc<FieldMap>;
 
 /// One person as the HR export describes them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -87,7 +91,7 @@ pub enum SourceError {
 /// A row as read, before key validation.
 pub(crate) struct RawRow {
     pub line: usize,
-    pub fields: crate::names::NameMap<String>,
+    pub fields: FieldMap,
 }
 
 /// Read and validate the whole export.
