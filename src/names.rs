@@ -434,25 +434,9 @@ pub fn exact_values<'de, D: serde::Deserializer<'de>>(
     struct Exact(Vec<String>);
     impl<'de> Deserialize<'de> for Exact {
         fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Exact, D::Error> {
-            struct Vis;
-            impl<'de> serde::de::Visitor<'de> for Vis {
-                type Value = Exact;
-                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                    f.write_str("a list of values")
-                }
-                fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                    self,
-                    mut a: A,
-                ) -> Result<Exact, A::Error> {
-                    let mut v = Vec::with_capacity(a.size_hint().unwrap_or(1).clamp(1, 64));
-                    while let Some(x) = a.next_element()? {
-                        v.push(x);
-                    }
-                    v.shrink_to_fit();
-                    Ok(Exact(v))
-                }
-            }
-            d.deserialize_seq(Vis)
+            let mut v = Vec::<String>::deserialize(d)?;
+            v.shrink_to_fit();
+            Ok(Exact(v))
         }
     }
     let m = NameMap::<Exact>::deserialize(d)?;

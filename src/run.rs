@@ -41,7 +41,7 @@ pub struct RunOptions {
     pub mirror_slot: Option<MirrorSlot>,
     /// The caller shows only the run's summary: once written and journaled, the changes' values
     /// are let go before the mirror is saved (100,000 adds hold 60 MB of them). Without it the
-    /// outcome keeps the whole plan (`sync --out`, `sync --format ldif`).
+    /// outcome keeps the whole plan (`sync --format ldif` prints it).
     pub summary_only: bool,
 }
 

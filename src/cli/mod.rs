@@ -444,7 +444,7 @@ fn run_command(path: &std::path::Path, args: RunArgs) -> i32 {
         Err(c) => return c,
     };
     let opts = RunOptions {
-        summary_only: out.is_none() && !matches!(format, Format::Ldif),
+        summary_only: !matches!(format, Format::Ldif),
         dry_run,
         only,
         as_of,
