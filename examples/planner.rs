@@ -114,7 +114,7 @@ max-attribute-removal-percent = 100
         entries.push(Entry {
             uuid: uuid.clone(),
             dn: format!("uid={uid},{base}"),
-            attrs,
+            attrs: attrs.into_iter().collect(),
         });
         links.insert(key, uuid);
     };

@@ -138,7 +138,7 @@ fn parse_one(s: &str) -> Result<(Filter, &str), String> {
 mod tests {
     use super::*;
     fn e(attrs: &[(&str, &str)]) -> Entry {
-        let mut m = crate::names::NameMap::<Vec<String>>::new();
+        let mut m = crate::names::NameMap::<crate::names::Values>::new();
         for (k, v) in attrs {
             m.entry(k.to_ascii_lowercase())
                 .or_default()

@@ -238,7 +238,7 @@ mod tests {
     fn rec(start: &str, end: &str, status: &str) -> crate::source::FieldMap {
         [("start", start), ("end", end), ("status", status)]
             .iter()
-            .map(|(k, v)| (k.to_string(), Box::from(*v)))
+            .map(|(k, v)| (k.to_string(), Box::<str>::from(*v)))
             .collect()
     }
 

@@ -12,8 +12,7 @@ pub struct Entry {
     /// The immutable id (entryUUID on OpenLDAP).
     pub uuid: String,
     pub dn: String,
-    #[serde(deserialize_with = "crate::names::exact_values")]
-    pub attrs: crate::names::NameMap<Vec<String>>,
+    pub attrs: crate::names::NameMap<crate::names::Values>,
 }
 
 impl Entry {
@@ -24,7 +23,7 @@ impl Entry {
         } else {
             self.attrs.get(attr)
         };
-        found.map(Vec::as_slice).unwrap_or(&[])
+        found.map(|v| &**v).unwrap_or(&[])
     }
 }
 

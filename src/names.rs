@@ -3,7 +3,7 @@
 //! A directory entry, a desired entry and an HR record each hold ten or so named values, and a
 //! run holds hundreds of thousands of them. As `BTreeMap<String, _>` each costs a B-tree node
 //! (eleven slots, ~640 bytes) plus one allocation per name. Here a name is interned once per
-//! process ([`Name`], a `&'static str`: the set of attribute and column names is bounded by the
+//! process ([`Name`], one pointer to a leaked string: the set of attribute and column names is bounded by the
 //! configuration, the schema and the export's header) and a map is one sorted vector of exactly
 //! the size it needs ([`NameMap`]): about half the memory of a 100,000-person run.
 //!
@@ -11,26 +11,33 @@
 //! what the mirror stores and the plan prints is unchanged.
 
 use std::borrow::Borrow;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Mutex, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
 /// An interned name (attribute or column). Compares and orders as its text.
+///
+/// One pointer wide (a `&'static str` would be two): maps of names are held by the hundred
+/// thousand, and the width of their keys is a tenth of a directory entry.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Name(&'static str);
+pub struct Name(&'static Text);
 
-fn interned(s: &str) -> &'static str {
-    static NAMES: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+/// The text of a name, leaked once (what makes [`Name`] thin: a pointer to a `Box<str>`).
+#[derive(PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct Text(Box<str>);
+
+fn interned(s: &str) -> &'static Text {
+    static NAMES: OnceLock<Mutex<HashMap<&'static str, &'static Text>>> = OnceLock::new();
     let set = NAMES.get_or_init(Default::default);
     // A poisoned lock still holds a valid set (inserts are atomic from its point of view).
     let mut set = set.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(n) = set.get(s) {
         return n;
     }
-    let leaked: &'static str = Box::leak(s.to_owned().into_boxed_str());
-    set.insert(leaked);
+    let leaked: &'static Text = Box::leak(Box::new(Text(s.into())));
+    set.insert(&leaked.0, leaked);
     leaked
 }
 
@@ -40,38 +47,38 @@ impl Name {
     }
 
     pub fn as_str(&self) -> &'static str {
-        self.0
+        &self.0 .0
     }
 }
 
 impl std::ops::Deref for Name {
     type Target = str;
     fn deref(&self) -> &str {
-        self.0
+        self.as_str()
     }
 }
 
 impl AsRef<str> for Name {
     fn as_ref(&self) -> &str {
-        self.0
+        self.as_str()
     }
 }
 
 impl Borrow<str> for Name {
     fn borrow(&self) -> &str {
-        self.0
+        self.as_str()
     }
 }
 
 impl fmt::Display for Name {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.0)
+        f.write_str(self.as_str())
     }
 }
 
 impl fmt::Debug for Name {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self.0, f)
+        fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
@@ -101,31 +108,31 @@ impl From<&Name> for Name {
 
 impl From<Name> for String {
     fn from(n: Name) -> String {
-        n.0.to_owned()
+        n.as_str().to_owned()
     }
 }
 
 impl PartialEq<str> for Name {
     fn eq(&self, other: &str) -> bool {
-        self.0 == other
+        self.as_str() == other
     }
 }
 
 impl PartialEq<&str> for Name {
     fn eq(&self, other: &&str) -> bool {
-        self.0 == *other
+        self.as_str() == *other
     }
 }
 
 impl PartialEq<String> for Name {
     fn eq(&self, other: &String) -> bool {
-        self.0 == other.as_str()
+        self.as_str() == other.as_str()
     }
 }
 
 impl Serialize for Name {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.0)
+        s.serialize_str(self.as_str())
     }
 }
 
@@ -170,7 +177,7 @@ impl<V> NameMap<V> {
     }
 
     fn find(&self, k: &str) -> Result<usize, usize> {
-        self.items.binary_search_by(|(n, _)| n.0.cmp(k))
+        self.items.binary_search_by(|(n, _)| n.as_str().cmp(k))
     }
 
     /// Where `k` is, for lookups: maps here are small, and comparing lengths first avoids most
@@ -181,7 +188,7 @@ impl<V> NameMap<V> {
         }
         self.items
             .iter()
-            .position(|(n, _)| n.0.len() == k.len() && n.0.as_bytes() == k.as_bytes())
+            .position(|(n, _)| n.len() == k.len() && n.as_bytes() == k.as_bytes())
     }
 
     pub fn len(&self) -> usize {
@@ -210,7 +217,7 @@ impl<V> NameMap<V> {
     /// Insert or replace; returns the value replaced. The vector grows by exactly one.
     pub fn insert(&mut self, k: impl Into<Name>, v: V) -> Option<V> {
         let k = k.into();
-        match self.find(k.0) {
+        match self.find(k.as_str()) {
             Ok(i) => Some(std::mem::replace(&mut self.items[i].1, v)),
             Err(i) => {
                 self.items.reserve_exact(1);
@@ -227,7 +234,7 @@ impl<V> NameMap<V> {
     /// The value under `k`, inserted first (made by `f`) when absent.
     pub fn get_or_insert_with(&mut self, k: impl Into<Name>, f: impl FnOnce() -> V) -> &mut V {
         let k = k.into();
-        let i = match self.find(k.0) {
+        let i = match self.find(k.as_str()) {
             Ok(i) => i,
             Err(i) => {
                 self.items.reserve_exact(1);
@@ -278,14 +285,14 @@ impl<V> NameMap<V> {
     /// From items already in name order, each name once (e.g. a CSV row whose columns were put
     /// in name order once for the whole file).
     pub(crate) fn from_sorted(items: Vec<(Name, V)>) -> Self {
-        debug_assert!(items.windows(2).all(|w| w[0].0 .0 < w[1].0 .0));
+        debug_assert!(items.windows(2).all(|w| w[0].0 < w[1].0));
         NameMap { items }
     }
 
     /// From pairs in any order; a later pair replaces an earlier one with the same name.
     fn from_pairs(mut items: Vec<(Name, V)>) -> Self {
         // stable: equal names keep their input order, so the last one wins below
-        items.sort_by(|a, b| a.0 .0.cmp(b.0 .0));
+        items.sort_by_key(|a| a.0);
         let mut out: Vec<(Name, V)> = Vec::with_capacity(items.len());
         for (k, v) in items {
             match out.last_mut() {
@@ -356,9 +363,13 @@ impl<V> IntoIterator for NameMap<V> {
     }
 }
 
-impl<K: Into<Name>, V> FromIterator<(K, V)> for NameMap<V> {
-    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
-        Self::from_pairs(iter.into_iter().map(|(k, v)| (k.into(), v)).collect())
+impl<K: Into<Name>, V, W: Into<V>> FromIterator<(K, W)> for NameMap<V> {
+    fn from_iter<I: IntoIterator<Item = (K, W)>>(iter: I) -> Self {
+        Self::from_pairs(
+            iter.into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        )
     }
 }
 
@@ -370,8 +381,8 @@ impl<K: Into<Name>, V> Extend<(K, V)> for NameMap<V> {
     }
 }
 
-impl<K: Into<Name>, V, const N: usize> From<[(K, V); N]> for NameMap<V> {
-    fn from(a: [(K, V); N]) -> Self {
+impl<K: Into<Name>, V, W: Into<V>, const N: usize> From<[(K, W); N]> for NameMap<V> {
+    fn from(a: [(K, W); N]) -> Self {
         a.into_iter().collect()
     }
 }
@@ -425,24 +436,160 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for NameMap<V> {
     }
 }
 
-/// Deserialise a map of value lists with every list exactly as long as it is (`serde`'s `Vec`
-/// starts at four slots: a directory entry's ten single values would take four times the
-/// memory). For `#[serde(deserialize_with)]` on entries' attributes.
-pub fn exact_values<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<NameMap<Vec<String>>, D::Error> {
-    struct Exact(Vec<String>);
-    impl<'de> Deserialize<'de> for Exact {
-        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Exact, D::Error> {
-            let mut v = Vec::<String>::deserialize(d)?;
-            v.shrink_to_fit();
-            Ok(Exact(v))
+/// The values of one attribute, read as a `[String]`. Most attributes hold one value, which is
+/// held inline (no list to allocate: a directory entry's ten single values would otherwise be
+/// ten more allocations); several are one boxed slice of exactly their number.
+#[derive(Clone)]
+pub struct Values(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    One(String),
+    Many(Box<[String]>),
+}
+
+impl Values {
+    pub fn new() -> Values {
+        Values(Repr::Many(Box::default()))
+    }
+
+    /// The values as a list (no copy).
+    pub fn into_vec(self) -> Vec<String> {
+        match self.0 {
+            Repr::One(v) => vec![v],
+            Repr::Many(b) => b.into_vec(),
         }
     }
-    let m = NameMap::<Exact>::deserialize(d)?;
-    Ok(NameMap {
-        items: m.items.into_iter().map(|(k, v)| (k, v.0)).collect(),
-    })
+
+    /// Add a value at the end.
+    pub fn push(&mut self, v: String) {
+        let mut all = std::mem::take(self).into_vec();
+        all.push(v);
+        *self = Values::from(all);
+    }
+
+    /// Keep the values for which `f` holds.
+    pub fn retain(&mut self, f: impl FnMut(&String) -> bool) {
+        let mut all = std::mem::take(self).into_vec();
+        all.retain(f);
+        *self = Values::from(all);
+    }
+}
+
+impl Default for Values {
+    fn default() -> Values {
+        Values::new()
+    }
+}
+
+impl std::ops::Deref for Values {
+    type Target = [String];
+    fn deref(&self) -> &[String] {
+        match &self.0 {
+            Repr::One(v) => std::slice::from_ref(v),
+            Repr::Many(b) => b,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Values {
+    fn deref_mut(&mut self) -> &mut [String] {
+        match &mut self.0 {
+            Repr::One(v) => std::slice::from_mut(v),
+            Repr::Many(b) => b,
+        }
+    }
+}
+
+impl From<Vec<String>> for Values {
+    fn from(mut v: Vec<String>) -> Values {
+        if v.len() == 1 {
+            if let Some(one) = v.pop() {
+                return Values(Repr::One(one));
+            }
+        }
+        Values(Repr::Many(v.into_boxed_slice()))
+    }
+}
+
+impl From<String> for Values {
+    fn from(v: String) -> Values {
+        Values(Repr::One(v))
+    }
+}
+
+impl From<Values> for Vec<String> {
+    fn from(v: Values) -> Vec<String> {
+        v.into_vec()
+    }
+}
+
+impl FromIterator<String> for Values {
+    fn from_iter<I: IntoIterator<Item = String>>(iter: I) -> Values {
+        Values::from(iter.into_iter().collect::<Vec<_>>())
+    }
+}
+
+impl Extend<String> for Values {
+    fn extend<I: IntoIterator<Item = String>>(&mut self, iter: I) {
+        let mut all = std::mem::take(self).into_vec();
+        all.extend(iter);
+        *self = Values::from(all);
+    }
+}
+
+impl IntoIterator for Values {
+    type Item = String;
+    type IntoIter = std::vec::IntoIter<String>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.into_vec().into_iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a Values {
+    type Item = &'a String;
+    type IntoIter = std::slice::Iter<'a, String>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl PartialEq for Values {
+    fn eq(&self, other: &Values) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Values {}
+
+impl PartialEq<Vec<String>> for Values {
+    fn eq(&self, other: &Vec<String>) -> bool {
+        **self == **other
+    }
+}
+
+impl std::hash::Hash for Values {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        (**self).hash(h)
+    }
+}
+
+impl fmt::Debug for Values {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
+    }
+}
+
+impl Serialize for Values {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (**self).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Values {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Values, D::Error> {
+        Vec::<String>::deserialize(d).map(Values::from)
+    }
 }
 
 #[cfg(test)]
@@ -519,5 +666,34 @@ mod tests {
                 .collect::<Vec<_>>(),
             [("a", 2), ("b", 3)]
         );
+    }
+
+    #[test]
+    fn values_read_as_a_slice_whatever_their_number() {
+        let one = Values::from(vec!["a".to_string()]);
+        assert!(matches!(one.0, Repr::One(_)));
+        assert_eq!(&*one, ["a".to_string()]);
+        let mut v = one.clone();
+        v.push("b".into());
+        assert!(matches!(v.0, Repr::Many(_)));
+        assert_eq!(v, vec!["a".to_string(), "b".to_string()]);
+        v.retain(|x| x == "b");
+        assert!(matches!(v.0, Repr::One(_)));
+        v.extend(["c".to_string()]);
+        assert_eq!(v.iter().map(String::as_str).collect::<Vec<_>>(), ["b", "c"]);
+        let none = Values::default();
+        assert!(none.is_empty());
+        assert_eq!(none.first(), None);
+        // serialised as the list it reads as, in both directions
+        let m: NameMap<Values> =
+            serde_json::from_str(r#"{"uid":["a"],"cn":[],"mail":["x","y"]}"#).expect("json");
+        assert_eq!(m["uid"], vec!["a".to_string()]);
+        assert!(m["cn"].is_empty());
+        assert_eq!(m["mail"].len(), 2);
+        assert_eq!(
+            serde_json::to_string(&m).expect("json"),
+            r#"{"cn":[],"mail":["x","y"],"uid":["a"]}"#
+        );
+        assert_eq!(m["mail"].clone().into_vec(), ["x", "y"]);
     }
 }

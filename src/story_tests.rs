@@ -115,7 +115,7 @@ fn set_attr(
     match kind {
         DeltaKind::Add => e.attrs.entry(k).or_default().extend(new.iter().cloned()),
         DeltaKind::Replace => {
-            e.attrs.insert(k, new.to_vec());
+            e.attrs.insert(k, new.to_vec().into());
         }
         DeltaKind::Delete if member => {
             if let Some(v) = e.attrs.get_mut(&k) {

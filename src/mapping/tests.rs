@@ -60,7 +60,7 @@ pub(crate) fn rec(key: &str, given: &str, sn: &str, title: &str, mgr: &str) -> R
 }
 
 fn entry(uuid: &str, dn: &str, attrs: &[(&str, &str)]) -> Entry {
-    let mut m = crate::names::NameMap::<Vec<String>>::new();
+    let mut m = crate::names::NameMap::<crate::names::Values>::new();
     for (k, v) in attrs {
         m.entry(k.to_ascii_lowercase())
             .or_default()

@@ -769,10 +769,7 @@ impl Mirror {
                 Ok(Entry {
                     uuid: r.get(0)?,
                     dn: r.get(1)?,
-                    attrs: crate::names::exact_values(&mut serde_json::Deserializer::from_str(
-                        attrs,
-                    ))
-                    .unwrap_or_default(),
+                    attrs: serde_json::from_str(attrs).unwrap_or_default(),
                 })
             })
             .map_err(sq(&p))?;
@@ -1329,7 +1326,9 @@ mod tests {
             key: k.into(),
             line: 1,
             fields: crate::source::Fields::new(
-                [("name".to_string(), Box::from(v))].into_iter().collect(),
+                [("name".to_string(), Box::<str>::from(v))]
+                    .into_iter()
+                    .collect(),
             ),
         };
         let mut e = Export {

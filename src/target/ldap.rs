@@ -73,24 +73,22 @@ pub fn uuid_text(b: &[u8]) -> Option<String> {
     ))
 }
 
-/// Add values read for `k` (lower-cased) to an entry's attributes, each list exactly as long as it
-/// is: the parser's lists have room for four, and a full read holds a million of them.
-fn put_values(attrs: &mut crate::names::NameMap<Vec<String>>, k: &str, mut v: Vec<String>) {
+/// Add values read for `k` (lower-cased) to an entry's attributes ([`Values`] keeps them exactly
+/// as long as they are: the parser's lists have room for four, and a full read holds a million).
+///
+/// [`Values`]: crate::names::Values
+fn put_values(attrs: &mut crate::names::NameMap<crate::names::Values>, k: &str, v: Vec<String>) {
     let k = k.to_ascii_lowercase();
     match attrs.get_mut(&k) {
-        Some(have) => {
-            have.extend(v);
-            have.shrink_to_fit();
-        }
+        Some(have) => have.extend(v),
         None => {
-            v.shrink_to_fit();
-            attrs.insert(k, v);
+            attrs.insert(k, v.into());
         }
     }
 }
 
 fn entry_of(se: SearchEntry, uuid: Option<String>) -> Entry {
-    let mut attrs = crate::names::NameMap::<Vec<String>>::new();
+    let mut attrs = crate::names::NameMap::<crate::names::Values>::new();
     for (k, v) in se.attrs {
         put_values(&mut attrs, &k, v);
     }
@@ -493,7 +491,7 @@ impl LdapTarget {
                 continue;
             }
             let se = SearchEntry::construct(re);
-            let mut attrs = crate::names::NameMap::<Vec<String>>::new();
+            let mut attrs = crate::names::NameMap::<crate::names::Values>::new();
             let guid = guid_attr(&se, "objectGUID");
             for (k, v) in se.attrs {
                 if k.eq_ignore_ascii_case("objectGUID") {
@@ -549,7 +547,7 @@ impl LdapTarget {
             };
             let (attr, range) = key.split_once(";range=").unwrap_or((&key, "0-*"));
             let attr = attr.to_string();
-            let mut all = values;
+            let mut all = values.into_vec();
             let mut high = range
                 .split_once('-')
                 .map(|(_, h)| h.to_string())
