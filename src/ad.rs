@@ -99,7 +99,7 @@ pub fn accounts(desired: &mut [Desired], dir: &DirSnapshot, lifecycle: Option<&L
         d.attrs.remove("userAccountControl");
         d.lifecycle_attrs.insert(
             "userAccountControl",
-            vec![uac(current, disabled).to_string()],
+            uac(current, disabled).to_string().into(),
         );
         let Some(lc) = lifecycle else { continue };
         let Some(col) = lc.end_date.as_deref() else {
@@ -121,7 +121,7 @@ pub fn accounts(desired: &mut [Desired], dir: &DirSnapshot, lifecycle: Option<&L
         };
         if let Some(w) = want {
             d.attrs.remove("accountExpires");
-            d.lifecycle_attrs.insert("accountExpires", vec![w]);
+            d.lifecycle_attrs.insert("accountExpires", w.into());
         }
     }
 }

@@ -68,7 +68,7 @@ pub fn explain(cfg: &Config, d: &Details, key: &str, history: &[AuditRow]) -> Va
                 x.attrs
                     .get(name)
                     .or_else(|| x.lifecycle_attrs.get(name))
-                    .cloned()
+                    .map(|v| v.to_vec())
                     .unwrap_or_default()
             })
             .unwrap_or_default();

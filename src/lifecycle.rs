@@ -463,13 +463,13 @@ pub fn finish(
         for (a, v) in &lock {
             let templated = d.attrs.remove(a);
             let want = if disabled {
-                vec![v.clone()]
+                v.clone().into()
             } else {
                 match cfg.disable_method {
-                    crate::config::DisableMethod::Ppolicy => vec![],
+                    crate::config::DisableMethod::Ppolicy => Default::default(),
                     crate::config::DisableMethod::Attributes => templated.unwrap_or_default(),
                     // userAccountControl is set by crate::ad::accounts (other bits kept).
-                    crate::config::DisableMethod::UserAccountControl => vec![],
+                    crate::config::DisableMethod::UserAccountControl => Default::default(),
                 }
             };
             d.lifecycle_attrs.insert(a.clone(), want);
@@ -491,7 +491,7 @@ pub fn finish(
         for a in users.attributes.keys() {
             let v = e.get(a);
             if !v.is_empty() {
-                attrs.insert(a.clone(), v.to_vec());
+                attrs.insert(a.clone(), v.to_vec().into());
             }
         }
         let dn = match (

@@ -562,8 +562,11 @@ impl PartialEq for Values {
 
 impl Eq for Values {}
 
-impl PartialEq<Vec<String>> for Values {
-    fn eq(&self, other: &Vec<String>) -> bool {
+impl<T> PartialEq<Vec<T>> for Values
+where
+    String: PartialEq<T>,
+{
+    fn eq(&self, other: &Vec<T>) -> bool {
         **self == **other
     }
 }

@@ -1878,9 +1878,9 @@ pub fn decide(i: &DecideInput<'_>) -> Decision {
             let Some(n) = alloc.numbers.get(&d.key) else {
                 continue;
             };
-            d.attrs.insert("uidNumber", vec![n.to_string()]);
+            d.attrs.insert("uidNumber", n.to_string().into());
             d.attrs
-                .insert("gidNumber", vec![crate::posix::gid(px, *n).to_string()]);
+                .insert("gidNumber", crate::posix::gid(px, *n).to_string().into());
             let uid = d
                 .attrs
                 .get("uid")
@@ -1890,10 +1890,10 @@ pub fn decide(i: &DecideInput<'_>) -> Decision {
             match mapper.render_posix(&d.fields, &uid) {
                 Ok((home, shell)) => {
                     if let Some(h) = home {
-                        d.attrs.insert("homeDirectory", vec![h]);
+                        d.attrs.insert("homeDirectory", h.into());
                     }
                     if let Some(s) = shell {
-                        d.attrs.insert("loginShell", vec![s]);
+                        d.attrs.insert("loginShell", s.into());
                     }
                 }
                 Err(reason) => mapped.errors.push(crate::mapping::MapError {

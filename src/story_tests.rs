@@ -351,7 +351,7 @@ fn joiner_mover_leaver_story() {
     assert!(add
         .attributes
         .iter()
-        .any(|a| a.attr == "pwdAccountLockedTime" && a.new == ["000001010000Z"]));
+        .any(|a| a.attr == "pwdAccountLockedTime" && *a.new == ["000001010000Z"]));
 
     // 10 March: Cy starts.
     step(

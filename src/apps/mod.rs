@@ -450,8 +450,8 @@ fn delta(attr: &str, old: Option<&String>, new: Option<&String>) -> Option<AttrD
             (Some(_), None) => DeltaKind::Delete,
             _ => DeltaKind::Replace,
         },
-        old: v(old),
-        new: v(new),
+        old: v(old).into(),
+        new: v(new).into(),
     })
 }
 
@@ -553,8 +553,8 @@ pub fn plan(i: &AppPlanInput<'_>) -> AppPlan {
                 deltas.push(AttrDelta {
                     attr: "externalId".into(),
                     kind: DeltaKind::Add,
-                    old: vec![],
-                    new: vec![a.key.clone()],
+                    old: Default::default(),
+                    new: a.key.clone().into(),
                 });
                 let linked_gone = i.links.contains_key(&a.key);
                 out.changes.push(AppChange {
@@ -583,8 +583,8 @@ pub fn plan(i: &AppPlanInput<'_>) -> AppPlan {
                         attributes: vec![AttrDelta {
                             attr: "manager".into(),
                             kind: DeltaKind::Add,
-                            old: vec![],
-                            new: vec![m],
+                            old: Default::default(),
+                            new: m.into(),
                         }],
                         reason: format!(
                             "the manager of record {} gets an account in this run: set once it exists",
@@ -672,8 +672,8 @@ pub fn plan(i: &AppPlanInput<'_>) -> AppPlan {
                     deltas.push(AttrDelta {
                         attr: "active".into(),
                         kind: DeltaKind::Replace,
-                        old: vec![r.active.to_string()],
-                        new: vec![a.active.to_string()],
+                        old: r.active.to_string().into(),
+                        new: a.active.to_string().into(),
                     });
                 }
                 if deltas.is_empty() {
@@ -762,8 +762,8 @@ pub fn plan(i: &AppPlanInput<'_>) -> AppPlan {
                 attributes: vec![AttrDelta {
                     attr: "active".into(),
                     kind: DeltaKind::Replace,
-                    old: vec!["true".into()],
-                    new: vec!["false".into()],
+                    old: vec!["true".into()].into(),
+                    new: vec!["false".into()].into(),
                 }],
                 reason: why,
                 phase: PHASE_ACCOUNTS,
@@ -808,7 +808,7 @@ pub fn plan(i: &AppPlanInput<'_>) -> AppPlan {
                     attributes: vec![AttrDelta {
                         attr: "members".into(),
                         kind: DeltaKind::Add,
-                        old: vec![],
+                        old: Default::default(),
                         new: want.iter().map(|s| s.to_string()).collect(),
                     }],
                     reason: format!(
@@ -846,8 +846,8 @@ pub fn plan(i: &AppPlanInput<'_>) -> AppPlan {
                         attributes: vec![AttrDelta {
                             attr: "members".into(),
                             kind: DeltaKind::Add,
-                            old: vec![],
-                            new: add,
+                            old: Default::default(),
+                            new: add.into(),
                         }],
                         reason: format!("group rule for {} grants these records", g.dn),
                         phase: PHASE_GROUPS,
@@ -864,8 +864,8 @@ pub fn plan(i: &AppPlanInput<'_>) -> AppPlan {
                         attributes: vec![AttrDelta {
                             attr: "members".into(),
                             kind: DeltaKind::Delete,
-                            old: remove,
-                            new: vec![],
+                            old: remove.into(),
+                            new: Default::default(),
                         }],
                         reason: format!(
                             "no group rule for {} grants these records (or their account is inactive)",

@@ -26,7 +26,7 @@ pub struct Desired {
     pub uuid: Option<String>,
     pub dn: String,
     /// attribute (as configured) → values; absent attributes are not listed.
-    pub attrs: crate::names::NameMap<Vec<String>>,
+    pub attrs: crate::names::NameMap<crate::names::Values>,
     /// The `[[users.placement]]` rule that chose the parent, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub placement: Option<usize>,
@@ -35,7 +35,7 @@ pub struct Desired {
     pub fields: crate::source::Fields,
     /// Attributes the lifecycle owns (the disable attributes) → wanted values (empty: absent).
     #[serde(skip_serializing_if = "crate::names::NameMap::is_empty")]
-    pub lifecycle_attrs: crate::names::NameMap<Vec<String>>,
+    pub lifecycle_attrs: crate::names::NameMap<crate::names::Values>,
     /// The lifecycle state, when `[lifecycle]` is configured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state: Option<Box<crate::lifecycle::State>>,
@@ -536,7 +536,7 @@ impl Mapper {
             })
             .collect();
         let mut failed: Vec<Option<String>> = vec![None; order.len()];
-        let mut values: Vec<crate::names::NameMap<Vec<String>>> =
+        let mut values: Vec<crate::names::NameMap<crate::names::Values>> =
             vec![crate::names::NameMap::new(); order.len()];
 
         // Active Directory: a userPrincipalName's local part implies a sAMAccountName, so the two
@@ -583,7 +583,7 @@ impl Mapper {
                 match keep {
                     Some(v) => {
                         reserved.insert(rules.fold(attr, &v), i);
-                        values[i].insert(attr.clone(), vec![v]);
+                        values[i].insert(attr.clone(), v.into());
                     }
                     None => pending.push(i),
                 }
@@ -645,7 +645,7 @@ impl Mapper {
                                     *e = (*e).max(n);
                                 }
                                 reserved.insert(f, i);
-                                values[i].insert(attr.clone(), vec![v]);
+                                values[i].insert(attr.clone(), v.into());
                                 break;
                             }
                             if n >= 100_000 || !self.uses_n.contains(attr) {
@@ -672,7 +672,7 @@ impl Mapper {
             if !values[i].contains_key(&rdn) {
                 match self.render(&rdn, &ctxs[i], "") {
                     Ok(Some(v)) => {
-                        values[i].insert(rdn.clone(), vec![v]);
+                        values[i].insert(rdn.clone(), v.into());
                     }
                     Ok(None) => {
                         failed[i] = Some(format!("users.attributes.{rdn} (the RDN) rendered empty; the entry cannot be named"));
@@ -747,7 +747,7 @@ impl Mapper {
                         && a.attr.eq_ignore_ascii_case(&rdn) =>
                 {
                     // dirbridge does not own the name: keep it (a move keeps it too).
-                    values[i].insert(rdn.clone(), vec![a.value.clone()]);
+                    values[i].insert(rdn.clone(), a.value.clone().into());
                     dn::child(&a.attr, &a.value, &parent)
                 }
                 (Some(_), _) => dn::child(&rdn, &want, &parent),
@@ -797,7 +797,7 @@ impl Mapper {
                 }
                 match self.render(attr, &ctxs[i], "") {
                     Ok(Some(v)) => {
-                        values[i].insert(attr.clone(), vec![v]);
+                        values[i].insert(attr.clone(), v.into());
                     }
                     Ok(None) => {}
                     Err(e) => {
@@ -854,7 +854,7 @@ impl Mapper {
                 {
                     desired.push(d);
                 }
-                let attrs: crate::names::NameMap<Vec<String>> = uid
+                let attrs: crate::names::NameMap<crate::names::Values> = uid
                     .iter()
                     .filter_map(|(n, a)| {
                         let v = e.get(a);

@@ -95,42 +95,42 @@ pub fn plan_groups(i: &GroupPlanInput<'_>) -> Vec<Change> {
                     AttrDelta {
                         attr: "objectClass".into(),
                         kind: DeltaKind::Add,
-                        old: vec![],
-                        new: vec![kind.object_class().to_string()],
+                        old: Default::default(),
+                        new: vec![kind.object_class().to_string()].into(),
                     },
                     AttrDelta {
                         attr: first.attr.as_str().into(),
                         kind: DeltaKind::Add,
-                        old: vec![],
-                        new: vec![first.value.clone()],
+                        old: Default::default(),
+                        new: first.value.clone().into(),
                     },
                 ];
                 if let Some(t) = rule.group_type {
                     attributes.push(AttrDelta {
                         attr: "sAMAccountName".into(),
                         kind: DeltaKind::Add,
-                        old: vec![],
-                        new: vec![crate::ad::fit_sam(&first.value, "")],
+                        old: Default::default(),
+                        new: vec![crate::ad::fit_sam(&first.value, "")].into(),
                     });
                     attributes.push(AttrDelta {
                         attr: "groupType".into(),
                         kind: DeltaKind::Add,
-                        old: vec![],
-                        new: vec![t.to_string()],
+                        old: Default::default(),
+                        new: t.to_string().into(),
                     });
                 }
                 if let Some(g) = rule.gid_number {
                     attributes.push(AttrDelta {
                         attr: "gidNumber".into(),
                         kind: DeltaKind::Add,
-                        old: vec![],
-                        new: vec![g.to_string()],
+                        old: Default::default(),
+                        new: g.to_string().into(),
                     });
                 }
                 attributes.push(AttrDelta {
                     attr: attr.into(),
                     kind: DeltaKind::Add,
-                    old: vec![],
+                    old: Default::default(),
                     new: desired.values().map(|(m, _)| m.clone()).collect(),
                 });
                 out.push(Change {
@@ -223,8 +223,8 @@ pub fn plan_groups(i: &GroupPlanInput<'_>) -> Vec<Change> {
                         attributes: vec![AttrDelta {
                             attr: attr.into(),
                             kind: DeltaKind::Add,
-                            old: vec![],
-                            new: adds,
+                            old: Default::default(),
+                            new: adds.into(),
                         }],
                         reason: if who.is_empty() {
                             format!(
@@ -248,8 +248,8 @@ pub fn plan_groups(i: &GroupPlanInput<'_>) -> Vec<Change> {
                         attributes: vec![AttrDelta {
                             attr: attr.into(),
                             kind: DeltaKind::Delete,
-                            old: removes,
-                            new: vec![],
+                            old: removes.into(),
+                            new: Default::default(),
                         }],
                         reason: format!(
                             "{name}{when} no longer grants it to these members{}",

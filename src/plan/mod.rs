@@ -88,8 +88,8 @@ pub struct AttrDelta {
     /// The attribute's name (as configured; interned: a run holds a million of these).
     pub attr: crate::names::Name,
     pub kind: DeltaKind,
-    pub old: Vec<String>,
-    pub new: Vec<String>,
+    pub old: crate::names::Values,
+    pub new: crate::names::Values,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -203,8 +203,8 @@ fn deltas_for(
         out.push(AttrDelta {
             attr: "objectClass".into(),
             kind: DeltaKind::Add,
-            old: e.get("objectClass").to_vec(),
-            new: missing,
+            old: e.get("objectClass").to_vec().into(),
+            new: missing.into(),
         });
     }
     let anchor_now = e.get(&users.anchor);
@@ -216,8 +216,8 @@ fn deltas_for(
             } else {
                 DeltaKind::Replace
             },
-            old: anchor_now.to_vec(),
-            new: vec![d.key.clone()],
+            old: anchor_now.to_vec().into(),
+            new: d.key.clone().into(),
         });
     }
     // Configured attributes (absent ones are removed), and computed ones (POSIX).
@@ -240,7 +240,7 @@ fn deltas_for(
         if renamed && attr.eq_ignore_ascii_case(&users.rdn) {
             continue; // the rename sets it
         }
-        let want: &[String] = d.attrs.get(attr).map(Vec::as_slice).unwrap_or(&[]);
+        let want: &[String] = d.attrs.get(attr).map(|v| &**v).unwrap_or(&[]);
         let have = e.get(attr);
         if rules.same_values(attr, have, want) {
             continue;
@@ -255,8 +255,8 @@ fn deltas_for(
         out.push(AttrDelta {
             attr: attr.into(),
             kind,
-            old: have.to_vec(),
-            new: want.to_vec(),
+            old: have.to_vec().into(),
+            new: want.to_vec().into(),
         });
     }
     out
@@ -300,7 +300,7 @@ fn lock_change(d: &Desired, e: &Entry, rules: &MatchRules) -> Option<Change> {
             } else {
                 DeltaKind::Replace
             },
-            old: have.to_vec(),
+            old: have.to_vec().into(),
             new: want.clone(),
         });
     }
@@ -355,14 +355,14 @@ pub fn plan(input: PlanInput<'_>) -> Vec<Change> {
                 attributes.push(AttrDelta {
                     attr: "objectClass".into(),
                     kind: DeltaKind::Add,
-                    old: vec![],
-                    new: users.object_classes.clone(),
+                    old: Default::default(),
+                    new: users.object_classes.clone().into(),
                 });
                 attributes.push(AttrDelta {
                     attr: users.anchor.as_str().into(),
                     kind: DeltaKind::Add,
-                    old: vec![],
-                    new: vec![d.key.clone()],
+                    old: Default::default(),
+                    new: d.key.clone().into(),
                 });
                 let (attrs, lifecycle_attrs) = if input.keep_values {
                     (d.attrs.clone(), d.lifecycle_attrs.clone())
@@ -379,7 +379,7 @@ pub fn plan(input: PlanInput<'_>) -> Vec<Change> {
                     attributes.push(AttrDelta {
                         attr,
                         kind: DeltaKind::Add,
-                        old: vec![],
+                        old: Default::default(),
                         new: vals,
                     });
                 }
@@ -421,7 +421,7 @@ pub fn plan(input: PlanInput<'_>) -> Vec<Change> {
                             attr: users.rdn.as_str().into(),
                             kind: DeltaKind::Replace,
                             old: old_rdn.into_iter().collect(),
-                            new: vec![new_rdn],
+                            new: new_rdn.into(),
                         }],
                         reason: move_reason(d, moved, &users.rdn),
                         phase: 0,
@@ -543,14 +543,14 @@ pub fn containers(users: &UsersConfig, desired: &[Desired], dir: &DirSnapshot) -
                     AttrDelta {
                         attr: "objectClass".into(),
                         kind: DeltaKind::Add,
-                        old: vec![],
-                        new: vec![class.into()],
+                        old: Default::default(),
+                        new: vec![class.into()].into(),
                     },
                     AttrDelta {
                         attr: first.attr.as_str().into(),
                         kind: DeltaKind::Add,
-                        old: vec![],
-                        new: vec![first.value.clone()],
+                        old: Default::default(),
+                        new: first.value.clone().into(),
                     },
                 ],
                 reason: format!(

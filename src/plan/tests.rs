@@ -169,8 +169,8 @@ fn attribute_removal_gate() {
             vec![AttrDelta {
                 attr: "title".into(),
                 kind: DeltaKind::Delete,
-                old: vec!["x".into()],
-                new: vec![],
+                old: vec!["x".into()].into(),
+                new: Default::default(),
             }],
         )
     };
