@@ -1172,14 +1172,24 @@ async fn read_directory(
                     .partition(|e| one_subtree || within(e));
             snap.entries = rest;
             fetched_entries += r.changed.len();
-            new_entries.extend(merge_sync(prior, r));
+            let merged = merge_sync(prior, r);
+            if new_entries.is_empty() {
+                new_entries = merged; // (moved: a full read returns 100,000 entries)
+            } else {
+                new_entries.extend(merged);
+            }
         } else if key.starts_with("groups:") {
             let prior: Vec<crate::model::Entry> =
                 snap.groups.iter().filter(|e| within(e)).cloned().collect();
             new_groups.extend(merge_sync(prior, r));
         } else {
             let prior = std::mem::take(&mut snap.uniques);
-            new_uniques.extend(merge_sync(prior, r));
+            let merged = merge_sync(prior, r);
+            if new_uniques.is_empty() {
+                new_uniques = merged;
+            } else {
+                new_uniques.extend(merged);
+            }
         }
     }
     // Entries: the configured bases themselves are not people; one entry per uuid. (With one

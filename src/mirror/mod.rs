@@ -400,21 +400,39 @@ impl Mirror {
         };
         let tx = self.conn.transaction().map_err(sq(&p))?;
         {
-            let old: BTreeMap<String, String> = if let Some(old) = cached {
-                old
+            // What the table holds is compared row by row, not copied: the keys it holds that are
+            // gone, and those of `links` it already holds as they are.
+            let mut gone: Vec<String> = Vec::new();
+            let mut same: foldhash::HashSet<&str> = Default::default();
+            if let Some(old) = &cached {
+                gone.extend(old.keys().filter(|k| !links.contains_key(*k)).cloned());
+                same.extend(
+                    links
+                        .iter()
+                        .filter(|(k, u)| old.get(*k) == Some(u))
+                        .map(|(k, _)| k.as_str()),
+                );
             } else {
                 let mut st = tx
                     .prepare("SELECT hr_key, entry_uuid FROM links")
                     .map_err(sq(&p))?;
-                let rows = st
-                    .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-                    .map_err(sq(&p))?;
-                rows.collect::<Result<_, _>>().map_err(sq(&p))?
-            };
+                let mut rows = st.query([]).map_err(sq(&p))?;
+                while let Some(r) = rows.next().map_err(sq(&p))? {
+                    let k = r.get_ref(0).and_then(|v| Ok(v.as_str()?)).map_err(sq(&p))?;
+                    let u = r.get_ref(1).and_then(|v| Ok(v.as_str()?)).map_err(sq(&p))?;
+                    match links.get_key_value(k) {
+                        None => gone.push(k.to_string()),
+                        Some((k, want)) if want == u => {
+                            same.insert(k.as_str());
+                        }
+                        Some(_) => {}
+                    }
+                }
+            }
             let mut del = tx
                 .prepare("DELETE FROM links WHERE hr_key = ?1")
                 .map_err(sq(&p))?;
-            for k in old.keys().filter(|k| !links.contains_key(*k)) {
+            for k in &gone {
                 del.execute(params![k]).map_err(sq(&p))?;
             }
             let mut del_uuid = tx
@@ -424,7 +442,7 @@ impl Mirror {
                 .prepare("INSERT INTO links (hr_key, entry_uuid, linked_at) VALUES (?1, ?2, ?3) ON CONFLICT(hr_key) DO UPDATE SET entry_uuid = excluded.entry_uuid, linked_at = excluded.linked_at")
                 .map_err(sq(&p))?;
             for (k, u) in links {
-                if old.get(k) == Some(u) {
+                if same.contains(k.as_str()) {
                     continue;
                 }
                 del_uuid.execute(params![u, k]).map_err(sq(&p))?;

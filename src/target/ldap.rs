@@ -517,7 +517,11 @@ impl LdapTarget {
             }
         }
         match res.rc {
-            0 => Ok(out),
+            0 => {
+                // (grown by doubling: a full read would keep up to twice its entries' slots)
+                out.shrink_to_fit();
+                Ok(out)
+            }
             32 => Err(TargetError::Read(format!(
                 "{base} does not exist on the server (noSuchObject); create it, or fix the configured base"
             ))),
