@@ -152,16 +152,19 @@ impl<'de> Deserialize<'de> for Name {
     }
 }
 
-/// A map from names to values, sorted by name, stored as one vector of exactly its size.
+/// A map from names to values, sorted by name, stored as one boxed slice of exactly its size
+/// (a vector's capacity would be one more word per map, and a million people hold millions).
 /// Lookups are binary searches; inserts shift (maps here hold tens of names, not thousands).
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct NameMap<V> {
-    items: Vec<(Name, V)>,
+    items: Box<[(Name, V)]>,
 }
 
 impl<V> Default for NameMap<V> {
     fn default() -> Self {
-        NameMap { items: Vec::new() }
+        NameMap {
+            items: Box::default(),
+        }
     }
 }
 
@@ -174,6 +177,15 @@ impl<V: fmt::Debug> fmt::Debug for NameMap<V> {
 impl<V> NameMap<V> {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Change the items as a vector (growing by exactly what is added: boxing it again then
+    /// does not reallocate).
+    fn edit<R>(&mut self, f: impl FnOnce(&mut Vec<(Name, V)>) -> R) -> R {
+        let mut items = std::mem::take(&mut self.items).into_vec();
+        let r = f(&mut items);
+        self.items = items.into_boxed_slice();
+        r
     }
 
     fn find(&self, k: &str) -> Result<usize, usize> {
@@ -220,15 +232,18 @@ impl<V> NameMap<V> {
         match self.find(k.as_str()) {
             Ok(i) => Some(std::mem::replace(&mut self.items[i].1, v)),
             Err(i) => {
-                self.items.reserve_exact(1);
-                self.items.insert(i, (k, v));
+                self.edit(|items| {
+                    items.reserve_exact(1);
+                    items.insert(i, (k, v));
+                });
                 None
             }
         }
     }
 
     pub fn remove(&mut self, k: &str) -> Option<V> {
-        self.find(k).ok().map(|i| self.items.remove(i).1)
+        let i = self.find(k).ok()?;
+        Some(self.edit(|items| items.remove(i).1))
     }
 
     /// The value under `k`, inserted first (made by `f`) when absent.
@@ -237,8 +252,10 @@ impl<V> NameMap<V> {
         let i = match self.find(k.as_str()) {
             Ok(i) => i,
             Err(i) => {
-                self.items.reserve_exact(1);
-                self.items.insert(i, (k, f()));
+                self.edit(|items| {
+                    items.reserve_exact(1);
+                    items.insert(i, (k, f()));
+                });
                 i
             }
         };
@@ -274,19 +291,16 @@ impl<V> NameMap<V> {
     }
 
     pub fn retain(&mut self, mut f: impl FnMut(&Name, &mut V) -> bool) {
-        self.items.retain_mut(|(k, v)| f(k, v));
-    }
-
-    /// Release spare capacity (after building a map by pushes of unknown count).
-    pub fn shrink_to_fit(&mut self) {
-        self.items.shrink_to_fit();
+        self.edit(|items| items.retain_mut(|(k, v)| f(k, v)));
     }
 
     /// From items already in name order, each name once (e.g. a CSV row whose columns were put
     /// in name order once for the whole file).
     pub(crate) fn from_sorted(items: Vec<(Name, V)>) -> Self {
         debug_assert!(items.windows(2).all(|w| w[0].0 < w[1].0));
-        NameMap { items }
+        NameMap {
+            items: items.into_boxed_slice(),
+        }
     }
 
     /// From pairs in any order; a later pair replaces an earlier one with the same name.
@@ -300,8 +314,9 @@ impl<V> NameMap<V> {
                 _ => out.push((k, v)),
             }
         }
-        out.shrink_to_fit();
-        NameMap { items: out }
+        NameMap {
+            items: out.into_boxed_slice(),
+        }
     }
 }
 
@@ -359,7 +374,7 @@ impl<V> IntoIterator for NameMap<V> {
     type Item = (Name, V);
     type IntoIter = std::vec::IntoIter<(Name, V)>;
     fn into_iter(self) -> Self::IntoIter {
-        self.items.into_iter()
+        self.items.into_vec().into_iter()
     }
 }
 
@@ -637,8 +652,6 @@ mod tests {
         assert_eq!(m.get("cn"), Some(&4));
         assert!(!m.contains_key("uid"));
         assert_eq!(m.len(), b.len());
-        // capacity is exact after single inserts
-        assert_eq!(m.items.capacity(), m.items.len());
         // large maps are searched by bisection
         for i in (0..60).rev() {
             m.insert(format!("attr{i}"), i);

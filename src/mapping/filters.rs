@@ -47,7 +47,7 @@ pub fn slug(value: &str) -> Result<String, String> {
 }
 
 /// HR key → DN of that person's entry, filled by the mapper between its two passes.
-pub type PersonDns = Arc<RwLock<HashMap<String, String>>>;
+pub type PersonDns = Arc<RwLock<HashMap<Box<str>, Box<str>>>>;
 
 pub fn register(env: &mut Environment<'static>, person_dns: PersonDns) {
     env.add_filter(
@@ -66,7 +66,7 @@ pub fn register(env: &mut Environment<'static>, person_dns: PersonDns) {
         }
         person_dns
             .read()
-            .map(|m| m.get(key).cloned().unwrap_or_default())
+            .map(|m| m.get(key).map(|d| d.to_string()).unwrap_or_default())
             .unwrap_or_default()
     });
 }

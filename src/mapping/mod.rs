@@ -46,6 +46,11 @@ pub struct Desired {
     pub settled: bool,
 }
 
+/// Note why person `i` failed (the first reason stays).
+fn fail(failed: &mut BTreeMap<usize, String>, i: usize, why: String) {
+    failed.entry(i).or_insert(why);
+}
+
 /// A record that could not be mapped: it is quarantined for this run.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct MapError {
@@ -525,7 +530,7 @@ impl Mapper {
                 })
             })
             .collect();
-        let ctxs: Vec<Value> = order.iter().map(|r| self.context(r)).collect();
+        let mut ctxs: Vec<Value> = order.iter().map(|r| self.context(r)).collect();
         let existing: Vec<Option<&Entry>> = order
             .iter()
             .map(|r| {
@@ -535,9 +540,26 @@ impl Mapper {
                     .and_then(|u| by_uuid.get(u.as_str()).copied())
             })
             .collect();
-        let mut failed: Vec<Option<String>> = vec![None; order.len()];
-        let mut values: Vec<crate::names::NameMap<crate::names::Values>> =
-            vec![crate::names::NameMap::new(); order.len()];
+        // index → why mapping failed (few: a list of one slot per person would be 24 MB at a million)
+        let mut failed: BTreeMap<usize, String> = BTreeMap::new();
+        // Filled in place: the values, DN and placement go straight into each person's entry
+        // (side lists of each would be 60 MB at a million people); the failed are dropped last.
+        let mut desired: Vec<Desired> = order
+            .iter()
+            .enumerate()
+            .map(|(i, r)| Desired {
+                key: r.key.clone(),
+                line: r.line,
+                uuid: existing[i].map(|e| e.uuid.clone()),
+                dn: String::new(),
+                attrs: Default::default(),
+                placement: None,
+                fields: r.fields.clone(),
+                lifecycle_attrs: Default::default(),
+                state: None,
+                settled: false,
+            })
+            .collect();
 
         // Active Directory: a userPrincipalName's local part implies a sAMAccountName, so the two
         // are unique against each other too (`bjoiner@…` collides with sAMAccountName BJOINER).
@@ -564,7 +586,7 @@ impl Mapper {
             let mut reserved: HashMap<String, usize> = HashMap::new();
             let mut pending: Vec<usize> = Vec::new();
             for i in 0..order.len() {
-                if failed[i].is_some() {
+                if failed.contains_key(&i) {
                     continue;
                 }
                 let cur = existing[i].and_then(|e| e.get(attr).first().cloned());
@@ -574,7 +596,7 @@ impl Mapper {
                         Ok(true) => Some(c.clone()),
                         Ok(false) => None,
                         Err(e) => {
-                            failed[i] = Some(e);
+                            fail(&mut failed, i, e);
                             continue;
                         }
                     },
@@ -583,7 +605,7 @@ impl Mapper {
                 match keep {
                     Some(v) => {
                         reserved.insert(rules.fold(attr, &v), i);
-                        values[i].insert(attr.clone(), v.into());
+                        desired[i].attrs.insert(attr.clone(), v.into());
                     }
                     None => pending.push(i),
                 }
@@ -617,7 +639,7 @@ impl Mapper {
                     };
                     match rendered {
                         Err(e) => {
-                            failed[i] = Some(e);
+                            fail(&mut failed, i, e);
                             break;
                         }
                         Ok(None) => break,
@@ -645,11 +667,11 @@ impl Mapper {
                                     *e = (*e).max(n);
                                 }
                                 reserved.insert(f, i);
-                                values[i].insert(attr.clone(), v.into());
+                                desired[i].attrs.insert(attr.clone(), v.into());
                                 break;
                             }
                             if n >= 100_000 || !self.uses_n.contains(attr) {
-                                failed[i] = Some(format!(
+                                fail(&mut failed, i, format!(
                                     "users.attributes.{attr}: {v:?} is already taken and the template has no {{{{ n }}}} to number it"
                                 ));
                                 break;
@@ -663,34 +685,32 @@ impl Mapper {
 
         // The RDN and the DN.
         let rdn = self.users.rdn.clone();
-        let mut dns: Vec<String> = vec![String::new(); order.len()];
-        let mut placements: Vec<Option<usize>> = vec![None; order.len()];
         for i in 0..order.len() {
-            if failed[i].is_some() {
+            if failed.contains_key(&i) {
                 continue;
             }
-            if !values[i].contains_key(&rdn) {
+            if !desired[i].attrs.contains_key(&rdn) {
                 match self.render(&rdn, &ctxs[i], "") {
                     Ok(Some(v)) => {
-                        values[i].insert(rdn.clone(), v.into());
+                        desired[i].attrs.insert(rdn.clone(), v.into());
                     }
                     Ok(None) => {
-                        failed[i] = Some(format!("users.attributes.{rdn} (the RDN) rendered empty; the entry cannot be named"));
+                        fail(&mut failed, i, format!("users.attributes.{rdn} (the RDN) rendered empty; the entry cannot be named"));
                         continue;
                     }
                     Err(e) => {
-                        failed[i] = Some(e);
+                        fail(&mut failed, i, e);
                         continue;
                     }
                 }
             }
-            let want = values[i][&rdn][0].clone();
+            let want = desired[i].attrs[&rdn][0].clone();
             // Placement: the first matching rule, else users.base. Without rules, an existing entry
             // stays where it is.
             let placed = match place(&placement_exprs, &ctxs[i]) {
                 Ok(p) => p,
                 Err(e) => {
-                    failed[i] = Some(e);
+                    fail(&mut failed, i, e);
                     continue;
                 }
             };
@@ -710,19 +730,19 @@ impl Mapper {
                 }
                 _ => self.users.base.clone(),
             };
-            placements[i] = placed;
+            desired[i].placement = placed;
             if dir.missing_bases.contains(&dn::normalize(&parent)) {
                 match placed.map(|r| &self.users.placement[r]) {
                     Some(rule) if rule.create => {}
                     Some(rule) => {
-                        failed[i] = Some(format!(
+                        fail(&mut failed, i, format!(
                             "users.placement[{}] puts this person under {parent}, which does not exist: create it, or set create = true in that rule",
                             rule.index
                         ));
                         continue;
                     }
                     None => {
-                        failed[i] = Some(format!("{parent} does not exist"));
+                        fail(&mut failed, i, format!("{parent} does not exist"));
                         continue;
                     }
                 }
@@ -739,7 +759,7 @@ impl Mapper {
                         && rules.fold(&rdn, &a.value) == rules.fold(&rdn, &want)
                 })
                 .unwrap_or(false);
-            dns[i] = match (existing[i], cur_rdn) {
+            desired[i].dn = match (existing[i], cur_rdn) {
                 (None, _) => dn::child(&rdn, &want, &parent),
                 (Some(e), _) if same_rdn && same_parent => e.dn.clone(),
                 (Some(_), Some(a))
@@ -747,7 +767,7 @@ impl Mapper {
                         && a.attr.eq_ignore_ascii_case(&rdn) =>
                 {
                     // dirbridge does not own the name: keep it (a move keeps it too).
-                    values[i].insert(rdn.clone(), a.value.clone().into());
+                    desired[i].attrs.insert(rdn.clone(), a.value.clone().into());
                     dn::child(&a.attr, &a.value, &parent)
                 }
                 (Some(_), _) => dn::child(&rdn, &want, &parent),
@@ -756,14 +776,14 @@ impl Mapper {
 
         // person_dn: every person in the export, and quarantined people who have an entry.
         {
-            let mut map: HashMap<String, String> = HashMap::new();
+            let mut map: HashMap<Box<str>, Box<str>> = HashMap::new();
             for i in 0..order.len() {
-                if failed[i].is_none() {
-                    map.insert(order[i].key.clone(), dns[i].clone());
+                if !failed.contains_key(&i) {
+                    map.insert(order[i].key.as_str().into(), desired[i].dn.as_str().into());
                 }
             }
             for (r, e) in settled {
-                map.insert(r.key.clone(), e.dn.clone());
+                map.insert(r.key.as_str().into(), e.dn.as_str().into());
             }
             // A quarantined person keeps the entry they have (also one the linker took as gone).
             let gone_by_key: foldhash::HashMap<&str, &str> = linking
@@ -778,7 +798,7 @@ impl Mapper {
                     .map(String::as_str)
                     .or_else(|| gone_by_key.get(k.as_str()).copied());
                 if let Some(e) = uuid.and_then(|u| by_uuid.get(u)) {
-                    map.insert(k.clone(), e.dn.clone());
+                    map.insert(k.as_str().into(), e.dn.as_str().into());
                 }
             }
             if let Ok(mut g) = self.person_dns.write() {
@@ -788,49 +808,47 @@ impl Mapper {
 
         // Pass 2: every other attribute.
         for i in 0..order.len() {
-            if failed[i].is_some() {
+            if failed.contains_key(&i) {
                 continue;
             }
             for attr in self.users.attributes.keys() {
-                if values[i].contains_key(attr) || self.users.unique.contains(attr) {
+                if desired[i].attrs.contains_key(attr) || self.users.unique.contains(attr) {
                     continue;
                 }
                 match self.render(attr, &ctxs[i], "") {
                     Ok(Some(v)) => {
-                        values[i].insert(attr.clone(), v.into());
+                        desired[i].attrs.insert(attr.clone(), v.into());
                     }
                     Ok(None) => {}
                     Err(e) => {
-                        failed[i] = Some(e);
+                        fail(&mut failed, i, e);
                         break;
                     }
                 }
             }
+            // (rendered: the context goes now, not with the others at the end)
+            ctxs[i] = Value::UNDEFINED;
         }
 
-        let mut desired = Vec::with_capacity(order.len());
-        for (i, r) in order.iter().enumerate() {
-            if let Some(reason) = failed[i].take() {
-                errors.push(MapError {
-                    key: r.key.clone(),
-                    line: r.line,
-                    reason,
-                });
-                continue;
+        // (what only rendering needed goes first: at a million people the contexts and the uuid
+        // index are 80 MB, and the settled below are added to a new list)
+        drop(ctxs);
+        drop(by_uuid);
+        let mut i = 0;
+        desired.retain_mut(|d| {
+            i += 1;
+            match failed.remove(&(i - 1)) {
+                Some(reason) => {
+                    errors.push(MapError {
+                        key: std::mem::take(&mut d.key),
+                        line: d.line,
+                        reason,
+                    });
+                    false
+                }
+                None => true,
             }
-            desired.push(Desired {
-                key: r.key.clone(),
-                line: r.line,
-                uuid: existing[i].map(|e| e.uuid.clone()),
-                dn: std::mem::take(&mut dns[i]),
-                attrs: std::mem::take(&mut values[i]),
-                placement: placements[i],
-                fields: r.fields.clone(),
-                lifecycle_attrs: Default::default(),
-                state: None,
-                settled: false,
-            });
-        }
+        });
         if !settled.is_empty() {
             // Only `uid` is copied from the entry: what group rules read of a desired entry
             // (posixGroup members). The plan does not compare settled people, and explain and

@@ -93,7 +93,6 @@ fn entry_of(se: SearchEntry, uuid: Option<String>) -> Entry {
         put_values(&mut attrs, &k, v);
     }
     let from_attr = attrs.remove("entryuuid").and_then(|v| v.into_iter().next());
-    attrs.shrink_to_fit();
     Entry {
         uuid: from_attr.or(uuid).unwrap_or_default(),
         dn: se.dn,
@@ -502,7 +501,6 @@ impl LdapTarget {
             let uuid = guid
                 .or_else(|| attrs.remove("entryuuid").and_then(|v| v.into_iter().next()))
                 .unwrap_or_default();
-            attrs.shrink_to_fit();
             out.push(Entry {
                 uuid,
                 dn: se.dn,
