@@ -3068,7 +3068,7 @@ pub async fn run(
         .await?;
     }
     laps.lap("applications");
-    mirror.save_links(&new_links, &now)?;
+    mirror.save_links(new_links, &now)?;
     mirror.note_groups(&groups_created, &groups_deleted, &now)?;
     mirror.save_posix_ids(&posix_new, &now)?;
     if cfg.lifecycle.is_some() && opts.only.is_none() && !export.keys_uncertain {

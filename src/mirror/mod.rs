@@ -367,8 +367,9 @@ impl Mirror {
 
     pub fn links(&self) -> Result<BTreeMap<String, String>, MirrorError> {
         if self.cache_valid() {
-            if let Some(l) = &self.cache.borrow().links {
-                return Ok(l.clone());
+            // (taken, not copied: [`Self::save_links`] puts the run's links back)
+            if let Some(l) = self.cache.borrow_mut().links.take() {
+                return Ok(l);
             }
         }
         let p = self.path.clone();
@@ -379,17 +380,13 @@ impl Mirror {
         let rows = st
             .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
             .map_err(sq(&p))?;
-        let links: BTreeMap<String, String> = rows.collect::<Result<_, _>>().map_err(sq(&p))?;
-        if self.cache_valid() {
-            self.cache.borrow_mut().links = Some(links.clone());
-        }
-        Ok(links)
+        rows.collect::<Result<_, _>>().map_err(sq(&p))
     }
 
     /// Replace the links with `links` (HR key → uuid).
     pub fn save_links(
         &mut self,
-        links: &BTreeMap<String, String>,
+        links: BTreeMap<String, String>,
         now: &str,
     ) -> Result<(), MirrorError> {
         let p = self.path.clone();
@@ -441,7 +438,7 @@ impl Mirror {
             let mut ins = tx
                 .prepare("INSERT INTO links (hr_key, entry_uuid, linked_at) VALUES (?1, ?2, ?3) ON CONFLICT(hr_key) DO UPDATE SET entry_uuid = excluded.entry_uuid, linked_at = excluded.linked_at")
                 .map_err(sq(&p))?;
-            for (k, u) in links {
+            for (k, u) in &links {
                 if same.contains(k.as_str()) {
                     continue;
                 }
@@ -453,8 +450,10 @@ impl Mirror {
         // The table is `links` unless two keys named one entry (the later one stayed).
         if self.cache_valid() {
             let mut uuids: foldhash::HashSet<&str> = Default::default();
-            if links.values().all(|u| uuids.insert(u)) {
-                self.cache.borrow_mut().links = Some(links.clone());
+            let one_each = links.values().all(|u| uuids.insert(u));
+            drop(uuids);
+            if one_each {
+                self.cache.borrow_mut().links = Some(links);
             }
         }
         Ok(())
@@ -1290,7 +1289,7 @@ mod tests {
         let links: BTreeMap<String, String> = [("1".into(), "a".into()), ("2".into(), "c".into())]
             .into_iter()
             .collect();
-        m.save_links(&links, "t").unwrap();
+        m.save_links(links.clone(), "t").unwrap();
         assert_eq!(m.links().unwrap(), links);
         Connection::open(&db)
             .unwrap()
@@ -1301,7 +1300,7 @@ mod tests {
         let two: BTreeMap<String, String> = [("1".into(), "a".into()), ("3".into(), "a".into())]
             .into_iter()
             .collect();
-        m.save_links(&two, "t").unwrap();
+        m.save_links(two.clone(), "t").unwrap();
         assert_eq!(m.links().unwrap().keys().collect::<Vec<_>>(), ["3"]);
         // and the digests are read again too: the edited row is written back
         assert_eq!(m.save_snapshot(&d2).unwrap(), 1);
@@ -1329,10 +1328,10 @@ mod tests {
         let mut links = BTreeMap::new();
         links.insert("1".to_string(), "u1".to_string());
         links.insert("2".to_string(), "u2".to_string());
-        m.save_links(&links, "t").unwrap();
+        m.save_links(links.clone(), "t").unwrap();
         links.remove("1");
         links.insert("3".to_string(), "u1".to_string());
-        m.save_links(&links, "t").unwrap();
+        m.save_links(links.clone(), "t").unwrap();
         assert_eq!(m.links().unwrap(), links);
         drop(m);
         // reopen: migrations are not run twice
