@@ -2058,6 +2058,8 @@ pub fn decide(i: &DecideInput<'_>) -> Decision {
         apps.insert(app.name.clone(), AppDecision { accounts, plan: ap });
     }
     plan.app_changes = crate::apps::order(app_changes);
+    // (no template is rendered after this point: applications render with their own)
+    mapper.forget_people();
     // A record that failed mapping is left alone: its entry is neither changed nor deleted.
     let mut changes = plan::plan(PlanInput {
         users,

@@ -1,6 +1,5 @@
 //! Template filters the domain needs: `ascii`, `slug`, `person_dn` (and MiniJinja's own `lower`).
 
-use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use minijinja::{Environment, Error, ErrorKind};
@@ -47,7 +46,35 @@ pub fn slug(value: &str) -> Result<String, String> {
 }
 
 /// HR key → DN of that person's entry, filled by the mapper between its two passes.
-pub type PersonDns = Arc<RwLock<HashMap<Box<str>, Box<str>>>>;
+pub type PersonDns = Arc<RwLock<DnIndex>>;
+
+/// Keys and DNs as one sorted list, looked up by bisection: a hash map of a million people takes
+/// twice the memory (its table doubles past seven eighths full).
+#[derive(Debug, Default)]
+pub struct DnIndex(Vec<(Box<str>, Box<str>)>);
+
+impl DnIndex {
+    /// From pairs in any order; of two pairs with the same key, the later one stays.
+    pub fn new(mut pairs: Vec<(Box<str>, Box<str>)>) -> DnIndex {
+        pairs.sort_by(|a, b| a.0.cmp(&b.0)); // stable: equal keys keep their order
+        pairs.dedup_by(|later, kept| {
+            let same = later.0 == kept.0;
+            if same {
+                std::mem::swap(later, kept);
+            }
+            same
+        });
+        pairs.shrink_to_fit();
+        DnIndex(pairs)
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .binary_search_by(|(k, _)| k.as_ref().cmp(key))
+            .ok()
+            .map(|i| self.0[i].1.as_ref())
+    }
+}
 
 pub fn register(env: &mut Environment<'static>, person_dns: PersonDns) {
     env.add_filter(
@@ -66,7 +93,7 @@ pub fn register(env: &mut Environment<'static>, person_dns: PersonDns) {
         }
         person_dns
             .read()
-            .map(|m| m.get(key).map(|d| d.to_string()).unwrap_or_default())
+            .map(|m| m.get(key).unwrap_or_default().to_string())
             .unwrap_or_default()
     });
 }
@@ -92,5 +119,14 @@ mod tests {
             "research-development"
         );
         assert_eq!(slug("  Ærø  Sales ").unwrap(), "aero-sales");
+    }
+    #[test]
+    fn dn_index_keeps_the_last_pair_of_a_key() {
+        let p = |k: &str, d: &str| (Box::<str>::from(k), Box::<str>::from(d));
+        let ix = DnIndex::new(vec![p("2", "b"), p("1", "a"), p("2", "c"), p("10", "x")]);
+        assert_eq!(ix.get("2"), Some("c"));
+        assert_eq!(ix.get("1"), Some("a"));
+        assert_eq!(ix.get("10"), Some("x"));
+        assert_eq!(ix.get("3"), None);
     }
 }

@@ -6,7 +6,7 @@ pub mod link;
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use minijinja::{Environment, ErrorKind, UndefinedBehavior, Value};
 use serde::Serialize;
@@ -92,7 +92,7 @@ fn levenshtein(a: &str, b: &str) -> usize {
 /// variables such as `n`), and use only known filters. `header_known` false skips the column check
 /// (the header could not be read; that is reported on its own).
 pub fn check_template(src: &str, header: &[String], header_known: bool) -> Result<(), String> {
-    let env = new_env(Arc::new(RwLock::new(HashMap::new())));
+    let env = new_env(Default::default());
     let tmpl = env.template_from_str(src).map_err(|e| describe(&e))?;
     if header_known {
         unknown_variables(tmpl.undeclared_variables(false), header)?;
@@ -117,7 +117,7 @@ pub fn template_variables(src: &str, header: &[String]) -> Vec<String> {
 
 /// The variables a condition reads (for `explain`).
 pub fn expression_variables(src: &str) -> Vec<String> {
-    let env = new_env(Arc::new(RwLock::new(HashMap::new())));
+    let env = new_env(Default::default());
     let mut v: Vec<String> = env
         .compile_expression(src)
         .map(|e| e.undeclared_variables(false).into_iter().collect())
@@ -128,7 +128,7 @@ pub fn expression_variables(src: &str) -> Vec<String> {
 
 /// Check a condition (`when`): the same rules as [`check_template`], for an expression.
 pub fn check_expression(src: &str, header: &[String], header_known: bool) -> Result<(), String> {
-    let env = new_env(Arc::new(RwLock::new(HashMap::new())));
+    let env = new_env(Default::default());
     let expr = env.compile_expression(src).map_err(|e| describe(&e))?;
     if header_known {
         unknown_variables(expr.undeclared_variables(false), header)?;
@@ -302,7 +302,7 @@ fn n_suffixed(src: &str) -> Option<&str> {
 
 impl Mapper {
     pub fn new(users: &UsersConfig, header: &[String]) -> Result<Mapper, String> {
-        let person_dns: filters::PersonDns = Arc::new(RwLock::new(HashMap::new()));
+        let person_dns: filters::PersonDns = Default::default();
         let mut env = new_env(person_dns.clone());
         for (name, src) in &users.attributes {
             env.add_template_owned(name.clone(), src.clone())
@@ -479,6 +479,14 @@ impl Mapper {
             &BTreeMap::new(),
             &[],
         )
+    }
+
+    /// Empty the index behind `person_dn` (this run's people → DNs; at a million people, a copy
+    /// of every key and DN). A run calls this once it renders no more templates.
+    pub fn forget_people(&self) {
+        if let Ok(mut g) = self.person_dns.write() {
+            *g = Default::default();
+        }
     }
 
     /// [`Mapper::map`] with forced parents (HR key → parent DN), e.g. `disabled-base` for leavers,
@@ -776,14 +784,15 @@ impl Mapper {
 
         // person_dn: every person in the export, and quarantined people who have an entry.
         {
-            let mut map: HashMap<Box<str>, Box<str>> = HashMap::new();
+            let mut map: Vec<(Box<str>, Box<str>)> =
+                Vec::with_capacity(order.len() + settled.len());
             for i in 0..order.len() {
                 if !failed.contains_key(&i) {
-                    map.insert(order[i].key.as_str().into(), desired[i].dn.as_str().into());
+                    map.push((order[i].key.as_str().into(), desired[i].dn.as_str().into()));
                 }
             }
             for (r, e) in settled {
-                map.insert(r.key.as_str().into(), e.dn.as_str().into());
+                map.push((r.key.as_str().into(), e.dn.as_str().into()));
             }
             // A quarantined person keeps the entry they have (also one the linker took as gone).
             let gone_by_key: foldhash::HashMap<&str, &str> = linking
@@ -798,11 +807,11 @@ impl Mapper {
                     .map(String::as_str)
                     .or_else(|| gone_by_key.get(k.as_str()).copied());
                 if let Some(e) = uuid.and_then(|u| by_uuid.get(u)) {
-                    map.insert(k.as_str().into(), e.dn.as_str().into());
+                    map.push((k.as_str().into(), e.dn.as_str().into()));
                 }
             }
             if let Ok(mut g) = self.person_dns.write() {
-                *g = map;
+                *g = filters::DnIndex::new(map);
             }
         }
 
