@@ -90,7 +90,7 @@ max-attribute-removal-percent = 100
     let base = "ou=people,dc=example,dc=com";
     let mut entries = Vec::with_capacity(n);
     let mut links = BTreeMap::new();
-    let mut taken: HashMap<String, HashMap<String, Vec<String>>> = HashMap::new();
+    let mut taken: HashMap<String, HashMap<String, dirbridge::names::Values>> = HashMap::new();
     let uid_of = |i: usize| format!("gfamily{i}");
     let mut put = |i: usize, key: String, title: &str, entries: &mut Vec<Entry>| {
         let uuid = format!("u-{i}");
@@ -110,7 +110,7 @@ max-attribute-removal-percent = 100
         taken
             .entry("uid".into())
             .or_default()
-            .insert(uid.clone(), vec![uuid.clone()]);
+            .insert(uid.clone(), uuid.clone().into());
         entries.push(Entry {
             uuid: uuid.clone(),
             dn: format!("uid={uid},{base}"),

@@ -33,7 +33,7 @@ impl Entry {
 pub struct DirSnapshot {
     pub entries: Vec<Entry>,
     /// lower-cased attribute → folded value → the uuids of the entries holding it.
-    pub taken: HashMap<String, HashMap<String, Vec<String>>>,
+    pub taken: HashMap<String, HashMap<String, crate::names::Values>>,
     /// Managed groups (entries under the groups' parents).
     pub groups: Vec<Entry>,
     /// Normalised DNs of configured bases (placement, group parents) that do not exist.

@@ -721,11 +721,12 @@ const GROUP_ATTRS: &[&str] = &[
 fn taken_from(
     uniques: &[crate::model::Entry],
     names: &[String],
-) -> std::collections::HashMap<String, std::collections::HashMap<String, Vec<String>>> {
+) -> std::collections::HashMap<String, std::collections::HashMap<String, crate::names::Values>> {
     let rules_default = crate::model::MatchRules::default();
+    // (a value held once, as nearly all are, costs no list: `Values` holds one inline)
     let mut taken: std::collections::HashMap<
         String,
-        std::collections::HashMap<String, Vec<String>>,
+        std::collections::HashMap<String, crate::names::Values>,
     > = Default::default();
     for e in uniques {
         for a in names {
@@ -2535,11 +2536,9 @@ pub async fn run(
         if rules.rule(attr) == default_rules.rule(attr) {
             continue;
         }
-        let refolded: std::collections::HashMap<String, Vec<String>> =
+        let refolded: std::collections::HashMap<String, crate::names::Values> =
             vals.drain().fold(Default::default(), |mut m, (k, v)| {
-                m.entry(rules.fold(attr, &k))
-                    .or_insert_with(Vec::new)
-                    .extend(v);
+                m.entry(rules.fold(attr, &k)).or_default().extend(v);
                 m
             });
         *vals = refolded;

@@ -148,7 +148,7 @@ impl Fake {
                             .taken
                             .entry("uid".into())
                             .or_default()
-                            .insert(u.to_lowercase(), vec![uuid.clone()]);
+                            .insert(u.to_lowercase(), vec![uuid.clone()].into());
                     }
                     self.links.insert(c.key.clone(), uuid);
                     self.dir.entries.push(e);

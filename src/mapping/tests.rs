@@ -83,7 +83,7 @@ fn holder(dir: &mut DirSnapshot, uuid: &str, dn: &str, uid: &str, key: Option<&s
     dir.taken
         .entry("uid".into())
         .or_default()
-        .insert(uid.into(), vec![uuid.into()]);
+        .insert(uid.into(), vec![uuid.into()].into());
 }
 
 fn run(records: &[Record], dir: &DirSnapshot, users: &UsersConfig) -> MapOutput {
@@ -128,7 +128,7 @@ fn homonyms_numbered_by_key_order_and_stable() {
         dir.taken
             .entry("uid".into())
             .or_default()
-            .insert(uid.into(), vec![u.into()]);
+            .insert(uid.into(), vec![u.into()].into());
     }
     let mut recs2 = recs.clone();
     recs2.push(rec("1", "Jo", "Smith", "New", ""));
@@ -150,7 +150,7 @@ fn value_sticks_until_base_changes_and_excludes_own_entry() {
     dir.taken
         .entry("uid".into())
         .or_default()
-        .insert("jsmith2".into(), vec!["u1".into()]);
+        .insert("jsmith2".into(), vec!["u1".into()].into());
     // jsmith is free now, but the person keeps jsmith2: the base part did not change.
     let out = run(&[rec("1", "John", "Smith", "", "")], &dir, &users());
     assert_eq!(uid_of(&out, "1"), "jsmith2");
@@ -168,7 +168,7 @@ fn values_taken_elsewhere_in_the_directory_are_skipped() {
     dir.taken
         .entry("uid".into())
         .or_default()
-        .insert("jdoe".into(), vec!["svc".into()]);
+        .insert("jdoe".into(), vec!["svc".into()].into());
     let out = run(&[rec("5", "John", "Doe", "", "")], &dir, &users());
     assert_eq!(uid_of(&out, "5"), "jdoe2");
 }

@@ -14,7 +14,7 @@ use crate::model::{DirSnapshot, Entry, MatchRules};
 #[derive(serde::Deserialize)]
 struct DirFile {
     entries: Vec<Entry>,
-    taken: HashMap<String, HashMap<String, Vec<String>>>,
+    taken: HashMap<String, HashMap<String, crate::names::Values>>,
 }
 
 fn golden(case: &str) {
