@@ -476,18 +476,21 @@ impl Values {
         }
     }
 
+    /// Change the values as a list (then held inline again if one is left).
+    fn edit(&mut self, f: impl FnOnce(&mut Vec<String>)) {
+        let mut all = std::mem::take(self).into_vec();
+        f(&mut all);
+        *self = Values::from(all);
+    }
+
     /// Add a value at the end.
     pub fn push(&mut self, v: String) {
-        let mut all = std::mem::take(self).into_vec();
-        all.push(v);
-        *self = Values::from(all);
+        self.edit(|all| all.push(v));
     }
 
     /// Keep the values for which `f` holds.
     pub fn retain(&mut self, f: impl FnMut(&String) -> bool) {
-        let mut all = std::mem::take(self).into_vec();
-        all.retain(f);
-        *self = Values::from(all);
+        self.edit(|all| all.retain(f));
     }
 }
 
@@ -547,9 +550,7 @@ impl FromIterator<String> for Values {
 
 impl Extend<String> for Values {
     fn extend<I: IntoIterator<Item = String>>(&mut self, iter: I) {
-        let mut all = std::mem::take(self).into_vec();
-        all.extend(iter);
-        *self = Values::from(all);
+        self.edit(|all| all.extend(iter));
     }
 }
 
