@@ -2415,6 +2415,7 @@ pub async fn run(
     // lifecycle date has come: the plan is empty without mapping anything.
     let today_early = today(cfg, opts.as_of.as_deref(), clock)?;
     let config_hash = file_hash(&cfg.file).map(|h| format!("{h}:{}", env!("CARGO_PKG_VERSION")));
+    let mut reading = None;
     if unchanged {
         let marker: Option<QuietMarker> = mirror
             .as_ref()
@@ -2476,7 +2477,12 @@ pub async fn run(
             outcome.duration = started.elapsed();
             return Ok(outcome);
         }
-        // Not quiet after all: the mirror's snapshot is the directory.
+        // Not quiet after all: the mirror's snapshot is the directory. The export is parsed on
+        // another thread meanwhile (at 100,000 people each takes a while; neither needs the other).
+        let source_cfg = cfg.source.clone();
+        reading = Some(tokio::task::spawn_blocking(move || {
+            source::read(&source_cfg)
+        }));
         match materialize(mirror.as_ref(), &names, &missing_bases) {
             Some((snap, kept)) => {
                 dir = snap;
@@ -2503,7 +2509,12 @@ pub async fn run(
         }
     }
     laps.lap("snapshot");
-    let export = source::read(&cfg.source)?;
+    let export = match reading {
+        Some(r) => r.await.map_err(|e| {
+            RunError::Config(format!("internal: the export's reader stopped: {e}"))
+        })??,
+        None => source::read(&cfg.source)?,
+    };
     laps.lap("export");
     for q in &export.quarantined {
         tracing::warn!(target: "dirbridge::source", "quarantined {q}");
