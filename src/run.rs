@@ -2661,14 +2661,15 @@ pub async fn run(
             if marker.as_ref() == Some(&now) {
                 let prior = m.settled()?;
                 let people = settled_people(&prior, &export, &dir, &links);
-                (people, prior)
+                (people, Some(prior))
             } else {
                 Default::default()
             }
         }
         _ => Default::default(),
     };
-    // (the digests of the settled people: unchanged, so saved again as they are)
+    // (the settled table as this run found it, when it was read: the settled people's digests
+    // are saved again as they are, and the table is not read a second time to be rewritten)
     let (settled, settled_digests) = settled;
     let Decision {
         mut plan,
@@ -3139,13 +3140,14 @@ pub async fn run(
                 .collect();
             let by_uuid: foldhash::HashMap<&str, &crate::model::Entry> =
                 dir.entries.iter().map(|e| (e.uuid.as_str(), e)).collect();
-            let rows = mapped
+            let rows: Vec<(String, u64, String)> = mapped
                 .desired
                 .iter()
                 .filter(|d| !d.fields.is_empty() && !touched.contains(d.key.as_str()))
                 .filter_map(|d| {
                     let e = by_uuid.get(d.uuid.as_deref()?)?;
-                    let digest = match settled_digests.get(&d.key) {
+                    let known = settled_digests.as_ref().and_then(|m| m.get(&d.key));
+                    let digest = match known {
                         // (linked to the entry the digest was of)
                         Some(&known)
                             if settled.contains(&d.key) && links.get(&d.key) == d.uuid.as_ref() =>
@@ -3155,8 +3157,10 @@ pub async fn run(
                         _ => person_digest(&d.fields, e),
                     };
                     Some((d.key.clone(), digest, e.uuid.clone()))
-                });
-            mirror.save_settled(rows)?;
+                })
+                .collect();
+            drop(by_uuid);
+            mirror.save_settled(rows.into_iter(), settled_digests)?;
             serde_json::to_string(&SettledMarker {
                 config: c.clone(),
                 today: today.to_string(),

@@ -153,6 +153,11 @@ const MIGRATIONS: &[&str] = &[
         entry_uuid TEXT NOT NULL
     );
     "#,
+    // 9: audit retention finds the rows to forget by time, every run: without an index that was
+    // a scan of the whole journal (every change ever kept, with its attributes)
+    r#"
+    CREATE INDEX journal_at ON journal(at);
+    "#,
 ];
 
 /// The tables that hold the directory as last read: people, groups, holders of unique values.
@@ -589,7 +594,7 @@ impl Mirror {
         let rows = entries
             .iter()
             .map(|e| (e.uuid.clone(), digest(&(&e.dn, &e.attrs)), e));
-        self.replace_rows(table, &["uuid", "digest", "dn", "attrs"], rows, |e| {
+        self.replace_rows(table, &["uuid", "digest", "dn", "attrs"], rows, None, |e| {
             vec![
                 e.dn.clone(),
                 serde_json::to_string(&e.attrs).unwrap_or_default(),
@@ -598,6 +603,7 @@ impl Mirror {
     }
 
     /// People settled by the last run: HR key → digest of their record and entry.
+    /// The settled table (HR key → digest; a row of an older format has a digest no person has).
     pub fn settled(&self) -> Result<foldhash::HashMap<String, u64>, MirrorError> {
         let p = self.path.clone();
         let mut st = self
@@ -607,29 +613,31 @@ impl Mirror {
         let rows = st
             .query_map([], |r| {
                 let d = r.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
-                Ok((
-                    r.get::<_, String>(0)?,
-                    Some(parse_digest(d)).filter(|&d| d != u64::MAX),
-                ))
+                Ok((r.get::<_, String>(0)?, parse_digest(d)))
             })
             .map_err(sq(&p))?;
-        let mut out = foldhash::HashMap::default();
-        for row in rows {
-            if let (k, Some(d)) = row.map_err(sq(&p))? {
-                out.insert(k, d);
-            }
-        }
-        Ok(out)
+        rows.collect::<Result<_, _>>().map_err(sq(&p))
     }
 
     /// Replace the settled people (HR key, digest, entry uuid), writing only what changed.
+    /// `found`: the table as [`Self::settled`] read it in this run, if it did (else it is read).
     pub fn save_settled(
         &mut self,
         rows: impl Iterator<Item = (String, u64, String)>,
+        found: Option<foldhash::HashMap<String, u64>>,
     ) -> Result<usize, MirrorError> {
-        self.replace_rows("settled", &["hr_key", "digest", "entry_uuid"], rows, |u| {
-            vec![u.clone()]
-        })
+        let found = found.map(|m| {
+            m.into_iter()
+                .map(|(k, d)| (k.into_boxed_str(), d))
+                .collect()
+        });
+        self.replace_rows(
+            "settled",
+            &["hr_key", "digest", "entry_uuid"],
+            rows,
+            found,
+            |u| vec![u.clone()],
+        )
     }
 
     /// The directory as the last read saved it (people, groups, unique-value holders), each list
@@ -694,6 +702,7 @@ impl Mirror {
         table: &str,
         cols: &[&str],
         rows: impl Iterator<Item = (String, u64, T)>,
+        found: Option<foldhash::HashMap<Box<str>, u64>>,
         rest: impl Fn(&T) -> Vec<String>,
     ) -> Result<usize, MirrorError> {
         let p = self.path.clone();
@@ -703,6 +712,7 @@ impl Mirror {
         } else {
             None
         };
+        let cached = cached.or(found);
         let mut old: foldhash::HashMap<Box<str>, u64> = match cached {
             Some(old) => old,
             None => {
@@ -800,7 +810,7 @@ impl Mirror {
             .records
             .iter()
             .map(|r| (r.key.clone(), digest(r.fields.as_ref()), r));
-        self.replace_rows("hr_records", &["key", "hash", "fields"], rows, |r| {
+        self.replace_rows("hr_records", &["key", "hash", "fields"], rows, None, |r| {
             vec![serde_json::to_string(r.fields.as_ref()).unwrap_or_default()]
         })
     }
