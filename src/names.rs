@@ -28,17 +28,33 @@ pub struct Name(&'static Text);
 #[derive(PartialEq, Eq, PartialOrd, Ord, Hash)]
 struct Text(Box<str>);
 
+type NameSet = HashMap<&'static str, &'static Text, foldhash::fast::RandomState>;
+
 fn interned(s: &str) -> &'static Text {
-    static NAMES: OnceLock<Mutex<HashMap<&'static str, &'static Text>>> = OnceLock::new();
+    // Each thread keeps the names it has seen (a few dozen): the millions of lookups of a run
+    // that loads 100,000 entries take no lock, and two threads that parse at once (the export
+    // and the mirror's snapshot) do not wait for each other.
+    thread_local! {
+        static SEEN: std::cell::RefCell<NameSet> = Default::default();
+    }
+    if let Some(n) = SEEN.with(|seen| seen.borrow().get(s).copied()) {
+        return n;
+    }
+    static NAMES: OnceLock<Mutex<NameSet>> = OnceLock::new();
     let set = NAMES.get_or_init(Default::default);
     // A poisoned lock still holds a valid set (inserts are atomic from its point of view).
     let mut set = set.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(n) = set.get(s) {
-        return n;
-    }
-    let leaked: &'static Text = Box::leak(Box::new(Text(s.into())));
-    set.insert(&leaked.0, leaked);
-    leaked
+    let n = match set.get(s) {
+        Some(n) => *n,
+        None => {
+            let leaked: &'static Text = Box::leak(Box::new(Text(s.into())));
+            set.insert(&leaked.0, leaked);
+            leaked
+        }
+    };
+    drop(set);
+    SEEN.with(|seen| seen.borrow_mut().insert(&n.0, n));
+    n
 }
 
 impl Name {
