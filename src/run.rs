@@ -3140,14 +3140,18 @@ pub async fn run(
                 .collect();
             let by_uuid: foldhash::HashMap<&str, &crate::model::Entry> =
                 dir.entries.iter().map(|e| (e.uuid.as_str(), e)).collect();
-            let rows: Vec<(String, u64, String)> = mapped
+            // Each row's digest first: the settled table as read (`settled_digests`) then goes
+            // to save_settled to be compared against, not read again.
+            let digests: Vec<Option<u64>> = mapped
                 .desired
                 .iter()
-                .filter(|d| !d.fields.is_empty() && !touched.contains(d.key.as_str()))
-                .filter_map(|d| {
+                .map(|d| {
+                    if d.fields.is_empty() || touched.contains(d.key.as_str()) {
+                        return None;
+                    }
                     let e = by_uuid.get(d.uuid.as_deref()?)?;
                     let known = settled_digests.as_ref().and_then(|m| m.get(&d.key));
-                    let digest = match known {
+                    Some(match known {
                         // (linked to the entry the digest was of)
                         Some(&known)
                             if settled.contains(&d.key) && links.get(&d.key) == d.uuid.as_ref() =>
@@ -3155,12 +3159,17 @@ pub async fn run(
                             known
                         }
                         _ => person_digest(&d.fields, e),
-                    };
-                    Some((d.key.clone(), digest, e.uuid.clone()))
+                    })
                 })
                 .collect();
             drop(by_uuid);
-            mirror.save_settled(rows.into_iter(), settled_digests)?;
+            // (the entry's uuid is the desired entry's: it was found by it)
+            let rows = mapped
+                .desired
+                .iter()
+                .zip(digests)
+                .filter_map(|(d, digest)| Some((d.key.clone(), digest?, d.uuid.clone()?)));
+            mirror.save_settled(rows, settled_digests)?;
             serde_json::to_string(&SettledMarker {
                 config: c.clone(),
                 today: today.to_string(),
