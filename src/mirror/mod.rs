@@ -602,8 +602,8 @@ impl Mirror {
         })
     }
 
-    /// People settled by the last run: HR key → digest of their record and entry.
-    /// The settled table (HR key → digest; a row of an older format has a digest no person has).
+    /// People settled by the last run: HR key → digest of their record and entry, every row of
+    /// the table (one of an older format has a digest no person has).
     pub fn settled(&self) -> Result<foldhash::HashMap<String, u64>, MirrorError> {
         let p = self.path.clone();
         let mut st = self
