@@ -148,6 +148,8 @@ pub struct RunOutcome {
     pub app_applied: BTreeMap<&'static str, usize>,
     /// Each application's health in this run.
     pub apps: BTreeMap<String, AppHealth>,
+    /// LDAP transactions committed (RFC 5805; 0 where writes went one operation at a time).
+    pub transactions: u64,
 }
 
 /// An application change that failed.
@@ -186,6 +188,7 @@ impl RunOutcome {
             interrupted: false,
             app_failed: Vec::new(),
             app_applied: BTreeMap::new(),
+            transactions: 0,
             apps: BTreeMap::new(),
         }
     }
@@ -252,9 +255,14 @@ impl RunOutcome {
             )
             .collect();
         format!(
-            "{}: {} {verb}; {} failed; {} quarantined; {} records, {} entries read ({} read, {} fetched{}); {:.2} s{}",
+            "{}: {} {verb}{}; {} failed; {} quarantined; {} records, {} entries read ({} read, {} fetched{}); {:.2} s{}",
             if self.dry_run { "sync --dry-run" } else { "sync" },
             ops.join(", "),
+            match self.transactions {
+                0 => String::new(),
+                1 => " in 1 LDAP transaction".to_string(),
+                n => format!(" in {n} LDAP transactions"),
+            },
             self.failed.len(),
             p.quarantined.len(),
             p.records,
@@ -284,6 +292,7 @@ impl RunOutcome {
                 json!(self.duration.as_secs_f64()),
             );
             m.insert("dry-run".into(), json!(self.dry_run));
+            m.insert("transactions".into(), json!(self.transactions));
             m.insert(
                 "read-mode".into(),
                 json!(if self.plan.read_mode.is_empty() {
@@ -3064,6 +3073,9 @@ pub async fn run(
         }
     }
     outcome.plan.changes = changes;
+    outcome.transactions = target
+        .transactions
+        .load(std::sync::atomic::Ordering::Relaxed);
     target.unbind().await;
     laps.lap("directory writes");
     if !outcome.interrupted {

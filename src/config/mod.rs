@@ -74,6 +74,7 @@ struct RawDirectory {
     page_size: Option<u32>,
     max_in_flight: Option<u32>,
     connections: Option<u32>,
+    transaction_size: Option<u32>,
     range_size: Option<u32>,
     content_sync: Option<bool>,
     full_read_every: Option<Spanned<String>>,
@@ -256,6 +257,8 @@ pub struct DirectoryConfig {
     pub max_in_flight: usize,
     /// Connections used for writes (each with `max-in-flight` operations outstanding).
     pub connections: usize,
+    /// Operations per LDAP transaction (RFC 5805) where the server offers them; 0: none.
+    pub transaction_size: usize,
     /// Read multi-valued `member` in ranges of this many values (`member;range=0-1499`); None:
     /// ask for the whole attribute and follow the ranges the server chooses.
     pub range_size: Option<u32>,
@@ -1007,6 +1010,7 @@ pub fn load_str(file: &Path, src: &str, mode: Check) -> Result<(Config, Diagnost
         range_size: d.range_size.filter(|r| *r > 0),
         max_in_flight: d.max_in_flight.unwrap_or(32).clamp(1, 1024) as usize,
         connections: d.connections.unwrap_or(1).clamp(1, 16) as usize,
+        transaction_size: d.transaction_size.unwrap_or(0).min(100_000) as usize,
         content_sync: d.content_sync.unwrap_or(true),
         full_read_every,
     };

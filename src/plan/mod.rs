@@ -61,7 +61,7 @@ impl Op {
 }
 
 /// What a change is about: it decides the order of application.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum Subject {
     #[default]

@@ -29,6 +29,43 @@ pub struct LdapTarget {
     range_size: Option<u32>,
     /// Extra requests made to read the rest of a ranged attribute (`member;range=1500-*`).
     pub ranged_reads: std::sync::atomic::AtomicU64,
+    /// `directory.transaction-size`: operations per LDAP transaction (0 or 1: none).
+    txn_size: usize,
+    /// Whether the server takes transactions: unknown until the first write, then yes or no.
+    txn_state: std::sync::atomic::AtomicU8,
+    /// Transactions committed.
+    pub transactions: std::sync::atomic::AtomicU64,
+    /// What this server is known to have written before: see [`Registered`].
+    registered: std::sync::Mutex<Registered>,
+}
+
+/// slapd (back-mdb, 2.5 and 2.6) numbers each attribute description the first time a database
+/// stores it; when a transaction fails at its commit, the numbers given inside it are rolled back
+/// on disk but not in slapd's memory, and every entry written later with such an attribute is
+/// unreadable ("internal error in mdb_entry_decode", measured with ldapmodify -E txn=commit on
+/// Debian's 2.5.13: persistent, a restart does not cure it). So a change goes in a transaction
+/// only when everything it makes the server store has been stored before: its attributes were
+/// seen on an entry of the directory or written by a change that succeeded, and a change of its
+/// kind succeeded outside a transaction in this run (the kind brings the server's own
+/// attributes: entryUUID, modifiersName, memberOf from the memberof overlay, ppolicy's
+/// pwdChangedTime). Otherwise it is sent alone first, as a pilot.
+#[derive(Default)]
+struct Registered {
+    attrs: HashSet<String>,
+    kinds: HashSet<(Op, crate::plan::Subject, bool)>,
+}
+
+/// A change's kind: what it does, to what, and whether it adds group members (which makes the
+/// memberof overlay write memberOf).
+fn kind(c: &Change) -> (Op, crate::plan::Subject, bool) {
+    let adds_members = c.attributes.iter().any(|a| {
+        a.kind != DeltaKind::Delete
+            && !a.new.is_empty()
+            && ["member", "uniquemember", "memberuid"]
+                .iter()
+                .any(|m| a.attr.eq_ignore_ascii_case(m))
+    });
+    (c.op, c.subject, adds_members)
 }
 
 /// Where an Active Directory DC stands: its invocationId, highestCommittedUSN and naming context.
@@ -128,6 +165,9 @@ fn values(e: &SearchEntry, name: &str) -> Vec<String> {
 
 /// The result code of an operation that was not sent because the run was told to stop.
 pub const NOT_SENT: u32 = u32::MAX;
+
+/// One change's result: for an add, the new entry's id when it could be read.
+type OpResult = Result<Option<String>, OpFailure>;
 
 /// A failed write: the server's result code and message. The entry is quarantined; the run goes on.
 #[derive(Clone, Debug)]
@@ -438,6 +478,10 @@ impl LdapTarget {
                 ad: cfg.is_ad(),
                 range_size: cfg.range_size,
                 ranged_reads: std::sync::atomic::AtomicU64::new(0),
+                txn_size: if cfg.is_ad() { 0 } else { cfg.transaction_size },
+                txn_state: std::sync::atomic::AtomicU8::new(TXN_UNKNOWN),
+                transactions: std::sync::atomic::AtomicU64::new(0),
+                registered: std::sync::Mutex::new(Registered::default()),
             });
         }
         Err(TargetError::Unreachable(format!(
@@ -937,6 +981,9 @@ impl LdapTarget {
     }
 
     /// [`LdapTarget::apply`] with initial passwords for adds (`passwords[i]` for `changes[i]`).
+    /// Where the server offers LDAP transactions (RFC 5805) and `directory.transaction-size` allows,
+    /// the changes go in transactions of that many operations (one database commit each);
+    /// otherwise, or where a transaction fails, one operation at a time.
     pub async fn apply_with(
         &self,
         changes: &[&Change],
@@ -944,6 +991,401 @@ impl LdapTarget {
         in_flight: usize,
         cancel: Option<tokio::sync::watch::Receiver<bool>>,
     ) -> Vec<Result<Option<String>, OpFailure>> {
+        if changes.len() > 1 && self.txn_size > 1 && self.offers_transactions().await {
+            return self
+                .apply_in_transactions(changes, passwords, in_flight, cancel)
+                .await;
+        }
+        let results = self.apply_each(changes, passwords, in_flight, cancel).await;
+        self.learn(
+            changes
+                .iter()
+                .zip(&results)
+                .filter(|(_, r)| r.is_ok())
+                .map(|(c, _)| *c),
+        );
+        results
+    }
+
+    /// Attribute names the server has stored (seen on entries read from it): changes that use
+    /// only these may go in transactions (see [`Registered`]).
+    pub fn note_attributes<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+        if let Ok(mut r) = self.registered.lock() {
+            for n in names {
+                if !r.attrs.contains(n) {
+                    r.attrs.insert(n.to_ascii_lowercase());
+                }
+            }
+        }
+    }
+
+    /// Changes that succeeded: their attributes and kinds are stored by the server now.
+    fn learn<'a>(&self, done: impl Iterator<Item = &'a Change>) {
+        if let Ok(mut r) = self.registered.lock() {
+            for c in done {
+                r.kinds.insert(kind(c));
+                for a in &c.attributes {
+                    if !r.attrs.contains(&*a.attr) {
+                        r.attrs.insert(a.attr.to_ascii_lowercase());
+                    }
+                }
+            }
+        }
+    }
+
+    /// The changes (of `idx`) that would make the server store something it has not stored
+    /// before: a kind or an attribute not yet vouched for.
+    fn unregistered(&self, changes: &[&Change], idx: impl Iterator<Item = usize>) -> Vec<usize> {
+        let Ok(r) = self.registered.lock() else {
+            return idx.collect();
+        };
+        idx.filter(|i| {
+            let c = changes[*i];
+            !(r.kinds.contains(&kind(c))
+                && c.attributes.iter().all(|a| {
+                    r.attrs.contains(&*a.attr) || r.attrs.contains(&a.attr.to_ascii_lowercase())
+                }))
+        })
+        .collect()
+    }
+
+    /// Whether transactions are to be used: asked of the root DSE once (the Start and End
+    /// Transaction extended operations); never on Active Directory.
+    async fn offers_transactions(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        match self.txn_state.load(Ordering::Relaxed) {
+            TXN_YES => return true,
+            TXN_NO => return false,
+            _ => {}
+        }
+        let offered = !self.ad
+            && match self.base_entry("", &["supportedExtension"]).await {
+                // (slapd 2.5 lists the two extended operations but not the control in
+                // supportedControl)
+                Ok(Some(e)) => {
+                    let ext = values(&e, "supportedExtension");
+                    ext.iter().any(|x| x == TXN_START) && ext.iter().any(|x| x == TXN_END)
+                }
+                _ => false,
+            };
+        if offered {
+            tracing::warn!(target: "dirbridge::ldap", "{}: writing in LDAP transactions of up to {} changes (directory.transaction-size): slapd 2.5 has crashed and stalled with transactions while other clients read or wrote; use them only while nothing else uses this directory (dirbridge.toml(5))", self.url, self.txn_size);
+        } else {
+            tracing::info!(target: "dirbridge::ldap", "{}: the server does not offer LDAP transactions: one operation at a time (directory.transaction-size is ignored)", self.url);
+        }
+        self.txn_state
+            .store(if offered { TXN_YES } else { TXN_NO }, Ordering::Relaxed);
+        offered
+    }
+
+    /// The changes in transactions of `txn_size` operations; the transactions are spread over
+    /// the connections (queued in parallel, committed one after the other by the server).
+    async fn apply_in_transactions(
+        &self,
+        changes: &[&Change],
+        passwords: &[Option<crate::secret::Secret>],
+        in_flight: usize,
+        cancel: Option<tokio::sync::watch::Receiver<bool>>,
+    ) -> Vec<OpResult> {
+        // Pilots first: changes that would make the server store something for the first time
+        // are sent alone (see [`Registered`]); a pilot that succeeds vouches for its kind and
+        // attributes. After MAX_PILOTS, what is still not vouched for goes one at a time.
+        const MAX_PILOTS: usize = 16;
+        let mut done: Vec<(usize, OpResult)> = Vec::new();
+        let mut uncovered = self.unregistered(changes, 0..changes.len());
+        let mut pilots = 0;
+        while let Some(&i) = uncovered.first() {
+            if pilots == MAX_PILOTS {
+                let sub: Vec<&Change> = uncovered.iter().map(|i| changes[*i]).collect();
+                let pw: Vec<Option<crate::secret::Secret>> = uncovered
+                    .iter()
+                    .map(|i| passwords.get(*i).cloned().flatten())
+                    .collect();
+                let r = self.apply_each(&sub, &pw, in_flight, cancel.clone()).await;
+                self.learn(
+                    sub.iter()
+                        .zip(&r)
+                        .filter(|(_, r)| r.is_ok())
+                        .map(|(c, _)| *c),
+                );
+                done.extend(uncovered.iter().copied().zip(r));
+                break;
+            }
+            pilots += 1;
+            let r = self
+                .apply_each(
+                    &[changes[i]],
+                    &[passwords.get(i).cloned().flatten()],
+                    1,
+                    cancel.clone(),
+                )
+                .await;
+            if r.first().is_some_and(|r| r.is_ok()) {
+                self.learn(std::iter::once(changes[i]));
+            }
+            done.extend(r.into_iter().map(|r| (i, r)));
+            uncovered = self.unregistered(changes, uncovered[1..].iter().copied());
+        }
+        let sent: HashSet<usize> = done.iter().map(|(i, _)| *i).collect();
+        let mut indices: Vec<usize> = (0..changes.len()).filter(|i| !sent.contains(i)).collect();
+        if indices.len() < 2 {
+            // (a transaction of one change costs two more round trips and saves nothing)
+            let sub: Vec<&Change> = indices.iter().map(|i| changes[*i]).collect();
+            let pw: Vec<Option<crate::secret::Secret>> = indices
+                .iter()
+                .map(|i| passwords.get(*i).cloned().flatten())
+                .collect();
+            let r = self.apply_each(&sub, &pw, in_flight, cancel.clone()).await;
+            done.extend(indices.iter().copied().zip(r));
+            indices.clear();
+        }
+        // One transaction at a time, on the first connection: slapd 2.5 crashed when two
+        // connections' transactions (or a transaction's pipelined requests) met other writes
+        // (see try_transaction).
+        let mut results = done;
+        for chunk in indices.chunks(self.txn_size) {
+            results.extend(
+                self.one_transaction(
+                    self.ldap.clone(),
+                    chunk,
+                    changes,
+                    passwords,
+                    in_flight,
+                    cancel.clone(),
+                )
+                .await,
+            );
+        }
+        results.sort_by_key(|(i, _)| *i);
+        results.into_iter().map(|(_, r)| r).collect()
+    }
+
+    /// One transaction's changes (`idx` into `changes`). A commit that fails names the operation
+    /// that failed: it is sent alone (its own result tells why) and the rest go in a new
+    /// transaction, twice at most; then, or when the failure names no operation, the rest are
+    /// sent one at a time. Nothing of a failed transaction was written, so nothing is sent twice.
+    async fn one_transaction(
+        &self,
+        mut ldap: Ldap,
+        idx: &[usize],
+        changes: &[&Change],
+        passwords: &[Option<crate::secret::Secret>],
+        in_flight: usize,
+        cancel: Option<tokio::sync::watch::Receiver<bool>>,
+    ) -> Vec<(usize, OpResult)> {
+        let mut out = Vec::with_capacity(idx.len());
+        let mut pending: Vec<usize> = idx.to_vec();
+        for _ in 0..3 {
+            if pending.is_empty() {
+                return out;
+            }
+            match self
+                .try_transaction(&mut ldap, &pending, changes, passwords, in_flight, &cancel)
+                .await
+            {
+                TxnOutcome::Committed(res) => {
+                    out.extend(res);
+                    return out;
+                }
+                TxnOutcome::Unknown(f, settled) => {
+                    pending.retain(|i| !settled.iter().any(|(j, _)| j == i));
+                    out.extend(settled);
+                    out.extend(pending.iter().map(|i| (*i, Err(f.clone()))));
+                    return out;
+                }
+                TxnOutcome::Failed(culprit, settled) => {
+                    pending.retain(|i| !settled.iter().any(|(j, _)| j == i));
+                    out.extend(settled);
+                    let Some(culprit) = culprit else { break };
+                    tracing::info!(target: "dirbridge::ldap", dn = %changes[culprit].dn, "a transaction of {} changes failed on this one: it is sent alone, the rest again in a transaction", pending.len());
+                    let r = self
+                        .apply_each(
+                            &[changes[culprit]],
+                            &[passwords.get(culprit).cloned().flatten()],
+                            1,
+                            cancel.clone(),
+                        )
+                        .await;
+                    out.extend(r.into_iter().map(|r| (culprit, r)));
+                    pending.retain(|i| *i != culprit);
+                }
+            }
+        }
+        if !pending.is_empty() {
+            tracing::info!(target: "dirbridge::ldap", "{} changes are sent one at a time (their transaction failed)", pending.len());
+            let sub: Vec<&Change> = pending.iter().map(|i| changes[*i]).collect();
+            let pw: Vec<Option<crate::secret::Secret>> = pending
+                .iter()
+                .map(|i| passwords.get(*i).cloned().flatten())
+                .collect();
+            let r = self.apply_each(&sub, &pw, in_flight, cancel).await;
+            out.extend(pending.into_iter().zip(r));
+        }
+        out
+    }
+
+    /// Start a transaction, queue the changes in it, commit, read the new entries' entryUUIDs.
+    async fn try_transaction(
+        &self,
+        ldap: &mut Ldap,
+        idx: &[usize],
+        changes: &[&Change],
+        passwords: &[Option<crate::secret::Secret>],
+        in_flight: usize,
+        cancel: &Option<tokio::sync::watch::Receiver<bool>>,
+    ) -> TxnOutcome {
+        use std::sync::atomic::Ordering;
+        let stopping = || cancel.as_ref().is_some_and(|c| *c.borrow());
+        let not_sent = || OpFailure {
+            rc: NOT_SENT,
+            text: "not sent: stopping".into(),
+        };
+        if stopping() {
+            return TxnOutcome::Committed(idx.iter().map(|i| (*i, Err(not_sent()))).collect());
+        }
+        ldap.with_timeout(self.op_timeout);
+        let id = match ldap
+            .extended(ldap3::exop::Exop {
+                name: Some(TXN_START.to_string()),
+                val: None,
+            })
+            .await
+        {
+            Ok(ldap3::result::ExopResult(exop, r)) if r.rc == 0 => exop.val.unwrap_or_default(),
+            Ok(ldap3::result::ExopResult(_, r)) => {
+                tracing::warn!(target: "dirbridge::ldap", "{}: the server refused to start a transaction ({}): writing one operation at a time from now on", self.url, OpFailure { rc: r.rc, text: r.text });
+                self.txn_state.store(TXN_NO, Ordering::Relaxed);
+                return TxnOutcome::Failed(None, Vec::new());
+            }
+            Err(_) => return TxnOutcome::Failed(None, Vec::new()),
+        };
+        // Queue, one request at a time: the server answers each at once (success = queued).
+        // Pipelined requests inside a transaction crashed Debian's slapd 2.5.13 (segfault) when
+        // another connection wrote at the same time: in 3 stress runs of 30 rounds, each died
+        // within 6 to 8 rounds with 32 in flight; none died in 100 rounds with one at a time
+        // (bench/txn-stress.sh runs the shipped way).
+        let futs = idx.iter().map(|&i| {
+            let mut l = ldap.clone();
+            let id = id.as_slice();
+            let pw = passwords.get(i).cloned().flatten();
+            async move {
+                if stopping() {
+                    return (i, 0, Err(not_sent()));
+                }
+                let r = apply_one(&mut l, changes[i], self.op_timeout, pw, self.ad, Some(id)).await;
+                (i, l.last_id(), r)
+            }
+        });
+        let queued: Vec<(usize, i32, OpResult)> =
+            futures_util::stream::iter(futs).then(|f| f).collect().await;
+        // A change the server refused to queue (its syntax, say: slapd checks that before it
+        // queues) keeps that refusal as its result and stays out of the transaction. A refusal
+        // of the transaction itself (53 "backend doesn't support transactions", 71 "cannot span
+        // multiple database contexts", 2, 12), or no answer (80: whether it was queued is
+        // unknown), aborts it: the changes are sent one at a time.
+        let txn_refused = |f: &OpFailure| {
+            matches!(f.rc, 2 | 12 | 71 | 80) || (f.rc == 53 && f.text.contains("transaction"))
+        };
+        let refused = queued
+            .iter()
+            .find_map(|(_, _, r)| r.as_ref().err().filter(|f| txn_refused(f)));
+        let sent = queued.iter().filter(|(_, _, r)| r.is_ok()).count();
+        if refused.is_some() || sent == 0 {
+            if let Some(f) = refused {
+                tracing::info!(target: "dirbridge::ldap", "{}: a change was not accepted into a transaction ({f}); sending these one at a time", self.url);
+                if f.rc != 80 {
+                    self.txn_state.store(TXN_NO, Ordering::Relaxed);
+                }
+            }
+            let _ = ldap
+                .extended(ldap3::exop::Exop {
+                    name: Some(TXN_END.to_string()),
+                    val: Some(end_txn_value(&id, false)),
+                })
+                .await;
+            if refused.is_none() {
+                // Nothing was queued: each change was refused on its own, or the run is stopping.
+                return TxnOutcome::Committed(queued.into_iter().map(|(i, _, r)| (i, r)).collect());
+            }
+            return TxnOutcome::Failed(None, Vec::new());
+        }
+        // Final already: refused on their own, or not sent.
+        let settled = |q: &[(usize, i32, OpResult)]| {
+            q.iter()
+                .filter(|(_, _, r)| r.is_err())
+                .map(|(i, _, r)| (*i, r.clone()))
+                .collect::<Vec<_>>()
+        };
+        ldap.with_timeout(self.op_timeout.max(Duration::from_secs(300)));
+        let end = ldap
+            .extended(ldap3::exop::Exop {
+                name: Some(TXN_END.to_string()),
+                val: Some(end_txn_value(&id, true)),
+            })
+            .await;
+        match end {
+            Err(e) => TxnOutcome::Unknown(OpFailure {
+                rc: 80,
+                text: format!("the commit of a transaction of {sent} changes got no answer ({e}): whether they were written is unknown; the next run reads the directory again and plans what is missing"),
+            }, settled(&queued)),
+            Ok(ldap3::result::ExopResult(exop, r)) if r.rc != 0 => {
+                let culprit = exop
+                    .val
+                    .as_deref()
+                    .and_then(end_txn_failed_msgid)
+                    .and_then(|m| queued.iter().find(|(_, id, r)| *id == m && r.is_ok()))
+                    .map(|(i, _, _)| *i);
+                tracing::debug!(target: "dirbridge::ldap", "transaction of {sent} changes not committed: {}", OpFailure { rc: r.rc, text: r.text });
+                TxnOutcome::Failed(culprit, settled(&queued))
+            }
+            Ok(_) => {
+                self.transactions.fetch_add(1, Ordering::Relaxed);
+                // The adds' entryUUIDs, read now that they exist.
+                let reads = queued.into_iter().map(|(i, _, r)| {
+                    let mut l = ldap.clone();
+                    let t = self.op_timeout;
+                    async move {
+                        if r.is_err() || changes[i].op != Op::Add {
+                            return (i, r);
+                        }
+                        l.with_timeout(t);
+                        let uuid = match l
+                            .search(&changes[i].dn, Scope::Base, "(objectClass=*)", vec!["entryUUID"])
+                            .await
+                            .and_then(|r| r.success())
+                        {
+                            Ok((rs, _)) => rs
+                                .into_iter()
+                                .next()
+                                .map(SearchEntry::construct)
+                                .and_then(|e| values(&e, "entryUUID").into_iter().next()),
+                            Err(e) => {
+                                tracing::warn!(target: "dirbridge::ldap", dn = %changes[i].dn, "added, but its entryUUID could not be read back: {e}; the next run links it");
+                                None
+                            }
+                        };
+                        (i, Ok(uuid))
+                    }
+                });
+                TxnOutcome::Committed(
+                    futures_util::stream::iter(reads)
+                        .buffer_unordered(in_flight.max(1))
+                        .collect()
+                        .await,
+                )
+            }
+        }
+    }
+
+    /// One operation at a time (each its own commit on the server), up to `in_flight` outstanding
+    /// per connection.
+    async fn apply_each(
+        &self,
+        changes: &[&Change],
+        passwords: &[Option<crate::secret::Secret>],
+        in_flight: usize,
+        cancel: Option<tokio::sync::watch::Receiver<bool>>,
+    ) -> Vec<OpResult> {
         // Changes of one phase are independent: spread them over the connections.
         let pool: Vec<&Ldap> = std::iter::once(&self.ldap)
             .chain(self.writers.iter())
@@ -966,7 +1408,7 @@ impl LdapTarget {
                         }),
                     );
                 }
-                let r = apply_one(&mut ldap, c, t, pw, ad).await;
+                let r = apply_one(&mut ldap, c, t, pw, ad, None).await;
                 // AD's diagnostics (`0000XXXX: …`) get what they mean and what happens next.
                 let r = match r {
                     Err(mut f) if ad => {
@@ -980,11 +1422,10 @@ impl LdapTarget {
                 (i, r)
             }
         });
-        let mut results: Vec<(usize, Result<Option<String>, OpFailure>)> =
-            futures_util::stream::iter(futs)
-                .buffer_unordered(in_flight.max(1) * pool.len())
-                .collect()
-                .await;
+        let mut results: Vec<(usize, OpResult)> = futures_util::stream::iter(futs)
+            .buffer_unordered(in_flight.max(1) * pool.len())
+            .collect()
+            .await;
         results.sort_by_key(|(i, _)| *i);
         results.into_iter().map(|(_, r)| r).collect()
     }
@@ -995,6 +1436,98 @@ impl LdapTarget {
         }
         let _ = self.ldap.unbind().await;
     }
+}
+
+/// RFC 5805 object identifiers: Start and End Transaction, Transaction Specification control.
+const TXN_START: &str = "1.3.6.1.1.21.1";
+const TXN_END: &str = "1.3.6.1.1.21.3";
+const TXN_SPEC: &str = "1.3.6.1.1.21.2";
+const TXN_UNKNOWN: u8 = 0;
+const TXN_YES: u8 = 1;
+const TXN_NO: u8 = 2;
+
+/// How a transaction ended.
+enum TxnOutcome {
+    /// Committed (or nothing to commit): each change's result.
+    Committed(Vec<(usize, OpResult)>),
+    /// Not committed, nothing written; the change that failed, when the server said which, and
+    /// the results already final (changes refused before the commit, or not sent).
+    Failed(Option<usize>, Vec<(usize, OpResult)>),
+    /// The commit got no answer: whether it was written is unknown (and the results already final).
+    Unknown(OpFailure, Vec<(usize, OpResult)>),
+}
+
+/// The Transaction Specification control (critical; its value is the transaction's identifier).
+fn txn_spec(id: &[u8]) -> ldap3::controls::RawControl {
+    ldap3::controls::RawControl {
+        ctype: TXN_SPEC.to_string(),
+        crit: true,
+        val: Some(id.to_vec()),
+    }
+}
+
+fn ber_len(out: &mut Vec<u8>, n: usize) {
+    if n < 0x80 {
+        out.push(n as u8);
+    } else {
+        let b = n.to_be_bytes();
+        let skip = b.iter().take_while(|x| **x == 0).count();
+        out.push(0x80 | (b.len() - skip) as u8);
+        out.extend_from_slice(&b[skip..]);
+    }
+}
+
+/// txnEndReq ::= SEQUENCE { commit BOOLEAN DEFAULT TRUE, identifier OCTET STRING } (RFC 5805 2.3).
+fn end_txn_value(id: &[u8], commit: bool) -> Vec<u8> {
+    let mut inner = Vec::with_capacity(id.len() + 8);
+    if !commit {
+        inner.extend_from_slice(&[0x01, 0x01, 0x00]);
+    }
+    inner.push(0x04);
+    ber_len(&mut inner, id.len());
+    inner.extend_from_slice(id);
+    let mut out = vec![0x30];
+    ber_len(&mut out, inner.len());
+    out.extend(inner);
+    out
+}
+
+/// The messageID of the update that failed, from txnEndRes ::= SEQUENCE { messageID MessageID
+/// OPTIONAL, updatesControls SEQUENCE … OPTIONAL } (None when absent or not understood).
+fn end_txn_failed_msgid(v: &[u8]) -> Option<i32> {
+    let len = |b: &[u8]| -> Option<(usize, usize)> {
+        // (length, bytes taken by the length octets)
+        let first = *b.first()?;
+        if first < 0x80 {
+            return Some((first as usize, 1));
+        }
+        let n = (first & 0x7f) as usize;
+        if n == 0 || n > 4 || b.len() < 1 + n {
+            return None;
+        }
+        Some((
+            b[1..=n].iter().fold(0usize, |a, x| (a << 8) | *x as usize),
+            1 + n,
+        ))
+    };
+    if v.first() != Some(&0x30) {
+        return None;
+    }
+    let (_, l) = len(&v[1..])?;
+    let rest = &v[1 + l..];
+    if rest.first() != Some(&0x02) {
+        return None;
+    }
+    let (n, l) = len(&rest[1..])?;
+    let bytes = rest.get(1 + l..1 + l + n)?;
+    if n == 0 || n > 4 {
+        return None;
+    }
+    let mut x: i64 = if bytes[0] & 0x80 != 0 { -1 } else { 0 };
+    for b in bytes {
+        x = (x << 8) | *b as i64;
+    }
+    i32::try_from(x).ok()
 }
 
 fn member_fold(attr: &str, v: &str) -> String {
@@ -1064,11 +1597,7 @@ pub fn unicode_pwd(pw: &str) -> Vec<u8> {
 }
 
 /// An AD add: values as bytes (unicodePwd is binary), then the new entry's objectGUID read back.
-async fn add_ad(
-    ldap: &mut Ldap,
-    c: &Change,
-    password: Option<&crate::secret::Secret>,
-) -> Result<Option<String>, OpFailure> {
+async fn add_ad(ldap: &mut Ldap, c: &Change, password: Option<&crate::secret::Secret>) -> OpResult {
     let mut attrs: HashMap<Vec<u8>, HashSet<Vec<u8>>> = HashMap::new();
     for a in &c.attributes {
         attrs
@@ -1107,13 +1636,17 @@ async fn add_ad(
         .and_then(|e| guid_attr(&e, "objectGUID")))
 }
 
+/// One change. With `txn` (a transaction's identifier), the request carries the Transaction
+/// Specification control and the server only queues it: success means "queued", and an add's
+/// entryUUID is read after the commit (slapd refuses Post-Read inside a transaction).
 async fn apply_one(
     ldap: &mut Ldap,
     c: &Change,
     t: Duration,
     password: Option<crate::secret::Secret>,
     ad: bool,
-) -> Result<Option<String>, OpFailure> {
+    txn: Option<&[u8]>,
+) -> OpResult {
     // A test-only delay per operation, so that tests can stop the daemon in the middle of a run
     // (documented in tests/it/daemon.rs; never set in production).
     if let Some(ms) = std::env::var("DIRBRIDGE_TEST_OP_DELAY_MS")
@@ -1150,6 +1683,15 @@ async fn apply_one(
                 );
             }
             let attrs: Vec<(String, HashSet<String>)> = attrs.into_iter().collect();
+            if let Some(id) = txn {
+                check(
+                    ldap.with_controls(txn_spec(id))
+                        .add(&c.dn, attrs)
+                        .await
+                        .map_err(lerr)?,
+                )?;
+                return Ok(None);
+            }
             let r = ldap
                 .with_controls(PostRead::new(vec!["entryUUID"]))
                 .add(&c.dn, attrs)
@@ -1179,6 +1721,9 @@ async fn apply_one(
                     DeltaKind::Replace => Mod::Replace(a.attr.to_string(), set(&a.new)),
                 })
                 .collect();
+            if let Some(id) = txn {
+                ldap.with_controls(txn_spec(id));
+            }
             check(ldap.modify(&c.dn, mods).await.map_err(lerr)?)?;
             Ok(None)
         }
@@ -1191,6 +1736,17 @@ async fn apply_one(
                 val: None,
             };
             let mods = member_mods(c, None);
+            if let Some(id) = txn {
+                // Queued: a member already there or gone shows at the commit (permissive modify
+                // makes it no error on OpenLDAP).
+                check(
+                    ldap.with_controls(vec![permissive, txn_spec(id)])
+                        .modify(&c.dn, mods)
+                        .await
+                        .map_err(lerr)?,
+                )?;
+                return Ok(None);
+            }
             let r = ldap
                 .with_controls(permissive)
                 .modify(&c.dn, mods)
@@ -1255,6 +1811,9 @@ async fn apply_one(
             } else {
                 None
             };
+            if let Some(id) = txn {
+                ldap.with_controls(txn_spec(id));
+            }
             check(
                 ldap.modifydn(&c.dn, &rdn, true, sup.as_deref())
                     .await
@@ -1263,6 +1822,9 @@ async fn apply_one(
             Ok(None)
         }
         Op::Delete => {
+            if let Some(id) = txn {
+                ldap.with_controls(txn_spec(id));
+            }
             check(ldap.delete(&c.dn).await.map_err(lerr)?)?;
             Ok(None)
         }
@@ -1294,5 +1856,47 @@ mod host_port_tests {
         );
         assert_eq!(host_port("ldap://").as_deref(), Some("localhost:389"));
         assert_eq!(host_port("ldapi://%2Frun%2Fslapd%2Fldapi"), None);
+    }
+}
+
+#[cfg(test)]
+mod txn_tests {
+    use super::{end_txn_failed_msgid, end_txn_value};
+
+    #[test]
+    fn end_transaction_requests_are_encoded_as_rfc_5805_says() {
+        // Commit is the default and left out; OpenLDAP's identifiers are empty.
+        assert_eq!(end_txn_value(b"", true), vec![0x30, 0x02, 0x04, 0x00]);
+        assert_eq!(
+            end_txn_value(b"ab", false),
+            vec![0x30, 0x07, 0x01, 0x01, 0x00, 0x04, 0x02, b'a', b'b']
+        );
+        // Long identifiers take long-form lengths.
+        let v = end_txn_value(&[7u8; 200], true);
+        assert_eq!(&v[..7], &[0x30, 0x81, 0xcb, 0x04, 0x81, 0xc8, 7]);
+        assert_eq!(v.len(), 3 + 3 + 200);
+    }
+
+    #[test]
+    fn the_failed_update_is_found_in_the_end_transaction_response() {
+        // slapd: SEQUENCE { INTEGER msgid } when an update failed.
+        assert_eq!(
+            end_txn_failed_msgid(&[0x30, 0x03, 0x02, 0x01, 0x2a]),
+            Some(42)
+        );
+        assert_eq!(
+            end_txn_failed_msgid(&[0x30, 0x04, 0x02, 0x02, 0x01, 0x00]),
+            Some(256)
+        );
+        // With updates' controls after it.
+        assert_eq!(
+            end_txn_failed_msgid(&[0x30, 0x07, 0x02, 0x01, 0x05, 0x30, 0x02, 0x30, 0x00]),
+            Some(5)
+        );
+        // Only controls, nothing, or garbage: no operation named.
+        assert_eq!(end_txn_failed_msgid(&[0x30, 0x02, 0x30, 0x00]), None);
+        assert_eq!(end_txn_failed_msgid(&[]), None);
+        assert_eq!(end_txn_failed_msgid(&[0x30, 0x05, 0x02, 0x09]), None);
+        assert_eq!(end_txn_failed_msgid(&[0x04, 0x00]), None);
     }
 }

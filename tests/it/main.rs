@@ -14,3 +14,4 @@ mod lifecycle;
 mod safety;
 mod security;
 mod sync;
+mod txn;
