@@ -36,11 +36,37 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The shared server. A server that fails to start fails the test, with the script's output.
+thread_local! {
+    /// The server of the test running on this thread, when it is not the shared one.
+    static OWN: std::cell::Cell<Option<&'static Slapd>> = const { std::cell::Cell::new(None) };
+}
+
+/// The server of the running test: the shared one, unless the test chose another with
+/// [`use_slapd`]. A server that fails to start fails the test, with the script's output.
 pub fn slapd() -> &'static Slapd {
+    if let Some(s) = OWN.with(|c| c.get()) {
+        return s;
+    }
     static S: OnceLock<Slapd> = OnceLock::new();
-    S.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("dirbridge-it-slapd-{}", std::process::id()));
+    S.get_or_init(|| start_slapd("slapd"))
+}
+
+/// A second server, for the tests of LDAP transactions: slapd 2.5.13 has crashed when a
+/// transaction met other clients' writes (docs/performance.md), so they do not share the server
+/// the other tests write to (and take turns on this one).
+pub fn transactions_slapd() -> &'static Slapd {
+    static S: OnceLock<Slapd> = OnceLock::new();
+    S.get_or_init(|| start_slapd("txn-slapd"))
+}
+
+/// Make the helpers of this thread (this test) use `s`.
+pub fn use_slapd(s: &'static Slapd) {
+    OWN.with(|c| c.set(Some(s)));
+}
+
+fn start_slapd(tag: &str) -> Slapd {
+    {
+        let dir = std::env::temp_dir().join(format!("dirbridge-it-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let port = free_pair();
         let out = Command::new("bash")
@@ -71,7 +97,7 @@ pub fn slapd() -> &'static Slapd {
             ldapi_uri: env["LDAPI_URI"].clone(),
             ca: PathBuf::from(&env["LDAP_CA"]),
         }
-    })
+    }
 }
 
 /// Count a test that ran against a server (`.ci/run` reports and checks the counts).

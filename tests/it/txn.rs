@@ -7,6 +7,15 @@
 
 use crate::common::*;
 
+/// Each test here runs alone on its own slapd (common::transactions_slapd): the way the option is
+/// meant to be used, nothing else writing meanwhile.
+fn alone() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let guard = ONE.lock().unwrap_or_else(|e| e.into_inner());
+    use_slapd(transactions_slapd());
+    guard
+}
+
 const H: &str = "employee_id,given_name,preferred_name,surname,title,email,manager_id,department";
 
 /// The default test configuration with `transaction-size` (None: the default) and one group per
@@ -79,6 +88,7 @@ fn attr(dn: &str, a: &str) -> Vec<String> {
 
 #[test]
 fn writes_go_in_transactions_that_the_overlays_and_links_follow() {
+    let _alone = alone();
     let t = TestEnv::new("txn");
     ldapmodify(&format!(
         "dn: ou=groups,{}\nchangetype: add\nobjectClass: organizationalUnit\nou: groups\n\n",
@@ -184,6 +194,7 @@ fn writes_go_in_transactions_that_the_overlays_and_links_follow() {
 
 #[test]
 fn a_refused_change_fails_its_transaction_and_is_quarantined_alone() {
+    let _alone = alone();
     let t = TestEnv::new("txnfail");
     ldapmodify(&format!(
         "dn: ou=groups,{}\nchangetype: add\nobjectClass: organizationalUnit\nou: groups\n\n",
@@ -247,6 +258,7 @@ fn a_refused_change_fails_its_transaction_and_is_quarantined_alone() {
 
 #[test]
 fn transactions_are_off_unless_asked_for() {
+    let _alone = alone();
     let t = TestEnv::new("txnoff");
     ldapmodify(&format!(
         "dn: ou=groups,{}\nchangetype: add\nobjectClass: organizationalUnit\nou: groups\n\n",
