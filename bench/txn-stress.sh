@@ -115,14 +115,15 @@ for i in $(seq 1 "$ROUNDS"); do
         echo "round $i: a sync got no answer within 120 s (slapd stalled)"
         exit 1
     fi
-    if ! kill -0 "$SLAPD_PID" 2>/dev/null; then
-        echo "round $i: slapd died (transaction-size $TXN1 and $TXN2)"
+    st=$(ps -o stat= -p "$SLAPD_PID" 2>/dev/null || true)
+    if [ -z "$st" ] || [ "${st#Z}" != "$st" ]; then
+        echo "round $i: slapd died (transaction-size $TXN1 and $TXN2; see dmesg for a segfault)"
         exit 1
     fi
     rc=0
     out=$(timeout 60 ldapsearch "${AUTH[@]}" -b "$LDAP_BASE_DN" '(objectClass=*)' 2>&1) || rc=$?
     if [ "$rc" != 0 ] || grep -q "internal error" <<<"$out"; then
-        echo "round $i: the directory cannot be read whole (ldapsearch exit $rc): $(grep -i -A1 'error\|result:' <<<"$out" | tail -3)"
+        echo "round $i: the directory cannot be read whole (ldapsearch exit $rc; 255: no answer): $(grep -i -A1 'error\|result:\|contact' <<<"$out" | tail -3)"
         exit 1
     fi
     if [ "$TXN1" -gt 1 ] && ! grep -q "LDAP transaction" "$WORK/r$i-a/run.log"; then

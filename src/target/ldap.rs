@@ -997,13 +997,15 @@ impl LdapTarget {
                 .await;
         }
         let results = self.apply_each(changes, passwords, in_flight, cancel).await;
-        self.learn(
-            changes
-                .iter()
-                .zip(&results)
-                .filter(|(_, r)| r.is_ok())
-                .map(|(c, _)| *c),
-        );
+        if self.txn_size > 1 {
+            self.learn(
+                changes
+                    .iter()
+                    .zip(&results)
+                    .filter(|(_, r)| r.is_ok())
+                    .map(|(c, _)| *c),
+            );
+        }
         results
     }
 
