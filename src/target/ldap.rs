@@ -1098,47 +1098,27 @@ impl LdapTarget {
         let mut pilots = 0;
         while let Some(&i) = uncovered.first() {
             if pilots == MAX_PILOTS {
-                let sub: Vec<&Change> = uncovered.iter().map(|i| changes[*i]).collect();
-                let pw: Vec<Option<crate::secret::Secret>> = uncovered
-                    .iter()
-                    .map(|i| passwords.get(*i).cloned().flatten())
-                    .collect();
-                let r = self.apply_each(&sub, &pw, in_flight, cancel.clone()).await;
-                self.learn(
-                    sub.iter()
-                        .zip(&r)
-                        .filter(|(_, r)| r.is_ok())
-                        .map(|(c, _)| *c),
+                done.extend(
+                    self.apply_subset(&uncovered, changes, passwords, in_flight, cancel.clone())
+                        .await,
                 );
-                done.extend(uncovered.iter().copied().zip(r));
                 break;
             }
             pilots += 1;
-            let r = self
-                .apply_each(
-                    &[changes[i]],
-                    &[passwords.get(i).cloned().flatten()],
-                    1,
-                    cancel.clone(),
-                )
-                .await;
-            if r.first().is_some_and(|r| r.is_ok()) {
-                self.learn(std::iter::once(changes[i]));
-            }
-            done.extend(r.into_iter().map(|r| (i, r)));
+            done.extend(
+                self.apply_subset(&[i], changes, passwords, 1, cancel.clone())
+                    .await,
+            );
             uncovered = self.unregistered(changes, uncovered[1..].iter().copied());
         }
         let sent: HashSet<usize> = done.iter().map(|(i, _)| *i).collect();
         let mut indices: Vec<usize> = (0..changes.len()).filter(|i| !sent.contains(i)).collect();
         if indices.len() < 2 {
             // (a transaction of one change costs two more round trips and saves nothing)
-            let sub: Vec<&Change> = indices.iter().map(|i| changes[*i]).collect();
-            let pw: Vec<Option<crate::secret::Secret>> = indices
-                .iter()
-                .map(|i| passwords.get(*i).cloned().flatten())
-                .collect();
-            let r = self.apply_each(&sub, &pw, in_flight, cancel.clone()).await;
-            done.extend(indices.iter().copied().zip(r));
+            done.extend(
+                self.apply_subset(&indices, changes, passwords, in_flight, cancel.clone())
+                    .await,
+            );
             indices.clear();
         }
         // One transaction at a time, on the first connection: slapd 2.5 crashed when two
@@ -1200,28 +1180,20 @@ impl LdapTarget {
                     out.extend(settled);
                     let Some(culprit) = culprit else { break };
                     tracing::info!(target: "dirbridge::ldap", dn = %changes[culprit].dn, "a transaction of {} changes failed on this one: it is sent alone, the rest again in a transaction", pending.len());
-                    let r = self
-                        .apply_each(
-                            &[changes[culprit]],
-                            &[passwords.get(culprit).cloned().flatten()],
-                            1,
-                            cancel.clone(),
-                        )
-                        .await;
-                    out.extend(r.into_iter().map(|r| (culprit, r)));
+                    out.extend(
+                        self.apply_subset(&[culprit], changes, passwords, 1, cancel.clone())
+                            .await,
+                    );
                     pending.retain(|i| *i != culprit);
                 }
             }
         }
         if !pending.is_empty() {
             tracing::info!(target: "dirbridge::ldap", "{} changes are sent one at a time (their transaction failed)", pending.len());
-            let sub: Vec<&Change> = pending.iter().map(|i| changes[*i]).collect();
-            let pw: Vec<Option<crate::secret::Secret>> = pending
-                .iter()
-                .map(|i| passwords.get(*i).cloned().flatten())
-                .collect();
-            let r = self.apply_each(&sub, &pw, in_flight, cancel).await;
-            out.extend(pending.into_iter().zip(r));
+            out.extend(
+                self.apply_subset(&pending, changes, passwords, in_flight, cancel)
+                    .await,
+            );
         }
         out
     }
@@ -1377,6 +1349,31 @@ impl LdapTarget {
                 )
             }
         }
+    }
+
+    /// The changes `idx` (indices into `changes`) one operation at a time; their results with
+    /// their indices. Those that succeed vouch for their kinds and attributes.
+    async fn apply_subset(
+        &self,
+        idx: &[usize],
+        changes: &[&Change],
+        passwords: &[Option<crate::secret::Secret>],
+        in_flight: usize,
+        cancel: Option<tokio::sync::watch::Receiver<bool>>,
+    ) -> Vec<(usize, OpResult)> {
+        let sub: Vec<&Change> = idx.iter().map(|i| changes[*i]).collect();
+        let pw: Vec<Option<crate::secret::Secret>> = idx
+            .iter()
+            .map(|i| passwords.get(*i).cloned().flatten())
+            .collect();
+        let r = self.apply_each(&sub, &pw, in_flight, cancel).await;
+        self.learn(
+            sub.iter()
+                .zip(&r)
+                .filter(|(_, r)| r.is_ok())
+                .map(|(c, _)| *c),
+        );
+        idx.iter().copied().zip(r).collect()
     }
 
     /// One operation at a time (each its own commit on the server), up to `in_flight` outstanding
