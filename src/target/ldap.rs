@@ -1080,8 +1080,8 @@ impl LdapTarget {
         offered
     }
 
-    /// The changes in transactions of `txn_size` operations; the transactions are spread over
-    /// the connections (queued in parallel, committed one after the other by the server).
+    /// The changes in transactions of `txn_size` operations, one transaction after the other on
+    /// the first connection, after the pilots (see [`Registered`]).
     async fn apply_in_transactions(
         &self,
         changes: &[&Change],
