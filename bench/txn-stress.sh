@@ -9,6 +9,8 @@
 #   bench/txn-stress.sh [ROUNDS]        # default 30
 #   TXN2=0 bench/txn-stress.sh          # the second writer without transactions (default 5)
 #   WRITERS=1 bench/txn-stress.sh       # only the first writer (and the reads)
+#   READS=0 bench/txn-stress.sh         # no ldapsearch beside the writers
+#   FAILING=0 bench/txn-stress.sh       # no failing record
 #   PORT=26789 DIRBRIDGE=target/release/dirbridge bench/txn-stress.sh
 #
 # What it found (docs/performance.md): Debian's slapd 2.5.13 crashed within 6 to 8 rounds when
@@ -20,6 +22,8 @@ PORT=${PORT:-26789}
 TXN1=${TXN1:-5}
 TXN2=${TXN2:-5}
 WRITERS=${WRITERS:-2}
+READS=${READS:-5}
+FAILING=${FAILING:-1}
 BIN=${DIRBRIDGE:-}
 if [ -z "$BIN" ]; then
     for b in target/release/dirbridge target/debug/dirbridge; do
@@ -75,12 +79,13 @@ uid = true
 dn = "cn=dept-{{ department | slug }},ou=groups,$2"
 for-each = "department"
 TOML
-    python3 - "$1/export.csv" <<'PY'
+    python3 - "$1/export.csv" "$FAILING" <<'PY'
 import random, sys
 rows = ["employee_id,given_name,surname,title,email,manager_id,department"]
+failing = sys.argv[2] != "0"
 for k in range(1, 41):
-    sn = "" if random.random() < 0.15 else f"S{k}"
-    mail = "bé@exämple.com" if random.random() < 0.1 else f"p{k}@example.com"
+    sn = "" if failing and random.random() < 0.15 else f"S{k}"
+    mail = "bé@exämple.com" if failing and random.random() < 0.1 else f"p{k}@example.com"
     rows.append(f"{k},G{k},{sn},T{k},{mail},{1 if k > 1 else ''},D{k % 3}")
 open(sys.argv[1], "w").write("\n".join(rows) + "\n")
 PY
@@ -109,7 +114,7 @@ for i in $(seq 1 "$ROUNDS"); do
     if [ "$WRITERS" -gt 1 ]; then
         (cd "$WORK/r$i-b" && timeout 120 "$BIN" -c dirbridge.toml sync >run.log 2>&1; echo "exit $?" >>run.log) &
     fi
-    for _ in 1 2 3 4 5; do timeout 60 ldapsearch "${AUTH[@]}" -b "$LDAP_BASE_DN" '(objectClass=*)' >/dev/null 2>&1 || true; done
+    for _ in $(seq 1 "$READS"); do timeout 60 ldapsearch "${AUTH[@]}" -b "$LDAP_BASE_DN" '(objectClass=*)' >/dev/null 2>&1 || true; done
     wait
     if grep -q "^exit 124" "$WORK/r$i-a/run.log" "$WORK/r$i-b/run.log" 2>/dev/null; then
         echo "round $i: a sync got no answer within 120 s (slapd stalled)"
