@@ -74,7 +74,7 @@ struct RawDirectory {
     page_size: Option<u32>,
     max_in_flight: Option<u32>,
     connections: Option<u32>,
-    transaction_size: Option<u32>,
+    transaction_size: Option<Spanned<u32>>,
     range_size: Option<u32>,
     content_sync: Option<bool>,
     full_read_every: Option<Spanned<String>>,
@@ -862,6 +862,14 @@ pub fn load_str(file: &Path, src: &str, mode: Check) -> Result<(Config, Diagnost
         .as_ref()
         .map(|f| f.get_ref().clone())
         .unwrap_or_else(|| "openldap".into());
+    if let Some(n) = &d.transaction_size {
+        if *n.get_ref() > 1 && flavor == "active-directory" {
+            cx.warn(
+                Some(n.span()),
+                "directory.transaction-size is ignored with Active Directory (it offers no LDAP transactions): one operation at a time",
+            );
+        }
+    }
     if let Some(f) = &d.flavor {
         match f.get_ref().as_str() {
             "openldap" => {}
@@ -1010,7 +1018,11 @@ pub fn load_str(file: &Path, src: &str, mode: Check) -> Result<(Config, Diagnost
         range_size: d.range_size.filter(|r| *r > 0),
         max_in_flight: d.max_in_flight.unwrap_or(32).clamp(1, 1024) as usize,
         connections: d.connections.unwrap_or(1).clamp(1, 16) as usize,
-        transaction_size: d.transaction_size.unwrap_or(0).min(100_000) as usize,
+        transaction_size: d
+            .transaction_size
+            .as_ref()
+            .map_or(0, |n| *n.get_ref())
+            .min(100_000) as usize,
         content_sync: d.content_sync.unwrap_or(true),
         full_read_every,
     };
@@ -1929,6 +1941,48 @@ uid = true
         assert_eq!(cfg.directory.password.as_ref().unwrap().expose(), "x");
         assert_eq!(cfg.state, dir.join("m.db"));
         assert_eq!(cfg.directory.connect_timeout, Duration::from_secs(10));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn transactions_are_off_by_default_and_ignored_with_active_directory() {
+        let (dir, r) = setup("txn-default", GOOD);
+        let about_transactions =
+            |d: &diagnostic::Diagnostics| d.warnings().any(|w| w.message.contains("transaction"));
+        let (cfg, diags) = r.unwrap();
+        assert_eq!(cfg.directory.transaction_size, 0);
+        assert!(!about_transactions(&diags));
+        let _ = std::fs::remove_dir_all(dir);
+        let on = GOOD.replace(
+            "base-dn = \"dc=example,dc=com\"",
+            "base-dn = \"dc=example,dc=com\"\ntransaction-size = 500",
+        );
+        let (dir, r) = setup("txn-on", &on);
+        let (cfg, diags) = r.unwrap();
+        assert_eq!(cfg.directory.transaction_size, 500);
+        assert!(!about_transactions(&diags));
+        let _ = std::fs::remove_dir_all(dir);
+        let ad = on.replace(
+            "transaction-size = 500",
+            "transaction-size = 500\nflavor = \"active-directory\"",
+        );
+        let (dir, r) = setup("txn-ad", &ad);
+        let (_, diags) = r.unwrap();
+        let line = ad
+            .lines()
+            .position(|l| l.starts_with("transaction-size"))
+            .unwrap()
+            + 1;
+        let warned: Vec<String> = diags
+            .warnings()
+            .map(|w| format!("{}: {}", w.line, w.message))
+            .collect();
+        assert!(
+            warned.iter().any(|w| w.starts_with(&format!(
+                "{line}: directory.transaction-size is ignored with Active Directory"
+            ))),
+            "{warned:#?}"
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 
