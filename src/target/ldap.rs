@@ -39,11 +39,11 @@ pub struct LdapTarget {
     registered: std::sync::Mutex<Registered>,
 }
 
-/// slapd (back-mdb, 2.5 and 2.6) numbers each attribute description the first time a database
+/// slapd (back-mdb; measured on Debian's 2.5.13) numbers each attribute description the first time a database
 /// stores it; when a transaction fails at its commit, the numbers given inside it are rolled back
 /// on disk but not in slapd's memory, and every entry written later with such an attribute is
-/// unreadable ("internal error in mdb_entry_decode", measured with ldapmodify -E txn=commit on
-/// Debian's 2.5.13: persistent, a restart does not cure it). So a change goes in a transaction
+/// unreadable ("internal error in mdb_entry_decode", reproduced with ldapmodify -E txn=commit:
+/// persistent, a restart does not cure it). So a change goes in a transaction
 /// only when everything it makes the server store has been stored before: its attributes were
 /// seen on an entry of the directory or written by a change that succeeded, and a change of its
 /// kind succeeded outside a transaction in this run (the kind brings the server's own
