@@ -2890,6 +2890,8 @@ pub async fn run(
     let mut failed_adds: BTreeSet<String> = BTreeSet::new();
     // Entries written in this run (read again next run: see ReadCursor::recent).
     let mut written: BTreeSet<String> = BTreeSet::new();
+    // People added without their entryUUID known yet (OpenLDAP: read back after the writes).
+    let mut unread: Vec<(String, String)> = Vec::new();
     for (_, batch) in phases {
         if cancelled() {
             outcome.interrupted = true;
@@ -3033,11 +3035,12 @@ pub async fn run(
                     *outcome.applied.entry(c.op.as_str()).or_default() += 1;
                     tracing::info!(target: "dirbridge::apply", op = c.op.as_str(), dn = %c.dn, key = %c.key, "{}", c.reason);
                     match (c.subject, c.op) {
-                        (Subject::Person, Op::Add) => {
-                            if let Some(u) = uuid {
+                        (Subject::Person, Op::Add) => match uuid {
+                            Some(u) => {
                                 new_links.insert(c.key.clone(), u);
                             }
-                        }
+                            None => unread.push((c.key.clone(), c.dn.clone())),
+                        },
                         (Subject::Person, Op::Delete) => {
                             new_links.remove(&c.key);
                         }
@@ -3065,6 +3068,20 @@ pub async fn run(
             }
         }
         mirror.journal_done(&outcomes, &clock.rfc3339())?;
+    }
+    if !unread.is_empty() {
+        let t0 = Instant::now();
+        let dns: Vec<&str> = unread.iter().map(|(_, dn)| dn.as_str()).collect();
+        let uuids = target
+            .read_back_uuids(&dns, cfg.directory.max_in_flight, dir.entries.len())
+            .await;
+        tracing::debug!(target: "dirbridge::run", added = dns.len(), read = uuids.iter().flatten().count(), "new entries' entryUUIDs read back in {:.2} s", t0.elapsed().as_secs_f64());
+        for ((key, _), u) in unread.into_iter().zip(uuids) {
+            if let Some(u) = u {
+                written.insert(u.clone());
+                new_links.insert(key, u);
+            }
+        }
     }
     if opts.summary_only {
         // (what a change was is in the journal now; the outcome counts them)

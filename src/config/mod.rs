@@ -1016,8 +1016,8 @@ pub fn load_str(file: &Path, src: &str, mode: Check) -> Result<(Config, Diagnost
         operation_timeout,
         page_size: d.page_size.unwrap_or(500).max(1),
         range_size: d.range_size.filter(|r| *r > 0),
-        max_in_flight: d.max_in_flight.unwrap_or(32).clamp(1, 1024) as usize,
-        connections: d.connections.unwrap_or(1).clamp(1, 16) as usize,
+        max_in_flight: d.max_in_flight.unwrap_or(8).clamp(1, 1024) as usize,
+        connections: d.connections.unwrap_or(4).clamp(1, 16) as usize,
         transaction_size: d
             .transaction_size
             .as_ref()

@@ -40,10 +40,12 @@ fn first_sync_creates_everyone_then_second_is_empty() {
         p["1"].one("manager").is_none(),
         "an empty render is an absent attribute"
     );
-    // The second run plans and applies nothing.
+    // The second run plans and applies nothing; the adds' entryUUIDs were read back (base
+    // searches after the writes), so nobody is relinked by the anchor.
     let (code, plan) = t.plan_json();
     assert_eq!(code, 0);
     assert!(changes(&plan).is_empty(), "{plan:#}");
+    assert!(plan["relinked"].as_array().unwrap().is_empty(), "{plan:#}");
     let r = t.sync_ok();
     assert!(
         r.stdout
@@ -212,6 +214,39 @@ fn hard_names_round_trip_through_dns() {
         changes(&plan).is_empty(),
         "hard names must not cause changes on the next run: {plan:#}"
     );
+}
+
+#[test]
+fn a_large_load_links_every_new_entry() {
+    // 600 adds under one parent: their entryUUIDs are read back by one one-level search of the
+    // parent (READ_BACK_ONE_LEVEL is 512), not by 600 base searches.
+    let t = TestEnv::new("bigload");
+    let rows: Vec<String> = (1..=600)
+        .map(|i| format!("{i},Given{i},,Sur{i},Staff,p{i}@example.com,"))
+        .collect();
+    let refs: Vec<&str> = rows.iter().map(String::as_str).collect();
+    t.write_export(&refs);
+    let r = t.sync_ok();
+    assert!(r.stdout.contains("sync: 600 add,"), "{r:?}");
+    let (code, plan) = t.plan_json();
+    assert_eq!(code, 0);
+    assert!(changes(&plan).is_empty(), "{plan:#}");
+    assert!(plan["relinked"].as_array().unwrap().is_empty(), "{plan:#}");
+    // linked to the entry it made: a new surname renames that entry (same entryUUID)
+    let uuid = t.people()["7"].one("entryUUID").unwrap().to_string();
+    let mut rows = rows;
+    rows[6] = "7,Given7,,Other,Staff,p7@example.com,".to_string();
+    let refs: Vec<&str> = rows.iter().map(String::as_str).collect();
+    t.write_export(&refs);
+    let r = t.sync_ok();
+    assert!(
+        r.stdout.contains("0 add, 1 modify, 1 rename, 0 delete"),
+        "{r:?}"
+    );
+    let p = t.people();
+    assert_eq!(p.len(), 600);
+    assert_eq!(p["7"].one("entryUUID"), Some(uuid.as_str()));
+    assert_eq!(p["7"].one("sn"), Some("Other"));
 }
 
 #[test]
