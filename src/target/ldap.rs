@@ -972,8 +972,10 @@ impl LdapTarget {
         Ok(Schema::parse(&get("attributeTypes"), &get("objectClasses")))
     }
 
-    /// Apply changes with up to `in_flight` operations outstanding on this connection. Results come
-    /// back in input order: `Ok(Some(uuid))` for adds (from the Post-Read control), `Ok(None)` else.
+    /// Apply changes with up to `in_flight` operations outstanding on each write connection.
+    /// Results come back in input order: `Ok(Some(uuid))` for adds whose identity is known now
+    /// (Active Directory's objectGUID, an OpenLDAP transaction's read-back), `Ok(None)` else (an
+    /// OpenLDAP add: see [`LdapTarget::read_back_uuids`]).
     pub async fn apply(
         &self,
         changes: &[&Change],
