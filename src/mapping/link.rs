@@ -119,13 +119,12 @@ pub fn link<S: AsRef<str> + Ord>(
         .iter()
         .filter(|e| !e.get(anchor).is_empty())
         .count();
-    // folded anchor value → entries carrying it (built when a key without a usable link needs it:
-    // after the first run, rarely)
-    let mut by_anchor_built: Option<HashMap<String, Vec<usize>>> = None;
     let mut used: Vec<bool> = vec![false; dir.entries.len()];
-    // Both in key order: the links are walked alongside (no lookup per key), and the links made
-    // are collected in order and built into a map at once.
+    // First the links: a key whose linked entry is there keeps it. Both in key order: the links
+    // are walked alongside (no lookup per key), and the links made are collected in order and
+    // built into a map at once.
     let mut by_key: Vec<(String, String)> = Vec::with_capacity(present.len());
+    let mut unlinked: Vec<&str> = Vec::new();
     let mut walk = links.iter().peekable();
     for key in present {
         let key = key.as_ref();
@@ -139,45 +138,52 @@ pub fn link<S: AsRef<str> + Ord>(
             }
             out.dangling.push(key.to_string());
         }
-        let by_anchor = by_anchor_built.get_or_insert_with(|| {
-            let mut m: HashMap<String, Vec<usize>> = HashMap::new();
-            for (i, e) in dir.entries.iter().enumerate() {
-                if let Some(v) = e.get(anchor).first() {
-                    m.entry(rules.fold(anchor, v)).or_default().push(i);
+        unlinked.push(key);
+    }
+    // Then the keys without a usable link (joiners, a lost mirror), by anchor among the entries no
+    // link claims: an entry linked to one key is never taken by another's anchor, and the index
+    // is as small as the unclaimed entries (a churn of 100,000: a few hundred, not every entry).
+    if !unlinked.is_empty() {
+        let mut by_anchor: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, e) in dir.entries.iter().enumerate() {
+            if used[i] {
+                continue;
+            }
+            if let Some(v) = e.get(anchor).first() {
+                by_anchor.entry(rules.fold(anchor, v)).or_default().push(i);
+            }
+        }
+        for key in unlinked {
+            let cands: Vec<usize> = by_anchor
+                .get(&rules.fold(anchor, key))
+                .map(|c| c.iter().copied().filter(|i| !used[*i]).collect())
+                .unwrap_or_default();
+            match cands.len() {
+                0 => {}
+                1 => {
+                    let e = &dir.entries[cands[0]];
+                    used[cands[0]] = true;
+                    by_key.push((key.to_string(), e.uuid.clone()));
+                    let why = if links.contains_key(key) {
+                        "the linked entry is gone; relinked by anchor".to_string()
+                    } else {
+                        "no link in the mirror; linked by anchor".to_string()
+                    };
+                    out.relinked.push(Relink {
+                        key: key.to_string(),
+                        uuid: e.uuid.clone(),
+                        dn: e.dn.clone(),
+                        why,
+                    });
                 }
-            }
-            m
-        });
-        let cands = by_anchor
-            .get(&rules.fold(anchor, key))
-            .cloned()
-            .unwrap_or_default();
-        let cands: Vec<usize> = cands.into_iter().filter(|i| !used[*i]).collect();
-        match cands.len() {
-            0 => {}
-            1 => {
-                let e = &dir.entries[cands[0]];
-                used[cands[0]] = true;
-                by_key.push((key.to_string(), e.uuid.clone()));
-                let why = if links.contains_key(key) {
-                    "the linked entry is gone; relinked by anchor".to_string()
-                } else {
-                    "no link in the mirror; linked by anchor".to_string()
-                };
-                out.relinked.push(Relink {
-                    key: key.to_string(),
-                    uuid: e.uuid.clone(),
-                    dn: e.dn.clone(),
-                    why,
-                });
-            }
-            _ => {
-                out.conflicts.insert(
-                    key.to_string(),
-                    cands.iter().map(|&i| dir.entries[i].dn.clone()).collect(),
-                );
-                for i in cands {
-                    used[i] = true;
+                _ => {
+                    out.conflicts.insert(
+                        key.to_string(),
+                        cands.iter().map(|&i| dir.entries[i].dn.clone()).collect(),
+                    );
+                    for i in cands {
+                        used[i] = true;
+                    }
                 }
             }
         }

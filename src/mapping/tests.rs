@@ -384,3 +384,35 @@ fn trailing_n_keeps_an_existing_holders_number() {
     assert_eq!(uid_of(&out, "7"), "jsmith77");
     assert_eq!(uid_of(&out, "8"), "jsmith7");
 }
+
+#[test]
+fn a_kept_link_wins_over_another_keys_anchor() {
+    // Key "a7" is linked to its entry; key "A7" (no link, sorted first) folds to the same anchor
+    // value under caseIgnoreMatch. The linked entry stays "a7"'s: an entry is never taken by
+    // another key's anchor while its own link holds, and no entry ends up linked twice.
+    let mut dir = DirSnapshot::default();
+    dir.entries.push(entry(
+        "u1",
+        "uid=a7,ou=people,dc=example,dc=com",
+        &[("uid", "a7"), ("employeeNumber", "a7")],
+    ));
+    dir.entries.push(entry(
+        "u2",
+        "uid=b8,ou=people,dc=example,dc=com",
+        &[("uid", "b8"), ("employeeNumber", "b8")],
+    ));
+    let rules = MatchRules::default();
+    let u = users();
+    let present: BTreeSet<String> = ["A7", "a7", "b8"].iter().map(|s| s.to_string()).collect();
+    let links: BTreeMap<String, String> =
+        [("a7".to_string(), "u1".to_string())].into_iter().collect();
+    let linking = link::link(&present, &dir, &links, &u.anchor, &rules);
+    assert_eq!(linking.by_key.get("a7").map(String::as_str), Some("u1"));
+    assert_eq!(linking.by_key.get("A7"), None);
+    // the unlinked key with an anchored entry of its own is linked by the anchor, and said so
+    assert_eq!(linking.by_key.get("b8").map(String::as_str), Some("u2"));
+    assert_eq!(linking.relinked.len(), 1);
+    assert_eq!(linking.relinked[0].key, "b8");
+    assert!(linking.conflicts.is_empty());
+    assert!(linking.gone.is_empty());
+}
