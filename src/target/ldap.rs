@@ -500,6 +500,17 @@ impl LdapTarget {
         filter: &str,
         attrs: &[&str],
     ) -> Result<Vec<Entry>, TargetError> {
+        self.search_in(base, Scope::Subtree, filter, attrs).await
+    }
+
+    /// [`LdapTarget::search`] with another scope.
+    async fn search_in(
+        &mut self,
+        base: &str,
+        scope: Scope,
+        filter: &str,
+        attrs: &[&str],
+    ) -> Result<Vec<Entry>, TargetError> {
         let mut ldap = self.ldap.clone();
         ldap.with_timeout(self.op_timeout);
         let attrs_owned: Vec<String> = attrs
@@ -519,7 +530,7 @@ impl LdapTarget {
             .streaming_search_with(
                 PagedResults::new(self.page_size),
                 base,
-                Scope::Subtree,
+                scope,
                 filter,
                 attrs_owned,
             )
@@ -1426,7 +1437,7 @@ impl LdapTarget {
     /// of the directory (`existing`: the entries the run read), one paged one-level search of the
     /// parent reads them all; the others, base searches spread over the connections.
     pub async fn read_back_uuids(
-        &self,
+        &mut self,
         dns: &[&str],
         in_flight: usize,
         existing: usize,
@@ -1450,8 +1461,16 @@ impl LdapTarget {
             if idx.len() < READ_BACK_ONE_LEVEL || idx.len() * 4 < existing || parent.is_empty() {
                 continue;
             }
-            match self.one_level_uuids(parent).await {
-                Ok(found) => {
+            let children = self
+                .search_in(parent, Scope::OneLevel, "(objectClass=*)", &["entryUUID"])
+                .await;
+            match children {
+                Ok(children) => {
+                    let found: HashMap<String, String> = children
+                        .into_iter()
+                        .filter(|e| !e.uuid.is_empty())
+                        .map(|e| (crate::dn::normalize(&e.dn), e.uuid))
+                        .collect();
                     for &i in idx {
                         out[i] = found.get(&crate::dn::normalize(dns[i])).cloned();
                     }
@@ -1480,36 +1499,6 @@ impl LdapTarget {
             out[i] = u;
         }
         out
-    }
-
-    /// Normalized DN → entryUUID of the children of `parent` (paged one-level search).
-    async fn one_level_uuids(
-        &self,
-        parent: &str,
-    ) -> Result<HashMap<String, String>, ldap3::LdapError> {
-        let mut ldap = self.ldap.clone();
-        ldap.with_timeout(self.op_timeout);
-        let mut stream = ldap
-            .streaming_search_with(
-                PagedResults::new(self.page_size),
-                parent,
-                Scope::OneLevel,
-                "(objectClass=*)",
-                vec!["entryUUID"],
-            )
-            .await?;
-        let mut found = HashMap::new();
-        while let Some(re) = stream.next().await? {
-            if re.is_ref() || re.is_intermediate() {
-                continue;
-            }
-            let se = SearchEntry::construct(re);
-            if let Some(u) = values(&se, "entryUUID").into_iter().next() {
-                found.insert(crate::dn::normalize(&se.dn), u);
-            }
-        }
-        stream.finish().await.success()?;
-        Ok(found)
     }
 
     pub async fn unbind(mut self) {
@@ -1800,7 +1789,7 @@ async fn apply_one(
                 )?;
                 return Ok(None);
             }
-            // The entryUUID is read after the phase's writes (`read_back_uuids`), not asked for
+            // The entryUUID is read after the run's writes (`read_back_uuids`), not asked for
             // with Post-Read: slapd builds a Post-Read answer inside the add's write transaction,
             // where every other write waits (12-15% of an initial load's time; a search beside
             // each add cost as much: docs/performance.md).
