@@ -19,6 +19,7 @@ use dirbridge::run::{decide, DecideInput};
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    dirbridge::no_transparent_huge_pages();
     let n: usize = std::env::args()
         .nth(1)
         .and_then(|a| a.parse().ok())
