@@ -171,10 +171,6 @@ pub struct SnapshotRows {
     pub uniques: Vec<Entry>,
 }
 
-/// A 64-bit digest of what a row holds, to tell changed rows without reading the old ones back
-/// or serialising unchanged ones (kept as 16 hex digits). foldhash with a fixed seed: several
-/// times faster than SipHash on the many short strings of a row, and the same in every run of one
-/// build (another build may digest differently: its first run then rewrites the rows once).
 /// Below this many rows a snapshot table is decoded on the calling thread.
 const DECODE_ON_TWO_THREADS: usize = 4096;
 
@@ -207,6 +203,10 @@ fn decode_entries(rows: Vec<(String, String, String)>) -> Vec<Entry> {
     })
 }
 
+/// A 64-bit digest of what a row holds, to tell changed rows without reading the old ones back
+/// or serialising unchanged ones (kept as 16 hex digits). foldhash with a fixed seed: several
+/// times faster than SipHash on the many short strings of a row, and the same in every run of one
+/// build (another build may digest differently: its first run then rewrites the rows once).
 pub fn digest(v: &impl std::hash::Hash) -> u64 {
     use std::hash::BuildHasher;
     const SEED: u64 = 0x6469_7262_7269_6467; // "dirbridg"
