@@ -40,3 +40,11 @@ pub fn no_transparent_huge_pages() {
     #[cfg(target_os = "linux")]
     let _ = rustix::thread::disable_transparent_huge_pages(true);
 }
+
+/// Lower the calling thread's scheduling priority (Linux: the nice value is each thread's own):
+/// for work done beside the directory writes, which should take the CPU that the server and the
+/// writing thread leave, not theirs. A refusal only costs speed.
+pub fn background_thread() {
+    #[cfg(target_os = "linux")]
+    let _ = rustix::process::nice(19);
+}

@@ -162,6 +162,9 @@ const MIGRATIONS: &[&str] = &[
 
 /// The tables that hold the directory as last read: people, groups, holders of unique values.
 const SNAPSHOT_TABLES: [&str; 3] = ["dir_entries", "dir_groups", "dir_uniques"];
+/// The tables a run writes on a second connection beside its directory writes: the people as
+/// read, the settled people, the export's records.
+pub const BESIDE_TABLES: [&str; 3] = ["dir_entries", "settled", "hr_records"];
 
 /// The directory as the last read left it, from the mirror's rows.
 #[derive(Debug, Default)]
@@ -256,6 +259,18 @@ struct RowCache {
     /// The links table (HR key → entry uuid).
     links: Option<BTreeMap<String, String>>,
     /// Table → key → digest, as the rows are (see [`Mirror::replace_rows`]).
+    digests: HashMap<String, foldhash::HashMap<Box<str>, u64>>,
+    /// Valid whatever other connections write: the connection beside a run's own (see
+    /// [`Mirror::beside`]), whose lender writes other tables meanwhile.
+    pinned: bool,
+}
+
+/// Digests a run's connection lends to a second one that writes some tables for it on another
+/// thread while the run writes the directory (see [`Mirror::lend`], [`Mirror::beside`]).
+pub struct Lent {
+    path: PathBuf,
+    /// The lender's cache version when lent (None: it was not caching, or not valid).
+    version: Option<i64>,
     digests: HashMap<String, foldhash::HashMap<Box<str>, u64>>,
 }
 
@@ -696,6 +711,57 @@ impl Mirror {
         self.cache.borrow_mut().enabled = true;
     }
 
+    /// Lend what this connection caches of `tables` (their rows' digests) to a connection that
+    /// will write them beside this one ([`Self::beside`]); [`Self::take_back`] adopts what it
+    /// wrote. A connection that does not cache lends nothing: the other reads the digests.
+    pub fn lend(&self, tables: &[&str]) -> Lent {
+        let valid = self.cache_valid();
+        let mut c = self.cache.borrow_mut();
+        let digests = tables
+            .iter()
+            .filter(|_| valid)
+            .filter_map(|t| c.digests.remove(*t).map(|d| (t.to_string(), d)))
+            .collect();
+        Lent {
+            path: self.path.clone(),
+            version: if valid { c.version } else { None },
+            digests,
+        }
+    }
+
+    /// A second connection to the lender's mirror, for another thread to write the lent tables
+    /// with (the export's records, the settled people, the directory as read) while the lender
+    /// writes the journal. It keeps the lent digests, and the new ones, when the lender caches.
+    pub fn beside(lent: Lent) -> Result<(Mirror, Option<i64>), MirrorError> {
+        let m = Mirror::open(&lent.path)?;
+        {
+            let mut c = m.cache.borrow_mut();
+            c.enabled = lent.version.is_some();
+            c.pinned = true;
+            c.digests = lent.digests;
+        }
+        Ok((m, lent.version))
+    }
+
+    /// Adopt what the connection `beside` wrote (its tables' digests), and take its commits as
+    /// known: the cache stays valid, unless it changed since it was lent (`version`).
+    pub fn take_back(&self, version: Option<i64>, beside: Mirror) {
+        let digests = std::mem::take(&mut beside.cache.borrow_mut().digests);
+        drop(beside);
+        let Some(lent_at) = version else {
+            return;
+        };
+        let now: Option<i64> = self
+            .conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))
+            .ok();
+        let mut c = self.cache.borrow_mut();
+        if c.enabled && c.version == Some(lent_at) {
+            c.version = now;
+            c.digests.extend(digests);
+        }
+    }
+
     /// Hand back the snapshot the run read (with [`Self::read_snapshot`]) or saved: what the
     /// snapshot tables hold now, in uuid order. Kept only by a connection that caches.
     pub fn keep_snapshot(&self, rows: SnapshotRows) {
@@ -709,6 +775,9 @@ impl Mirror {
     fn cache_valid(&self) -> bool {
         if !self.cache.borrow().enabled {
             return false;
+        }
+        if self.cache.borrow().pinned {
+            return true;
         }
         let version: Option<i64> = self
             .conn
@@ -1330,6 +1399,74 @@ mod tests {
         // the same again, from what was just read: nothing to write
         let third = [row("1", 10), row("2", 21), row("4", 40)];
         assert_eq!(m.save_settled(third.into_iter(), Some(now)).unwrap(), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_connection_beside_writes_the_lent_tables_and_the_lenders_cache_stays_valid() {
+        let dir = std::env::temp_dir().join(format!("dirbridge-beside-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let db = dir.join("mirror.db");
+        let e = |u: &str| Entry {
+            uuid: u.into(),
+            dn: format!("uid={u},ou=people,dc=x"),
+            attrs: [("title", vec!["t".to_string()])].into(),
+        };
+        let row = |k: &str, d: u64| (k.to_string(), d, format!("uuid-{k}"));
+        let mut m = Mirror::open(&db).unwrap();
+        m.cache_between_runs();
+        let snap = DirSnapshot {
+            entries: vec![e("a"), e("b")],
+            ..Default::default()
+        };
+        m.save_snapshot(&snap).unwrap();
+        assert_eq!(
+            m.save_settled([row("1", 10), row("2", 20)].into_iter(), None)
+                .unwrap(),
+            2
+        );
+        // (what is kept in memory differs from the rows: the test can tell which it gets)
+        let mut handed = snap.entries.clone();
+        handed[0].attrs = [("title", vec!["kept in memory".to_string()])].into();
+        m.keep_snapshot(SnapshotRows {
+            entries: handed.clone(),
+            ..Default::default()
+        });
+        // lent, written on another thread while this connection writes a table of its own
+        let lent = m.lend(&BESIDE_TABLES);
+        let beside = std::thread::spawn(move || {
+            let (mut b, version) = Mirror::beside(lent).unwrap();
+            // (the lent digests: only the changed row is written)
+            let written = b
+                .save_settled([row("1", 10), row("2", 21)].into_iter(), None)
+                .unwrap();
+            (b, version, written)
+        });
+        m.put_state("marker", "lender's own write").unwrap();
+        let (b, version, written) = beside.join().unwrap();
+        assert_eq!(written, 1);
+        assert!(version.is_some());
+        m.take_back(version, b);
+        // the lender's cache is still valid (the snapshot comes from memory) and knows the new
+        // digests (saving the same rows again writes nothing)
+        assert_eq!(m.read_snapshot().unwrap().entries, handed);
+        assert_eq!(
+            m.save_settled([row("1", 10), row("2", 21)].into_iter(), None)
+                .unwrap(),
+            0
+        );
+        assert_eq!(m.settled().unwrap().get("2"), Some(&21));
+        // a connection that does not cache lends nothing: the other one reads the table
+        let plain = Mirror::open(&db).unwrap();
+        let lent = plain.lend(&BESIDE_TABLES);
+        let (mut b, version) = Mirror::beside(lent).unwrap();
+        assert_eq!(version, None);
+        assert_eq!(
+            b.save_settled([row("1", 10), row("2", 22)].into_iter(), None)
+                .unwrap(),
+            1
+        );
+        plain.take_back(version, b);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
