@@ -518,6 +518,9 @@ pub fn person_digest(fields: &crate::source::FieldMap, e: &crate::model::Entry) 
     crate::mirror::digest(&(fields, &e.uuid, &e.dn, &e.attrs))
 }
 
+/// From this many records on, [`settled_people`] digests them on two threads.
+const SETTLE_ON_TWO_THREADS: usize = 4096;
+
 /// The people this run need not map again: the last run planned nothing for them, and since then
 /// their record and their entry are unchanged (same digest), and none of their fields names a
 /// person who changed, appeared or left (a reference such as `manager_id | person_dn` would
@@ -537,12 +540,29 @@ pub fn settled_people(
     let mut dirty: foldhash::HashSet<&str> = Default::default();
     let mut present: foldhash::HashSet<&str> =
         foldhash::HashSet::with_capacity_and_hasher(export.records.len(), Default::default());
-    for r in &export.records {
-        present.insert(&r.key);
-        let same = links
+    let same_as_before = |r: &crate::source::Record| {
+        links
             .get(&r.key)
             .and_then(|u| by_uuid.get(u.as_str()))
-            .is_some_and(|e| prior.get(&r.key) == Some(&person_digest(&r.fields, e)));
+            .is_some_and(|e| prior.get(&r.key) == Some(&person_digest(&r.fields, e)))
+    };
+    // (each record's digest: on two threads for a large export, in record order)
+    let same: Vec<bool> = if export.records.len() >= SETTLE_ON_TWO_THREADS {
+        let (first, second) = export.records.split_at(export.records.len() / 2);
+        std::thread::scope(|s| {
+            let other = s.spawn(|| second.iter().map(same_as_before).collect::<Vec<bool>>());
+            let mut same: Vec<bool> = first.iter().map(same_as_before).collect();
+            match other.join() {
+                Ok(rest) => same.extend(rest),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+            same
+        })
+    } else {
+        export.records.iter().map(same_as_before).collect()
+    };
+    for (r, same) in export.records.iter().zip(same) {
+        present.insert(&r.key);
         if same {
             calm.push(r);
         } else {
@@ -3382,6 +3402,43 @@ mod tests {
             uuid: format!("u{key}"),
             dn: format!("uid=p{key},ou=people,dc=example,dc=com"),
             attrs: [("title", vec![title.to_string()])].into(),
+        }
+    }
+
+    #[test]
+    fn a_large_export_is_settled_on_two_threads_with_the_same_answer() {
+        // past SETTLE_ON_TWO_THREADS: a changed record in each half, one of them a manager
+        let n = SETTLE_ON_TWO_THREADS + 905;
+        let key = |i: usize| format!("{}", 100_000 + i);
+        let records: Vec<Record> = (0..n)
+            .map(|i| rec(&key(i), "t", if i == 7 { "100003" } else { "" }))
+            .collect();
+        let dir = DirSnapshot {
+            entries: (0..n).map(|i| entry(&key(i), "x")).collect(),
+            ..Default::default()
+        };
+        let links: BTreeMap<String, String> =
+            (0..n).map(|i| (key(i), format!("u{}", key(i)))).collect();
+        let prior: foldhash::HashMap<String, u64> = records
+            .iter()
+            .zip(&dir.entries)
+            .map(|(r, e)| (r.key.clone(), person_digest(&r.fields, e)))
+            .collect();
+        let mut changed = records.clone();
+        changed[3] = rec(&key(3), "new title", "");
+        changed[n - 2] = rec(&key(n - 2), "new title", "");
+        let export = Export {
+            records: changed,
+            ..Default::default()
+        };
+        let settled = settled_people(&prior, &export, &dir, &links);
+        // everyone but the two changed and the one who names a changed person (7 names 3)
+        assert_eq!(settled.len(), n - 3);
+        for i in [3, 7, n - 2] {
+            assert!(!settled.contains(&key(i)), "{i}");
+        }
+        for i in [0, 2, 4, n / 2 - 1, n / 2, n - 3, n - 1] {
+            assert!(settled.contains(&key(i)), "{i}");
         }
     }
 
