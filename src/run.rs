@@ -822,8 +822,12 @@ pub fn materialize(
     names: &[String],
     missing_bases: &BTreeSet<String>,
 ) -> Option<(DirSnapshot, ReadSnapshot)> {
+    let t0 = Instant::now();
     let kept = load_read_snapshot(mirror?)?;
-    Some(kept.into_dir(names, missing_bases))
+    let read = t0.elapsed();
+    let out = kept.into_dir(names, missing_bases);
+    tracing::debug!(target: "dirbridge::run", entries = out.0.entries.len(), uniques = out.1.uniques.len(), "snapshot: rows read and decoded in {:.3} s, indexed in {:.3} s", read.as_secs_f64(), (t0.elapsed() - read).as_secs_f64());
+    Some(out)
 }
 
 /// The directory as the last read saved it in the mirror's rows (None: no usable snapshot, e.g.
