@@ -613,14 +613,25 @@ pub struct QuietMarker {
 
 /// SHA-256 of a file's bytes, hex.
 fn file_hash(p: &std::path::Path) -> Option<String> {
+    Some(bytes_hash(&std::fs::read(p).ok()?))
+}
+
+fn bytes_hash(bytes: &[u8]) -> String {
     use sha2::Digest;
-    let bytes = std::fs::read(p).ok()?;
-    Some(
-        sha2::Sha256::digest(&bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect(),
-    )
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Read and parse the export, and hash the very bytes parsed (SHA-256, as [`file_hash`]).
+fn read_export(cfg: &crate::config::SourceConfig) -> Result<(source::Export, String), SourceError> {
+    let bytes = std::fs::read(&cfg.path).map_err(|err| SourceError::Io {
+        path: cfg.path.clone(),
+        err,
+    })?;
+    let hash = bytes_hash(&bytes);
+    Ok((source::parse(cfg, &bytes)?, hash))
 }
 pub const READ_SNAPSHOT: &str = "read-snapshot";
 
@@ -2486,8 +2497,10 @@ pub async fn run(
         ),
         Err(e) => return Err(e.into()),
     };
-    // The export's bytes, hashed before anything is read: a quiet run (below) does not parse it.
-    let export_hash_early = file_hash(&cfg.source.path);
+    // The export's bytes, hashed before anything is read (on another thread, while this one
+    // connects): a quiet run (below) does not parse it.
+    let export_path = cfg.source.path.clone();
+    let hashing = tokio::task::spawn_blocking(move || file_hash(&export_path));
     let mut target = LdapTarget::connect(&cfg.directory).await?;
     tracing::info!(url = %target.url, "bound");
     laps.lap("connect");
@@ -2524,6 +2537,9 @@ pub async fn run(
     // A quiet run: the directory did not change since the last run, the export and the
     // configuration are byte for byte those of the last run, whose plan was empty, and no
     // lifecycle date has come: the plan is empty without mapping anything.
+    let export_hash_early = hashing
+        .await
+        .map_err(|e| RunError::Config(format!("internal: the export's hashing stopped: {e}")))?;
     let today_early = today(cfg, opts.as_of.as_deref(), clock)?;
     let config_hash = file_hash(&cfg.file).map(|h| format!("{h}:{}", env!("CARGO_PKG_VERSION")));
     let mut reading = None;
@@ -2592,7 +2608,7 @@ pub async fn run(
         // another thread meanwhile (at 100,000 people each takes a while; neither needs the other).
         let source_cfg = cfg.source.clone();
         reading = Some(tokio::task::spawn_blocking(move || {
-            source::read(&source_cfg)
+            read_export(&source_cfg)
         }));
         match materialize(mirror.as_ref(), &names, &missing_bases) {
             Some((snap, kept)) => {
@@ -2620,11 +2636,11 @@ pub async fn run(
         }
     }
     laps.lap("snapshot");
-    let export = match reading {
+    let (export, parsed_hash) = match reading {
         Some(r) => r.await.map_err(|e| {
             RunError::Config(format!("internal: the export's reader stopped: {e}"))
         })??,
-        None => source::read(&cfg.source)?,
+        None => read_export(&cfg.source)?,
     };
     laps.lap("export");
     for q in &export.quarantined {
@@ -2644,7 +2660,7 @@ pub async fn run(
         return Err(RunError::Config(problems.join("\n")));
     }
     // The bytes parsed are the bytes hashed (else the export changed meanwhile: no quiet marker).
-    let export_hash = export_hash_early.filter(|h| file_hash(&cfg.source.path).as_ref() == Some(h));
+    let export_hash = export_hash_early.filter(|h| *h == parsed_hash);
     let mapper = Mapper::new(&users, &export.header)
         .and_then(|m| m.with_groups(&cfg.groups))
         .map(|m| m.with_disabled_base(cfg.lifecycle.as_ref().and_then(|l| l.disabled_base.clone())))
