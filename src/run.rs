@@ -518,9 +518,6 @@ pub fn person_digest(fields: &crate::source::FieldMap, e: &crate::model::Entry) 
     crate::mirror::digest(&(fields, &e.uuid, &e.dn, &e.attrs))
 }
 
-/// From this many records on, [`settled_people`] digests them on two threads.
-const SETTLE_ON_TWO_THREADS: usize = 4096;
-
 /// The people this run need not map again: the last run planned nothing for them, and since then
 /// their record and their entry are unchanged (same digest), and none of their fields names a
 /// person who changed, appeared or left (a reference such as `manager_id | person_dn` would
@@ -547,20 +544,9 @@ pub fn settled_people(
             .is_some_and(|e| prior.get(&r.key) == Some(&person_digest(&r.fields, e)))
     };
     // (each record's digest: on two threads for a large export, in record order)
-    let same: Vec<bool> = if export.records.len() >= SETTLE_ON_TWO_THREADS {
-        let (first, second) = export.records.split_at(export.records.len() / 2);
-        std::thread::scope(|s| {
-            let other = s.spawn(|| second.iter().map(same_as_before).collect::<Vec<bool>>());
-            let mut same: Vec<bool> = first.iter().map(same_as_before).collect();
-            match other.join() {
-                Ok(rest) => same.extend(rest),
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-            same
-        })
-    } else {
-        export.records.iter().map(same_as_before).collect()
-    };
+    let same: Vec<bool> = crate::in_two_halves(export.records.iter().collect(), |half| {
+        half.into_iter().map(same_as_before).collect()
+    });
     for (r, same) in export.records.iter().zip(same) {
         present.insert(&r.key);
         if same {
@@ -626,13 +612,10 @@ fn bytes_hash(bytes: &[u8]) -> String {
 
 /// Read and parse the export, and hash the very bytes parsed (SHA-256, as [`file_hash`]).
 fn read_export(cfg: &crate::config::SourceConfig) -> Result<(source::Export, String), SourceError> {
-    let bytes = std::fs::read(&cfg.path).map_err(|err| SourceError::Io {
-        path: cfg.path.clone(),
-        err,
-    })?;
-    let hash = bytes_hash(&bytes);
-    Ok((source::parse(cfg, &bytes)?, hash))
+    let bytes = source::read_bytes(cfg)?;
+    Ok((source::parse(cfg, &bytes)?, bytes_hash(&bytes)))
 }
+
 pub const READ_SNAPSHOT: &str = "read-snapshot";
 
 struct ReadScope {
@@ -2470,25 +2453,31 @@ impl Aside {
                 let by_uuid: foldhash::HashMap<&str, &crate::model::Entry> =
                     s.dir.entries.iter().map(|e| (e.uuid.as_str(), e)).collect();
                 // (the entry's uuid is the desired entry's: it was found by it)
-                let rows = s.desired.iter().filter_map(|d| {
-                    if d.fields.is_empty() || s.touched.contains(d.key.as_str()) {
-                        return None;
-                    }
-                    let uuid = d.uuid.as_ref()?;
-                    let e = by_uuid.get(uuid.as_str())?;
-                    let known = s.known.as_ref().and_then(|m| m.get(&d.key));
-                    let digest = match known {
-                        // (linked to the entry the digest was of)
-                        Some(&known)
-                            if s.settled.contains(&d.key) && s.links.get(&d.key) == Some(uuid) =>
-                        {
-                            known
+                let rows: Vec<(String, u64, String)> = s
+                    .desired
+                    .iter()
+                    .filter_map(|d| {
+                        if d.fields.is_empty() || s.touched.contains(d.key.as_str()) {
+                            return None;
                         }
-                        _ => person_digest(&d.fields, e),
-                    };
-                    Some((d.key.clone(), digest, uuid.clone()))
-                });
-                m.save_settled(rows, s.known.clone())?;
+                        let uuid = d.uuid.as_ref()?;
+                        let e = by_uuid.get(uuid.as_str())?;
+                        let known = s.known.as_ref().and_then(|m| m.get(&d.key));
+                        let digest = match known {
+                            // (linked to the entry the digest was of)
+                            Some(&known)
+                                if s.settled.contains(&d.key)
+                                    && s.links.get(&d.key) == Some(uuid) =>
+                            {
+                                known
+                            }
+                            _ => person_digest(&d.fields, e),
+                        };
+                        Some((d.key.clone(), digest, uuid.clone()))
+                    })
+                    .collect();
+                drop(by_uuid);
+                m.save_settled(rows.into_iter(), s.known)?;
                 true
             }
             None => false,
@@ -3450,8 +3439,8 @@ mod tests {
 
     #[test]
     fn a_large_export_is_settled_on_two_threads_with_the_same_answer() {
-        // past SETTLE_ON_TWO_THREADS: a changed record in each half, one of them a manager
-        let n = SETTLE_ON_TWO_THREADS + 905;
+        // past crate::TWO_THREADS_FROM: a changed record in each half, one of them a manager
+        let n = crate::TWO_THREADS_FROM + 905;
         let key = |i: usize| format!("{}", 100_000 + i);
         let records: Vec<Record> = (0..n)
             .map(|i| rec(&key(i), "t", if i == 7 { "100003" } else { "" }))

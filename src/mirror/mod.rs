@@ -174,35 +174,18 @@ pub struct SnapshotRows {
     pub uniques: Vec<Entry>,
 }
 
-/// Below this many rows a snapshot table is decoded on the calling thread.
-const DECODE_ON_TWO_THREADS: usize = 4096;
-
 /// Entries from their stored rows (uuid, DN, attributes as JSON). Decoding the attributes is most
 /// of the time of loading a large snapshot; it runs on two threads (at 100,000 entries: the
 /// snapshot step of a cold churn run went from 0.27-0.30 to 0.21-0.24 s, three runs each).
 fn decode_entries(rows: Vec<(String, String, String)>) -> Vec<Entry> {
-    fn decode(rows: Vec<(String, String, String)>) -> Vec<Entry> {
-        rows.into_iter()
+    crate::in_two_halves(rows, |half| {
+        half.into_iter()
             .map(|(uuid, dn, attrs)| Entry {
                 attrs: serde_json::from_str(&attrs).unwrap_or_default(),
                 uuid,
                 dn,
             })
             .collect()
-    }
-    if rows.len() < DECODE_ON_TWO_THREADS {
-        return decode(rows);
-    }
-    let mut first = rows;
-    let second = first.split_off(first.len() / 2);
-    std::thread::scope(|s| {
-        let other = s.spawn(move || decode(second));
-        let mut out = decode(first);
-        match other.join() {
-            Ok(rest) => out.extend(rest),
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
-        out
     })
 }
 
@@ -1341,7 +1324,7 @@ mod tests {
 
     #[test]
     fn a_large_snapshot_decoded_on_two_threads_comes_back_whole_and_in_order() {
-        let n = DECODE_ON_TWO_THREADS * 2 + 3;
+        let n = crate::TWO_THREADS_FROM * 2 + 3;
         let entries: Vec<Entry> = (0..n)
             .map(|i| Entry {
                 uuid: format!("{i:08}"),

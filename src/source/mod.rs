@@ -96,11 +96,15 @@ pub(crate) struct RawRow {
 
 /// Read and validate the whole export.
 pub fn read(cfg: &SourceConfig) -> Result<Export, SourceError> {
-    let bytes = std::fs::read(&cfg.path).map_err(|err| SourceError::Io {
+    parse(cfg, &read_bytes(cfg)?)
+}
+
+/// The export file's bytes, as [`parse`] takes them.
+pub fn read_bytes(cfg: &SourceConfig) -> Result<Vec<u8>, SourceError> {
+    std::fs::read(&cfg.path).map_err(|err| SourceError::Io {
         path: cfg.path.clone(),
         err,
-    })?;
-    parse(cfg, &bytes)
+    })
 }
 
 /// Parse an export already in memory (used by tests and [`read`]).
@@ -118,13 +122,7 @@ pub fn parse(cfg: &SourceConfig, bytes: &[u8]) -> Result<Export, SourceError> {
 /// The export's columns (CSV header; for JSON the union of the records' keys).
 pub fn read_header(cfg: &SourceConfig) -> Result<Vec<String>, SourceError> {
     match cfg.kind {
-        SourceKind::Csv => {
-            let bytes = std::fs::read(&cfg.path).map_err(|err| SourceError::Io {
-                path: cfg.path.clone(),
-                err,
-            })?;
-            csv::header(cfg, &bytes)
-        }
+        SourceKind::Csv => csv::header(cfg, &read_bytes(cfg)?),
         _ => Ok(read(cfg)?.header),
     }
 }
