@@ -50,7 +50,7 @@ pub fn background_thread() {
 }
 
 /// From this many items on, [`in_two_halves`] uses a second thread.
-const TWO_THREADS_FROM: usize = 4096;
+pub(crate) const TWO_THREADS_FROM: usize = 4096;
 
 /// `f` over `items` in two halves, the second on another thread when there are enough items to
 /// be worth it; the results in the items' order. For the CPU-bound steps of a large run that

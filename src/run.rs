@@ -2391,7 +2391,7 @@ struct SettledRows {
     /// The people this run did not map again, and the settled table as it read it.
     settled: foldhash::HashSet<String>,
     known: Option<foldhash::HashMap<String, u64>>,
-    links: BTreeMap<String, String>,
+    links: std::sync::Arc<BTreeMap<String, String>>,
 }
 
 /// What the aside connection wrote: it (for its digests), the lender's cache version, whether
@@ -3026,6 +3026,8 @@ pub async fn run(
     // What the mirror keeps whatever the writes do is written beside them (see `Aside`).
     let export = std::sync::Arc::new(export);
     let dir = std::sync::Arc::new(dir);
+    // (the aside thread compares with them; the mirror step writes what changed since them)
+    let links = std::sync::Arc::new(links);
     let settle = config_hash.is_some()
         && cfg.apps.is_empty()
         && opts.only.is_none()
@@ -3039,7 +3041,7 @@ pub async fn run(
             dir: dir.clone(),
             settled,
             known: settled_digests,
-            links,
+            links: links.clone(),
         }),
     };
     let lent = mirror.lend(&crate::mirror::BESIDE_TABLES);
@@ -3286,7 +3288,7 @@ pub async fn run(
         .await?;
     }
     laps.lap("applications");
-    mirror.save_links(new_links, &now)?;
+    mirror.save_links(Some(&links), new_links, &now)?;
     mirror.note_groups(&groups_created, &groups_deleted, &now)?;
     mirror.save_posix_ids(&posix_new, &now)?;
     if cfg.lifecycle.is_some() && opts.only.is_none() && !export.keys_uncertain {

@@ -416,3 +416,70 @@ fn a_kept_link_wins_over_another_keys_anchor() {
     assert!(linking.conflicts.is_empty());
     assert!(linking.gone.is_empty());
 }
+
+#[test]
+fn many_settled_people_are_made_beside_the_mapped_and_merged_in_key_order() {
+    // past crate::TWO_THREADS_FROM settled people (even keys, handed over in reverse), and three
+    // mapped ones before, between and after them; a manager among the settled
+    let n = crate::TWO_THREADS_FROM + 10;
+    let key = |i: usize| format!("{}", 1000 + 2 * i);
+    let recs: Vec<Record> = (0..n)
+        .map(|i| rec(&key(i), "Ann", "Lee", "t", ""))
+        .collect();
+    let dir = DirSnapshot {
+        entries: recs
+            .iter()
+            .map(|r| {
+                let uid = format!("x{}", r.key);
+                let dn = format!("uid={uid},ou=people,dc=example,dc=com");
+                entry(
+                    &format!("u{}", r.key),
+                    &dn,
+                    &[("uid", &uid), ("employeeNumber", &r.key)],
+                )
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let settled: Vec<(&Record, &Entry)> = recs.iter().zip(&dir.entries).rev().collect();
+    let fresh = [
+        rec("999", "Bo", "Day", "t", ""),
+        rec("1003", "Cy", "Fox", "t", "1002"),
+        rec("99999", "Di", "Gray", "t", ""),
+    ];
+    let fresh: Vec<&Record> = fresh.iter().collect();
+    let rules = MatchRules::default();
+    let u = users();
+    let m = Mapper::new(&u, &header()).unwrap();
+    let present: BTreeSet<String> = recs
+        .iter()
+        .chain(fresh.iter().copied())
+        .map(|r| r.key.clone())
+        .collect();
+    let linking = link::link(&present, &dir, &BTreeMap::new(), &u.anchor, &rules);
+    let out = m.map_with(
+        &fresh,
+        &BTreeSet::new(),
+        &linking,
+        &dir,
+        &rules,
+        &BTreeMap::new(),
+        &settled,
+    );
+    assert!(out.errors.is_empty(), "{:?}", out.errors);
+    let keys: Vec<&str> = out.desired.iter().map(|d| d.key.as_str()).collect();
+    assert_eq!(keys.len(), n + 3);
+    assert!(keys.windows(2).all(|w| key_order(w[0], w[1]).is_lt()));
+    assert_eq!(&keys[..4], ["999", "1000", "1002", "1003"]);
+    assert_eq!(keys[n + 2], "99999");
+    let d = |k: &str| out.desired.iter().find(|d| d.key == k).unwrap();
+    assert!(!d("1003").settled && d("1002").settled);
+    assert_eq!(d("1002").dn, "uid=x1002,ou=people,dc=example,dc=com");
+    assert_eq!(d("1002").attrs["uid"], vec!["x1002"]);
+    assert_eq!(d("1002").uuid.as_deref(), Some("u1002"));
+    // the mapped person's manager is found among the settled people
+    assert_eq!(
+        d("1003").attrs["manager"],
+        vec!["uid=x1002,ou=people,dc=example,dc=com"]
+    );
+}
