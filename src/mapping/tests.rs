@@ -483,3 +483,33 @@ fn many_settled_people_are_made_beside_the_mapped_and_merged_in_key_order() {
         vec!["uid=x1002,ou=people,dc=example,dc=com"]
     );
 }
+
+#[test]
+fn a_crowded_base_takes_the_first_number_no_one_else_holds() {
+    // jsmith, jsmith2 … jsmith40 are held by others but for jsmith17; an existing person whose
+    // surname became Smith holds jsmith25 already (their own value does not block them)
+    let mut dir = DirSnapshot::default();
+    for n in (1..=40).filter(|&n| n != 17) {
+        let uid = if n == 1 {
+            "jsmith".to_string()
+        } else {
+            format!("jsmith{n}")
+        };
+        let key = (n == 25).then_some("7");
+        let dn = format!("uid={uid},ou=people,dc=example,dc=com");
+        holder(&mut dir, &format!("u{n}"), &dn, &uid, key);
+    }
+    let recs = vec![
+        rec("5", "John", "Smith", "", ""),
+        rec("6", "Jane", "Smith", "", ""),
+        rec("7", "Jim", "Smith", "", ""),
+        rec("8", "Joe", "Smith", "", ""),
+    ];
+    let out = run(&recs, &dir, &users());
+    assert!(out.errors.is_empty(), "{:?}", out.errors);
+    assert_eq!(uid_of(&out, "7"), "jsmith25");
+    // new people in key order: the gap first, then after the last number given
+    assert_eq!(uid_of(&out, "5"), "jsmith17");
+    assert_eq!(uid_of(&out, "6"), "jsmith41");
+    assert_eq!(uid_of(&out, "8"), "jsmith42");
+}
