@@ -522,37 +522,45 @@ pub fn person_digest(fields: &crate::source::FieldMap, e: &crate::model::Entry) 
 /// their record and their entry are unchanged (same digest), and none of their fields names a
 /// person who changed, appeared or left (a reference such as `manager_id | person_dn` would
 /// render differently). Pure: `prior` is what the mirror kept, `links` HR key → entry uuid.
+/// Each settled person's key → the index in `dir.entries` of their entry (decide takes it from
+/// there: no second index of 100,000 uuids).
 pub fn settled_people(
     prior: &foldhash::HashMap<String, u64>,
     export: &crate::source::Export,
     dir: &DirSnapshot,
     links: &BTreeMap<String, String>,
-) -> foldhash::HashSet<String> {
+) -> foldhash::HashMap<String, usize> {
     if prior.is_empty() {
         return Default::default();
     }
-    let by_uuid: foldhash::HashMap<&str, &crate::model::Entry> =
-        dir.entries.iter().map(|e| (e.uuid.as_str(), e)).collect();
-    let mut calm: Vec<&crate::source::Record> = Vec::new();
+    let by_uuid: foldhash::HashMap<&str, usize> = dir
+        .entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.uuid.as_str(), i))
+        .collect();
+    let mut calm: Vec<(&crate::source::Record, usize)> = Vec::new();
     let mut dirty: foldhash::HashSet<&str> = Default::default();
     let mut present: foldhash::HashSet<&str> =
         foldhash::HashSet::with_capacity_and_hasher(export.records.len(), Default::default());
+    // (the entry the record is linked to, when the digest of both is as the last run left it)
     let same_as_before = |r: &crate::source::Record| {
         links
             .get(&r.key)
-            .and_then(|u| by_uuid.get(u.as_str()))
-            .is_some_and(|e| prior.get(&r.key) == Some(&person_digest(&r.fields, e)))
+            .and_then(|u| by_uuid.get(u.as_str()).copied())
+            .filter(|&i| prior.get(&r.key) == Some(&person_digest(&r.fields, &dir.entries[i])))
     };
     // (each record's digest: on two threads for a large export, in record order)
-    let same: Vec<bool> = crate::in_two_halves(export.records.iter().collect(), |half| {
+    let same: Vec<Option<usize>> = crate::in_two_halves(export.records.iter().collect(), |half| {
         half.into_iter().map(same_as_before).collect()
     });
     for (r, same) in export.records.iter().zip(same) {
         present.insert(&r.key);
-        if same {
-            calm.push(r);
-        } else {
-            dirty.insert(&r.key);
+        match same {
+            Some(i) => calm.push((r, i)),
+            None => {
+                dirty.insert(&r.key);
+            }
         }
     }
     for k in prior.keys() {
@@ -574,8 +582,8 @@ pub fn settled_people(
         (v.len() >= 128 || lengths & (1u128 << v.len()) != 0) && dirty.contains(v)
     };
     calm.into_iter()
-        .filter(|r| !r.fields.values().any(|v| may_name(v)))
-        .map(|r| r.key.clone())
+        .filter(|(r, _)| !r.fields.values().any(|v| may_name(v)))
+        .map(|(r, i)| (r.key.clone(), i))
         .collect()
 }
 pub const QUIET: &str = "quiet";
@@ -1715,8 +1723,9 @@ pub struct DecideInput<'a> {
     pub only: Option<&'a str>,
     /// Each application's state as read (or why it could not be), and its links in the mirror.
     pub apps: &'a BTreeMap<String, AppInput>,
-    /// HR keys of people settled since the last run (see [`settled_people`]): not mapped again.
-    pub settled: &'a foldhash::HashSet<String>,
+    /// People settled since the last run (see [`settled_people`]): not mapped again. HR key →
+    /// the index in `dir.entries` of the entry they were settled with.
+    pub settled: &'a foldhash::HashMap<String, usize>,
     /// Keep every desired entry whole in the decision (explain and report show them); otherwise
     /// a new person's values move into their add change, and their desired entry keeps its key,
     /// DN and record only.
@@ -1843,20 +1852,17 @@ pub fn decide(i: &DecideInput<'_>) -> Decision {
     let to_map = if settled.is_empty() || only.is_some() {
         to_map
     } else {
-        let by_uuid: foldhash::HashMap<&str, &crate::model::Entry> =
-            dir.entries.iter().map(|e| (e.uuid.as_str(), e)).collect();
         let mut rest = Vec::with_capacity(to_map.len());
         for r in to_map {
-            // (linked as the mirror had it: the digest that settled them was of that entry)
-            let entry = linking
-                .by_key
+            // (linked as the mirror had it: the digest that settled them was of the entry the
+            // mirror's link names)
+            let entry = settled
                 .get(&r.key)
-                .filter(|u| links.get(&r.key) == Some(*u))
-                .and_then(|u| by_uuid.get(u.as_str()).copied());
+                .and_then(|&i| dir.entries.get(i))
+                .filter(|e| linking.by_key.get(&r.key) == Some(&e.uuid));
             match entry {
                 Some(e)
-                    if settled.contains(&r.key)
-                        && !keep.contains(&r.key)
+                    if !keep.contains(&r.key)
                         && !overlay.parents.contains_key(&r.key)
                         && !linking.conflicts.contains_key(&r.key) =>
                 {
@@ -2389,7 +2395,7 @@ struct SettledRows {
     touched: foldhash::HashSet<String>,
     dir: std::sync::Arc<DirSnapshot>,
     /// The people this run did not map again, and the settled table as it read it.
-    settled: foldhash::HashSet<String>,
+    settled: foldhash::HashMap<String, usize>,
     known: Option<foldhash::HashMap<String, u64>>,
     links: std::sync::Arc<BTreeMap<String, String>>,
 }
@@ -2466,7 +2472,7 @@ impl Aside {
                         let digest = match known {
                             // (linked to the entry the digest was of)
                             Some(&known)
-                                if s.settled.contains(&d.key)
+                                if s.settled.contains_key(&d.key)
                                     && s.links.get(&d.key) == Some(uuid) =>
                             {
                                 known
@@ -3469,10 +3475,10 @@ mod tests {
         // everyone but the two changed and the one who names a changed person (7 names 3)
         assert_eq!(settled.len(), n - 3);
         for i in [3, 7, n - 2] {
-            assert!(!settled.contains(&key(i)), "{i}");
+            assert!(!settled.contains_key(&key(i)), "{i}");
         }
         for i in [0, 2, 4, n / 2 - 1, n / 2, n - 3, n - 1] {
-            assert!(settled.contains(&key(i)), "{i}");
+            assert_eq!(settled.get(&key(i)), Some(&i), "{i}");
         }
     }
 
@@ -3511,7 +3517,7 @@ mod tests {
         };
         let settled = |records: Vec<Record>, dir: &DirSnapshot| {
             let mut v: Vec<String> = settled_people(&prior, &export(records), dir, &links)
-                .into_iter()
+                .into_keys()
                 .collect();
             v.sort();
             v
