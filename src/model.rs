@@ -40,6 +40,17 @@ pub struct DirSnapshot {
     pub missing_bases: std::collections::BTreeSet<String>,
 }
 
+impl DirSnapshot {
+    /// entryUUID → the entry's index in `entries`.
+    pub fn uuid_index(&self) -> foldhash::HashMap<&str, usize> {
+        self.entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.uuid.as_str(), i))
+            .collect()
+    }
+}
+
 /// The equality matching rule of an attribute, as far as comparing values needs it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rule {

@@ -533,12 +533,7 @@ pub fn settled_people(
     if prior.is_empty() {
         return Default::default();
     }
-    let by_uuid: foldhash::HashMap<&str, usize> = dir
-        .entries
-        .iter()
-        .enumerate()
-        .map(|(i, e)| (e.uuid.as_str(), i))
-        .collect();
+    let by_uuid = dir.uuid_index();
     let mut calm: Vec<(&crate::source::Record, usize)> = Vec::new();
     let mut dirty: foldhash::HashSet<&str> = Default::default();
     let mut present: foldhash::HashSet<&str> =

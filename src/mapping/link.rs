@@ -108,12 +108,7 @@ pub fn link<S: AsRef<str> + Ord>(
     rules: &MatchRules,
 ) -> Linking {
     let mut out = Linking::default();
-    let by_uuid: foldhash::HashMap<&str, usize> = dir
-        .entries
-        .iter()
-        .enumerate()
-        .map(|(i, e)| (e.uuid.as_str(), i))
-        .collect();
+    let by_uuid = dir.uuid_index();
     out.managed = dir
         .entries
         .iter()
