@@ -553,465 +553,439 @@ impl Mapper {
                 Some(Ok(made)) => made,
                 _ => settled_desired(users, settled),
             };
-            self.map_records(
-                records,
-                quarantined,
-                linking,
-                dir,
-                rules,
-                parents,
-                settled,
-                theirs,
-            )
-        })
-    }
-
-    /// [`Mapper::map_with`] once the settled people's desired entries are on their way: `theirs`
-    /// gives them, in key order, when the others are done.
-    #[allow(clippy::too_many_arguments)]
-    fn map_records(
-        &self,
-        records: &[&Record],
-        quarantined: &BTreeSet<String>,
-        linking: &Linking,
-        dir: &DirSnapshot,
-        rules: &MatchRules,
-        parents: &BTreeMap<String, String>,
-        settled: &[(&Record, &Entry)],
-        theirs: impl FnOnce() -> Vec<Desired>,
-    ) -> MapOutput {
-        // The entries of the people mapped here, and of the quarantined and gone (person_dn).
-        // When most people are settled, only those are indexed: a churn of 100,000 maps 7,000.
-        let by_uuid: foldhash::HashMap<&str, &Entry> = if records.len() * 4 < dir.entries.len() {
-            let wanted: foldhash::HashSet<&str> = records
+            // The entries of the people mapped here, and of the quarantined and gone (person_dn).
+            // When most people are settled, only those are indexed: a churn of 100,000 maps 7,000.
+            let by_uuid: foldhash::HashMap<&str, &Entry> = if records.len() * 4 < dir.entries.len()
+            {
+                let wanted: foldhash::HashSet<&str> = records
+                    .iter()
+                    .map(|r| &r.key)
+                    .chain(quarantined)
+                    .filter_map(|k| linking.by_key.get(k))
+                    .chain(linking.gone.keys())
+                    .map(String::as_str)
+                    .collect();
+                dir.entries
+                    .iter()
+                    .filter(|e| wanted.contains(e.uuid.as_str()))
+                    .map(|e| (e.uuid.as_str(), e))
+                    .collect()
+            } else {
+                dir.entries.iter().map(|e| (e.uuid.as_str(), e)).collect()
+            };
+            let mut order: Vec<&Record> = records
                 .iter()
-                .map(|r| &r.key)
-                .chain(quarantined)
-                .filter_map(|k| linking.by_key.get(k))
-                .chain(linking.gone.keys())
-                .map(String::as_str)
+                .copied()
+                .filter(|r| !linking.conflicts.contains_key(&r.key))
                 .collect();
-            dir.entries
-                .iter()
-                .filter(|e| wanted.contains(e.uuid.as_str()))
-                .map(|e| (e.uuid.as_str(), e))
-                .collect()
-        } else {
-            dir.entries.iter().map(|e| (e.uuid.as_str(), e)).collect()
-        };
-        let mut order: Vec<&Record> = records
-            .iter()
-            .copied()
-            .filter(|r| !linking.conflicts.contains_key(&r.key))
-            .collect();
-        order.sort_by(|a, b| key_order(&a.key, &b.key));
-        let mut errors: Vec<MapError> = Vec::new();
-        for (k, dns) in &linking.conflicts {
-            if let Some(r) = records.iter().find(|r| &r.key == k) {
-                errors.push(MapError {
-                    key: k.clone(),
-                    line: r.line,
-                    reason: format!(
-                        "more than one entry carries anchor {} = {k:?}: {}; remove the duplicate",
-                        self.users.anchor,
-                        dns.join(" and ")
-                    ),
-                });
-            }
-        }
-        let placement_exprs: Vec<Option<Result<minijinja::Expression<'_, '_>, String>>> = self
-            .users
-            .placement
-            .iter()
-            .map(|p| {
-                p.when.as_ref().map(|w| {
-                    self.env
-                        .compile_expression(w)
-                        .map_err(|e| format!("users.placement[{}].when: {}", p.index, describe(&e)))
-                })
-            })
-            .collect();
-        let mut ctxs: Vec<Value> = order.iter().map(|r| self.context(r)).collect();
-        let existing: Vec<Option<&Entry>> = order
-            .iter()
-            .map(|r| {
-                linking
-                    .by_key
-                    .get(&r.key)
-                    .and_then(|u| by_uuid.get(u.as_str()).copied())
-            })
-            .collect();
-        // index → why mapping failed (few: a list of one slot per person would be 24 MB at a million)
-        let mut failed: BTreeMap<usize, String> = BTreeMap::new();
-        // Filled in place: the values, DN and placement go straight into each person's entry
-        // (side lists of each would be 60 MB at a million people); the failed are dropped last.
-        let mut desired: Vec<Desired> = order
-            .iter()
-            .enumerate()
-            .map(|(i, r)| Desired {
-                key: r.key.clone(),
-                line: r.line,
-                uuid: existing[i].map(|e| e.uuid.clone()),
-                dn: String::new(),
-                attrs: Default::default(),
-                placement: None,
-                fields: r.fields.clone(),
-                lifecycle_attrs: Default::default(),
-                state: None,
-                settled: false,
-            })
-            .collect();
-
-        // Active Directory: a userPrincipalName's local part implies a sAMAccountName, so the two
-        // are unique against each other too (`bjoiner@…` collides with sAMAccountName BJOINER).
-        let local = |v: &str| v.split('@').next().unwrap_or("").to_lowercase();
-        let mut sam_like: HashMap<String, Vec<String>> = HashMap::new();
-        if self.ad {
-            for a in ["samaccountname", "userprincipalname"] {
-                for (v, us) in dir.taken.get(a).into_iter().flatten() {
-                    sam_like
-                        .entry(local(v))
-                        .or_default()
-                        .extend(us.iter().cloned());
+            order.sort_by(|a, b| key_order(&a.key, &b.key));
+            let mut errors: Vec<MapError> = Vec::new();
+            for (k, dns) in &linking.conflicts {
+                if let Some(r) = records.iter().find(|r| &r.key == k) {
+                    errors.push(MapError {
+                            key: k.clone(),
+                            line: r.line,
+                            reason: format!(
+                                "more than one entry carries anchor {} = {k:?}: {}; remove the duplicate",
+                                self.users.anchor,
+                                dns.join(" and ")
+                            ),
+                        });
                 }
             }
-        }
-        let mut chosen_sam: HashMap<String, usize> = HashMap::new();
-        // Pass 1: unique attributes, in name order; existing holders first, then new ones by key.
-        for attr in &self.users.unique {
-            let sam_rule = self.ad
-                && (attr.eq_ignore_ascii_case("sAMAccountName")
-                    || attr.eq_ignore_ascii_case("userPrincipalName"));
-            let lower = attr.to_ascii_lowercase();
-            let taken = dir.taken.get(&lower);
-            let mut reserved: HashMap<String, usize> = HashMap::new();
-            let mut pending: Vec<usize> = Vec::new();
+            let placement_exprs: Vec<Option<Result<minijinja::Expression<'_, '_>, String>>> = self
+                .users
+                .placement
+                .iter()
+                .map(|p| {
+                    p.when.as_ref().map(|w| {
+                        self.env.compile_expression(w).map_err(|e| {
+                            format!("users.placement[{}].when: {}", p.index, describe(&e))
+                        })
+                    })
+                })
+                .collect();
+            let mut ctxs: Vec<Value> = order.iter().map(|r| self.context(r)).collect();
+            let existing: Vec<Option<&Entry>> = order
+                .iter()
+                .map(|r| {
+                    linking
+                        .by_key
+                        .get(&r.key)
+                        .and_then(|u| by_uuid.get(u.as_str()).copied())
+                })
+                .collect();
+            // index → why mapping failed (few: a list of one slot per person would be 24 MB at a million)
+            let mut failed: BTreeMap<usize, String> = BTreeMap::new();
+            // Filled in place: the values, DN and placement go straight into each person's entry
+            // (side lists of each would be 60 MB at a million people); the failed are dropped last.
+            let mut desired: Vec<Desired> = order
+                .iter()
+                .enumerate()
+                .map(|(i, r)| Desired {
+                    key: r.key.clone(),
+                    line: r.line,
+                    uuid: existing[i].map(|e| e.uuid.clone()),
+                    dn: String::new(),
+                    attrs: Default::default(),
+                    placement: None,
+                    fields: r.fields.clone(),
+                    lifecycle_attrs: Default::default(),
+                    state: None,
+                    settled: false,
+                })
+                .collect();
+
+            // Active Directory: a userPrincipalName's local part implies a sAMAccountName, so the two
+            // are unique against each other too (`bjoiner@…` collides with sAMAccountName BJOINER).
+            let local = |v: &str| v.split('@').next().unwrap_or("").to_lowercase();
+            let mut sam_like: HashMap<String, Vec<String>> = HashMap::new();
+            if self.ad {
+                for a in ["samaccountname", "userprincipalname"] {
+                    for (v, us) in dir.taken.get(a).into_iter().flatten() {
+                        sam_like
+                            .entry(local(v))
+                            .or_default()
+                            .extend(us.iter().cloned());
+                    }
+                }
+            }
+            let mut chosen_sam: HashMap<String, usize> = HashMap::new();
+            // Pass 1: unique attributes, in name order; existing holders first, then new ones by key.
+            for attr in &self.users.unique {
+                let sam_rule = self.ad
+                    && (attr.eq_ignore_ascii_case("sAMAccountName")
+                        || attr.eq_ignore_ascii_case("userPrincipalName"));
+                let lower = attr.to_ascii_lowercase();
+                let taken = dir.taken.get(&lower);
+                let mut reserved: HashMap<String, usize> = HashMap::new();
+                let mut pending: Vec<usize> = Vec::new();
+                for i in 0..order.len() {
+                    if failed.contains_key(&i) {
+                        continue;
+                    }
+                    let cur = existing[i].and_then(|e| e.get(attr).first().cloned());
+                    let keep = match (&cur, self.users.policy_of(attr)) {
+                        (Some(c), Policy::Initial) => Some(c.clone()),
+                        (Some(c), Policy::Force) => match self.sticks(attr, &ctxs[i], c, rules) {
+                            Ok(true) => Some(c.clone()),
+                            Ok(false) => None,
+                            Err(e) => {
+                                fail(&mut failed, i, e);
+                                continue;
+                            }
+                        },
+                        (None, _) => None,
+                    };
+                    match keep {
+                        Some(v) => {
+                            reserved.insert(rules.fold(attr, &v), i);
+                            desired[i].attrs.insert(attr.clone(), v.into());
+                        }
+                        None => pending.push(i),
+                    }
+                }
+                // `<prefix>{{ n }}` templates: per folded prefix, the last number given. A new person
+                // with the same prefix starts after it (every lower number is taken by then), so
+                // 66 John Smiths cost 66 tries, not 66 × 67 / 2.
+                let suffixed = self.suffix_n.contains(attr) && !sam_rule;
+                let mut last_n: HashMap<String, u32> = HashMap::new();
+                // (a candidate's folded value, when it is the folded base and the number)
+                let mut candidate = String::new();
+                'people: for i in pending {
+                    let own = existing[i].map(|e| e.uuid.as_str());
+                    let mut n = 1u32;
+                    let mut plain: Option<(String, String)> = None;
+                    if suffixed {
+                        // rendered blank or failed: the loop below says so
+                        if let Ok(Some(v)) = self.render(attr, &ctxs[i], "") {
+                            let f = rules.fold(attr, &v);
+                            if own.is_none() {
+                                if let Some(k) = last_n.get(&f) {
+                                    n = k + 1;
+                                }
+                            }
+                            plain = Some((v, f));
+                        }
+                    }
+                    // A base whose folding keeps appended digits as they are (not one ending in a
+                    // space, which folding trims): the numbers taken by others are skipped by
+                    // appending each to the folded base, without formatting and folding a value per
+                    // number. The bench's hard names give a new person's base ~160 holders.
+                    if let Some((v, f)) = &plain {
+                        let digits_kept = ["7", "10"]
+                            .iter()
+                            .all(|d| rules.fold(attr, &format!("{v}{d}")) == format!("{f}{d}"));
+                        if digits_kept && self.uses_n.contains(attr) {
+                            loop {
+                                candidate.clear();
+                                candidate.push_str(f);
+                                if n > 1 {
+                                    use std::fmt::Write as _;
+                                    let _ = write!(candidate, "{n}");
+                                }
+                                let by_other_entry = taken
+                                    .and_then(|t| t.get(candidate.as_str()))
+                                    .is_some_and(|us| us.iter().any(|u| Some(u.as_str()) != own));
+                                let by_other_record =
+                                    reserved.get(candidate.as_str()).is_some_and(|&j| j != i);
+                                if !by_other_entry && !by_other_record {
+                                    break;
+                                }
+                                if n >= 100_000 {
+                                    fail(&mut failed, i, format!(
+                                            "users.attributes.{attr}: {:?} is already taken and the template has no {{{{ n }}}} to number it",
+                                            format!("{v}{n}")
+                                        ));
+                                    continue 'people;
+                                }
+                                n += 1;
+                            }
+                            let value = if n > 1 { format!("{v}{n}") } else { v.clone() };
+                            let e = last_n.entry(f.clone()).or_insert(n);
+                            *e = (*e).max(n);
+                            reserved.insert(candidate.clone(), i);
+                            desired[i].attrs.insert(attr.clone(), value.into());
+                            continue;
+                        }
+                    }
+                    loop {
+                        let ns = if n == 1 { String::new() } else { n.to_string() };
+                        let rendered = match &plain {
+                            Some((v, _)) => Ok(Some(format!("{v}{ns}"))),
+                            None => self.render(attr, &ctxs[i], &ns),
+                        };
+                        match rendered {
+                            Err(e) => {
+                                fail(&mut failed, i, e);
+                                break;
+                            }
+                            Ok(None) => break,
+                            Ok(Some(v)) => {
+                                let f = rules.fold(attr, &v);
+                                let by_other_entry = taken
+                                    .and_then(|t| t.get(&f))
+                                    .map(|us| us.iter().any(|u| Some(u.as_str()) != own))
+                                    .unwrap_or(false);
+                                let by_other_record =
+                                    reserved.get(&f).map(|&j| j != i).unwrap_or(false);
+                                let by_sam_rule = sam_rule && {
+                                    let l = local(&v);
+                                    sam_like.get(&l).is_some_and(|us| {
+                                        us.iter().any(|u| Some(u.as_str()) != own)
+                                    }) || chosen_sam.get(&l).is_some_and(|&j| j != i)
+                                };
+                                if !by_other_entry && !by_other_record && !by_sam_rule {
+                                    if sam_rule {
+                                        chosen_sam.insert(local(&v), i);
+                                    }
+                                    if let Some((_, pf)) = &plain {
+                                        let e = last_n.entry(pf.clone()).or_insert(n);
+                                        *e = (*e).max(n);
+                                    }
+                                    reserved.insert(f, i);
+                                    desired[i].attrs.insert(attr.clone(), v.into());
+                                    break;
+                                }
+                                if n >= 100_000 || !self.uses_n.contains(attr) {
+                                    fail(&mut failed, i, format!(
+                                            "users.attributes.{attr}: {v:?} is already taken and the template has no {{{{ n }}}} to number it"
+                                        ));
+                                    break;
+                                }
+                            }
+                        }
+                        n += 1;
+                    }
+                }
+            }
+
+            // The RDN and the DN.
+            let rdn = self.users.rdn.clone();
             for i in 0..order.len() {
                 if failed.contains_key(&i) {
                     continue;
                 }
-                let cur = existing[i].and_then(|e| e.get(attr).first().cloned());
-                let keep = match (&cur, self.users.policy_of(attr)) {
-                    (Some(c), Policy::Initial) => Some(c.clone()),
-                    (Some(c), Policy::Force) => match self.sticks(attr, &ctxs[i], c, rules) {
-                        Ok(true) => Some(c.clone()),
-                        Ok(false) => None,
+                if !desired[i].attrs.contains_key(&rdn) {
+                    match self.render(&rdn, &ctxs[i], "") {
+                        Ok(Some(v)) => {
+                            desired[i].attrs.insert(rdn.clone(), v.into());
+                        }
+                        Ok(None) => {
+                            fail(&mut failed, i, format!("users.attributes.{rdn} (the RDN) rendered empty; the entry cannot be named"));
+                            continue;
+                        }
                         Err(e) => {
                             fail(&mut failed, i, e);
                             continue;
                         }
-                    },
-                    (None, _) => None,
-                };
-                match keep {
-                    Some(v) => {
-                        reserved.insert(rules.fold(attr, &v), i);
-                        desired[i].attrs.insert(attr.clone(), v.into());
-                    }
-                    None => pending.push(i),
-                }
-            }
-            // `<prefix>{{ n }}` templates: per folded prefix, the last number given. A new person
-            // with the same prefix starts after it (every lower number is taken by then), so
-            // 66 John Smiths cost 66 tries, not 66 × 67 / 2.
-            let suffixed = self.suffix_n.contains(attr) && !sam_rule;
-            let mut last_n: HashMap<String, u32> = HashMap::new();
-            // (a candidate's folded value, when it is the folded base and the number)
-            let mut candidate = String::new();
-            'people: for i in pending {
-                let own = existing[i].map(|e| e.uuid.as_str());
-                let mut n = 1u32;
-                let mut plain: Option<(String, String)> = None;
-                if suffixed {
-                    // rendered blank or failed: the loop below says so
-                    if let Ok(Some(v)) = self.render(attr, &ctxs[i], "") {
-                        let f = rules.fold(attr, &v);
-                        if own.is_none() {
-                            if let Some(k) = last_n.get(&f) {
-                                n = k + 1;
-                            }
-                        }
-                        plain = Some((v, f));
                     }
                 }
-                // A base whose folding keeps appended digits as they are (not one ending in a
-                // space, which folding trims): the numbers taken by others are skipped by
-                // appending each to the folded base, without formatting and folding a value per
-                // number. The bench's hard names give a new person's base ~160 holders.
-                if let Some((v, f)) = &plain {
-                    let digits_kept = ["7", "10"]
-                        .iter()
-                        .all(|d| rules.fold(attr, &format!("{v}{d}")) == format!("{f}{d}"));
-                    if digits_kept && self.uses_n.contains(attr) {
-                        loop {
-                            candidate.clear();
-                            candidate.push_str(f);
-                            if n > 1 {
-                                use std::fmt::Write as _;
-                                let _ = write!(candidate, "{n}");
-                            }
-                            let by_other_entry = taken
-                                .and_then(|t| t.get(candidate.as_str()))
-                                .is_some_and(|us| us.iter().any(|u| Some(u.as_str()) != own));
-                            let by_other_record =
-                                reserved.get(candidate.as_str()).is_some_and(|&j| j != i);
-                            if !by_other_entry && !by_other_record {
-                                break;
-                            }
-                            if n >= 100_000 {
-                                fail(&mut failed, i, format!(
-                                    "users.attributes.{attr}: {:?} is already taken and the template has no {{{{ n }}}} to number it",
-                                    format!("{v}{n}")
-                                ));
-                                continue 'people;
-                            }
-                            n += 1;
-                        }
-                        let value = if n > 1 { format!("{v}{n}") } else { v.clone() };
-                        let e = last_n.entry(f.clone()).or_insert(n);
-                        *e = (*e).max(n);
-                        reserved.insert(candidate.clone(), i);
-                        desired[i].attrs.insert(attr.clone(), value.into());
+                let want = desired[i].attrs[&rdn][0].clone();
+                // Placement: the first matching rule, else users.base. Without rules, an existing entry
+                // stays where it is.
+                let placed = match place(&placement_exprs, &ctxs[i]) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        fail(&mut failed, i, e);
                         continue;
                     }
+                };
+                let cur = existing[i].and_then(|e| Dn::parse(&e.dn).ok());
+                let parent = match (placed, &cur) {
+                    _ if parents.contains_key(&order[i].key) => parents[&order[i].key].clone(),
+                    (Some(r), _) => self.users.placement[r].base.clone(),
+                    (None, Some(d))
+                        if self.users.placement.is_empty()
+                            && !self
+                                .disabled_base
+                                .as_ref()
+                                .and_then(|b| Dn::parse(b).ok())
+                                .is_some_and(|b| d.parent().is_within(&b)) =>
+                    {
+                        d.parent().to_string()
+                    }
+                    _ => self.users.base.clone(),
+                };
+                desired[i].placement = placed;
+                if dir.missing_bases.contains(&dn::normalize(&parent)) {
+                    match placed.map(|r| &self.users.placement[r]) {
+                        Some(rule) if rule.create => {}
+                        Some(rule) => {
+                            fail(&mut failed, i, format!(
+                                    "users.placement[{}] puts this person under {parent}, which does not exist: create it, or set create = true in that rule",
+                                    rule.index
+                                ));
+                            continue;
+                        }
+                        None => {
+                            fail(&mut failed, i, format!("{parent} does not exist"));
+                            continue;
+                        }
+                    }
                 }
-                loop {
-                    let ns = if n == 1 { String::new() } else { n.to_string() };
-                    let rendered = match &plain {
-                        Some((v, _)) => Ok(Some(format!("{v}{ns}"))),
-                        None => self.render(attr, &ctxs[i], &ns),
-                    };
-                    match rendered {
+                let same_parent = cur
+                    .as_ref()
+                    .map(|d| d.parent().normalized() == dn::normalize(&parent))
+                    .unwrap_or(false);
+                let cur_rdn = cur.as_ref().and_then(|d| d.first().cloned());
+                let same_rdn = cur_rdn
+                    .as_ref()
+                    .map(|a| {
+                        a.attr.eq_ignore_ascii_case(&rdn)
+                            && rules.fold(&rdn, &a.value) == rules.fold(&rdn, &want)
+                    })
+                    .unwrap_or(false);
+                desired[i].dn = match (existing[i], cur_rdn) {
+                    (None, _) => dn::child(&rdn, &want, &parent),
+                    (Some(e), _) if same_rdn && same_parent => e.dn.clone(),
+                    (Some(_), Some(a))
+                        if self.users.policy_of(&rdn) == Policy::Initial
+                            && a.attr.eq_ignore_ascii_case(&rdn) =>
+                    {
+                        // dirbridge does not own the name: keep it (a move keeps it too).
+                        desired[i].attrs.insert(rdn.clone(), a.value.clone().into());
+                        dn::child(&a.attr, &a.value, &parent)
+                    }
+                    (Some(_), _) => dn::child(&rdn, &want, &parent),
+                };
+            }
+
+            // person_dn: every person in the export, and quarantined people who have an entry.
+            {
+                let mut map: Vec<(Box<str>, Box<str>)> =
+                    Vec::with_capacity(order.len() + settled.len());
+                for i in 0..order.len() {
+                    if !failed.contains_key(&i) {
+                        map.push((order[i].key.as_str().into(), desired[i].dn.as_str().into()));
+                    }
+                }
+                for (r, e) in settled {
+                    map.push((r.key.as_str().into(), e.dn.as_str().into()));
+                }
+                // A quarantined person keeps the entry they have (also one the linker took as gone).
+                let gone_by_key: foldhash::HashMap<&str, &str> = linking
+                    .gone
+                    .iter()
+                    .map(|(u, k)| (k.as_str(), u.as_str()))
+                    .collect();
+                for k in quarantined {
+                    let uuid = linking
+                        .by_key
+                        .get(k)
+                        .map(String::as_str)
+                        .or_else(|| gone_by_key.get(k.as_str()).copied());
+                    if let Some(e) = uuid.and_then(|u| by_uuid.get(u)) {
+                        map.push((k.as_str().into(), e.dn.as_str().into()));
+                    }
+                }
+                if let Ok(mut g) = self.person_dns.write() {
+                    *g = filters::DnIndex::new(map);
+                }
+            }
+
+            // Pass 2: every other attribute.
+            for i in 0..order.len() {
+                if failed.contains_key(&i) {
+                    continue;
+                }
+                for attr in self.users.attributes.keys() {
+                    if desired[i].attrs.contains_key(attr) || self.users.unique.contains(attr) {
+                        continue;
+                    }
+                    match self.render(attr, &ctxs[i], "") {
+                        Ok(Some(v)) => {
+                            desired[i].attrs.insert(attr.clone(), v.into());
+                        }
+                        Ok(None) => {}
                         Err(e) => {
                             fail(&mut failed, i, e);
                             break;
                         }
-                        Ok(None) => break,
-                        Ok(Some(v)) => {
-                            let f = rules.fold(attr, &v);
-                            let by_other_entry = taken
-                                .and_then(|t| t.get(&f))
-                                .map(|us| us.iter().any(|u| Some(u.as_str()) != own))
-                                .unwrap_or(false);
-                            let by_other_record =
-                                reserved.get(&f).map(|&j| j != i).unwrap_or(false);
-                            let by_sam_rule = sam_rule && {
-                                let l = local(&v);
-                                sam_like
-                                    .get(&l)
-                                    .is_some_and(|us| us.iter().any(|u| Some(u.as_str()) != own))
-                                    || chosen_sam.get(&l).is_some_and(|&j| j != i)
-                            };
-                            if !by_other_entry && !by_other_record && !by_sam_rule {
-                                if sam_rule {
-                                    chosen_sam.insert(local(&v), i);
-                                }
-                                if let Some((_, pf)) = &plain {
-                                    let e = last_n.entry(pf.clone()).or_insert(n);
-                                    *e = (*e).max(n);
-                                }
-                                reserved.insert(f, i);
-                                desired[i].attrs.insert(attr.clone(), v.into());
-                                break;
-                            }
-                            if n >= 100_000 || !self.uses_n.contains(attr) {
-                                fail(&mut failed, i, format!(
-                                    "users.attributes.{attr}: {v:?} is already taken and the template has no {{{{ n }}}} to number it"
-                                ));
-                                break;
-                            }
-                        }
                     }
-                    n += 1;
                 }
+                // (rendered: the context goes now, not with the others at the end)
+                ctxs[i] = Value::UNDEFINED;
             }
-        }
 
-        // The RDN and the DN.
-        let rdn = self.users.rdn.clone();
-        for i in 0..order.len() {
-            if failed.contains_key(&i) {
-                continue;
-            }
-            if !desired[i].attrs.contains_key(&rdn) {
-                match self.render(&rdn, &ctxs[i], "") {
-                    Ok(Some(v)) => {
-                        desired[i].attrs.insert(rdn.clone(), v.into());
+            // (what only rendering needed goes first: at a million people the contexts and the uuid
+            // index are 80 MB, and the settled below are added to a new list)
+            drop(ctxs);
+            drop(by_uuid);
+            let mut i = 0;
+            desired.retain_mut(|d| {
+                i += 1;
+                match failed.remove(&(i - 1)) {
+                    Some(reason) => {
+                        errors.push(MapError {
+                            key: std::mem::take(&mut d.key),
+                            line: d.line,
+                            reason,
+                        });
+                        false
                     }
-                    Ok(None) => {
-                        fail(&mut failed, i, format!("users.attributes.{rdn} (the RDN) rendered empty; the entry cannot be named"));
-                        continue;
+                    None => true,
+                }
+            });
+            let theirs = theirs();
+            if !theirs.is_empty() {
+                // both lists in key order: merged, not sorted again
+                let mapped = std::mem::take(&mut desired);
+                desired.reserve_exact(mapped.len() + theirs.len());
+                let mut mapped = mapped.into_iter().peekable();
+                for t in theirs {
+                    while let Some(d) =
+                        mapped.next_if(|d| key_order(&d.key, &t.key) != std::cmp::Ordering::Greater)
+                    {
+                        desired.push(d);
                     }
-                    Err(e) => {
-                        fail(&mut failed, i, e);
-                        continue;
-                    }
+                    desired.push(t);
                 }
+                desired.extend(mapped);
             }
-            let want = desired[i].attrs[&rdn][0].clone();
-            // Placement: the first matching rule, else users.base. Without rules, an existing entry
-            // stays where it is.
-            let placed = match place(&placement_exprs, &ctxs[i]) {
-                Ok(p) => p,
-                Err(e) => {
-                    fail(&mut failed, i, e);
-                    continue;
-                }
-            };
-            let cur = existing[i].and_then(|e| Dn::parse(&e.dn).ok());
-            let parent = match (placed, &cur) {
-                _ if parents.contains_key(&order[i].key) => parents[&order[i].key].clone(),
-                (Some(r), _) => self.users.placement[r].base.clone(),
-                (None, Some(d))
-                    if self.users.placement.is_empty()
-                        && !self
-                            .disabled_base
-                            .as_ref()
-                            .and_then(|b| Dn::parse(b).ok())
-                            .is_some_and(|b| d.parent().is_within(&b)) =>
-                {
-                    d.parent().to_string()
-                }
-                _ => self.users.base.clone(),
-            };
-            desired[i].placement = placed;
-            if dir.missing_bases.contains(&dn::normalize(&parent)) {
-                match placed.map(|r| &self.users.placement[r]) {
-                    Some(rule) if rule.create => {}
-                    Some(rule) => {
-                        fail(&mut failed, i, format!(
-                            "users.placement[{}] puts this person under {parent}, which does not exist: create it, or set create = true in that rule",
-                            rule.index
-                        ));
-                        continue;
-                    }
-                    None => {
-                        fail(&mut failed, i, format!("{parent} does not exist"));
-                        continue;
-                    }
-                }
-            }
-            let same_parent = cur
-                .as_ref()
-                .map(|d| d.parent().normalized() == dn::normalize(&parent))
-                .unwrap_or(false);
-            let cur_rdn = cur.as_ref().and_then(|d| d.first().cloned());
-            let same_rdn = cur_rdn
-                .as_ref()
-                .map(|a| {
-                    a.attr.eq_ignore_ascii_case(&rdn)
-                        && rules.fold(&rdn, &a.value) == rules.fold(&rdn, &want)
-                })
-                .unwrap_or(false);
-            desired[i].dn = match (existing[i], cur_rdn) {
-                (None, _) => dn::child(&rdn, &want, &parent),
-                (Some(e), _) if same_rdn && same_parent => e.dn.clone(),
-                (Some(_), Some(a))
-                    if self.users.policy_of(&rdn) == Policy::Initial
-                        && a.attr.eq_ignore_ascii_case(&rdn) =>
-                {
-                    // dirbridge does not own the name: keep it (a move keeps it too).
-                    desired[i].attrs.insert(rdn.clone(), a.value.clone().into());
-                    dn::child(&a.attr, &a.value, &parent)
-                }
-                (Some(_), _) => dn::child(&rdn, &want, &parent),
-            };
-        }
-
-        // person_dn: every person in the export, and quarantined people who have an entry.
-        {
-            let mut map: Vec<(Box<str>, Box<str>)> =
-                Vec::with_capacity(order.len() + settled.len());
-            for i in 0..order.len() {
-                if !failed.contains_key(&i) {
-                    map.push((order[i].key.as_str().into(), desired[i].dn.as_str().into()));
-                }
-            }
-            for (r, e) in settled {
-                map.push((r.key.as_str().into(), e.dn.as_str().into()));
-            }
-            // A quarantined person keeps the entry they have (also one the linker took as gone).
-            let gone_by_key: foldhash::HashMap<&str, &str> = linking
-                .gone
-                .iter()
-                .map(|(u, k)| (k.as_str(), u.as_str()))
-                .collect();
-            for k in quarantined {
-                let uuid = linking
-                    .by_key
-                    .get(k)
-                    .map(String::as_str)
-                    .or_else(|| gone_by_key.get(k.as_str()).copied());
-                if let Some(e) = uuid.and_then(|u| by_uuid.get(u)) {
-                    map.push((k.as_str().into(), e.dn.as_str().into()));
-                }
-            }
-            if let Ok(mut g) = self.person_dns.write() {
-                *g = filters::DnIndex::new(map);
-            }
-        }
-
-        // Pass 2: every other attribute.
-        for i in 0..order.len() {
-            if failed.contains_key(&i) {
-                continue;
-            }
-            for attr in self.users.attributes.keys() {
-                if desired[i].attrs.contains_key(attr) || self.users.unique.contains(attr) {
-                    continue;
-                }
-                match self.render(attr, &ctxs[i], "") {
-                    Ok(Some(v)) => {
-                        desired[i].attrs.insert(attr.clone(), v.into());
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        fail(&mut failed, i, e);
-                        break;
-                    }
-                }
-            }
-            // (rendered: the context goes now, not with the others at the end)
-            ctxs[i] = Value::UNDEFINED;
-        }
-
-        // (what only rendering needed goes first: at a million people the contexts and the uuid
-        // index are 80 MB, and the settled below are added to a new list)
-        drop(ctxs);
-        drop(by_uuid);
-        let mut i = 0;
-        desired.retain_mut(|d| {
-            i += 1;
-            match failed.remove(&(i - 1)) {
-                Some(reason) => {
-                    errors.push(MapError {
-                        key: std::mem::take(&mut d.key),
-                        line: d.line,
-                        reason,
-                    });
-                    false
-                }
-                None => true,
-            }
-        });
-        let theirs = theirs();
-        if !theirs.is_empty() {
-            // both lists in key order: merged, not sorted again
-            let mapped = std::mem::take(&mut desired);
-            desired.reserve_exact(mapped.len() + theirs.len());
-            let mut mapped = mapped.into_iter().peekable();
-            for t in theirs {
-                while let Some(d) =
-                    mapped.next_if(|d| key_order(&d.key, &t.key) != std::cmp::Ordering::Greater)
-                {
-                    desired.push(d);
-                }
-                desired.push(t);
-            }
-            desired.extend(mapped);
-        }
-        errors.sort_by(|a, b| key_order(&a.key, &b.key));
-        MapOutput { desired, errors }
+            errors.sort_by(|a, b| key_order(&a.key, &b.key));
+            MapOutput { desired, errors }
+        })
     }
 
     /// Whether the current value `cur` is still a numbering of the template's base (`base`, `base2`, …).
