@@ -2486,6 +2486,7 @@ impl Aside {
         if let Some(export) = &self.hr {
             m.save_hr(export)?;
         }
+        m.checkpoint();
         Ok(AsideDone {
             mirror: m,
             version,

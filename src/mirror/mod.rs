@@ -750,6 +750,19 @@ impl Mirror {
         Ok((m, lent.version))
     }
 
+    /// Copy what the write-ahead log holds into the database file (PASSIVE: no writer or reader
+    /// waits for it). The connection beside a run's directory writes does it after its rows, so
+    /// that the run's last connection, when it closes, has only the run's tail left to copy.
+    /// Best effort: a checkpoint that cannot finish now is finished by a later one.
+    pub fn checkpoint(&self) {
+        let r = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+        if let Err(e) = r {
+            tracing::debug!(target: "dirbridge::mirror", "checkpoint beside the writes: {e}");
+        }
+    }
+
     /// Adopt what the connection `beside` wrote (its tables' digests), and take its commits as
     /// known: the cache stays valid, unless it changed since it was lent (`version`).
     pub fn take_back(&self, version: Option<i64>, beside: Mirror) {
@@ -1606,6 +1619,33 @@ mod tests {
         m.save_links(Some(&after), taken, "t").unwrap();
         assert_eq!(m.links().unwrap().get("7").map(String::as_str), Some("u6"));
         assert!(!m.links().unwrap().contains_key("6"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_checkpoint_copies_the_log_into_the_database_file() {
+        let dir = std::env::temp_dir().join(format!("dirbridge-ckpt-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let db = dir.join("mirror.db");
+        let mut m = Mirror::open(&db).unwrap();
+        let links: BTreeMap<String, String> =
+            (0..50).map(|i| (i.to_string(), format!("u{i}"))).collect();
+        m.save_links(None, links, "t").unwrap();
+        // the database file alone, as a reader that ignores the write-ahead log sees it
+        let in_file = || -> i64 {
+            let uri = format!("file:{}?immutable=1", db.display());
+            let c = Connection::open_with_flags(
+                uri,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_URI,
+            )
+            .unwrap();
+            c.query_row("SELECT count(*) FROM links", [], |r| r.get(0))
+                .unwrap_or(0)
+        };
+        assert_eq!(in_file(), 0, "the links are still only in the log");
+        m.checkpoint();
+        assert_eq!(in_file(), 50);
+        drop(m);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
