@@ -1571,6 +1571,13 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// An empty directory of this test process's own under the system's temporary one.
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("dirbridge-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
     #[test]
     fn links_are_saved_as_what_changed_since_the_run_read_them() {
         let map = |v: &[(&str, &str)]| -> BTreeMap<String, String> {
@@ -1601,8 +1608,7 @@ mod tests {
         // and every key gone after the last one of the new map
         assert_eq!(links_diff(&before, &map(&[])).0, ["0", "1", "2", "3", "6"]);
 
-        let dir = std::env::temp_dir().join(format!("dirbridge-links-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = scratch("links");
         let mut m = Mirror::open(&dir.join("mirror.db")).unwrap();
         m.save_links(None, before.clone(), "t").unwrap();
         assert_eq!(m.links().unwrap(), before);
@@ -1624,8 +1630,7 @@ mod tests {
 
     #[test]
     fn a_checkpoint_copies_the_log_into_the_database_file() {
-        let dir = std::env::temp_dir().join(format!("dirbridge-ckpt-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = scratch("ckpt");
         let db = dir.join("mirror.db");
         let mut m = Mirror::open(&db).unwrap();
         let links: BTreeMap<String, String> =
