@@ -2392,7 +2392,6 @@ struct SettledRows {
     /// The people this run did not map again, and the settled table as it read it.
     settled: foldhash::HashMap<String, usize>,
     known: Option<foldhash::HashMap<String, u64>>,
-    links: std::sync::Arc<BTreeMap<String, String>>,
 }
 
 /// What the aside connection wrote: it (for its digests), the lender's cache version, whether
@@ -2451,8 +2450,7 @@ impl Aside {
         }
         let settled = match self.settled {
             Some(s) => {
-                let by_uuid: foldhash::HashMap<&str, &crate::model::Entry> =
-                    s.dir.entries.iter().map(|e| (e.uuid.as_str(), e)).collect();
+                let by_uuid = s.dir.uuid_index();
                 // (the entry's uuid is the desired entry's: it was found by it)
                 let rows: Vec<(String, u64, String)> = s
                     .desired
@@ -2462,13 +2460,14 @@ impl Aside {
                             return None;
                         }
                         let uuid = d.uuid.as_ref()?;
-                        let e = by_uuid.get(uuid.as_str())?;
+                        let e = &s.dir.entries[*by_uuid.get(uuid.as_str())?];
                         let known = s.known.as_ref().and_then(|m| m.get(&d.key));
                         let digest = match known {
-                            // (linked to the entry the digest was of)
+                            // (linked to the entry the digest was of: the one it was settled with)
                             Some(&known)
-                                if s.settled.contains_key(&d.key)
-                                    && s.links.get(&d.key) == Some(uuid) =>
+                                if s.settled
+                                    .get(&d.key)
+                                    .is_some_and(|&i| &s.dir.entries[i].uuid == uuid) =>
                             {
                                 known
                             }
@@ -3028,8 +3027,6 @@ pub async fn run(
     // What the mirror keeps whatever the writes do is written beside them (see `Aside`).
     let export = std::sync::Arc::new(export);
     let dir = std::sync::Arc::new(dir);
-    // (the aside thread compares with them; the mirror step writes what changed since them)
-    let links = std::sync::Arc::new(links);
     let settle = config_hash.is_some()
         && cfg.apps.is_empty()
         && opts.only.is_none()
@@ -3043,7 +3040,6 @@ pub async fn run(
             dir: dir.clone(),
             settled,
             known: settled_digests,
-            links: links.clone(),
         }),
     };
     let lent = mirror.lend(&crate::mirror::BESIDE_TABLES);
