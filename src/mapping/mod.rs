@@ -923,6 +923,10 @@ impl Mapper {
                     *g = filters::DnIndex::new(map);
                 }
             }
+            // (the entries were needed for names and places; rendering the rest does not read
+            // them: at a million people the index and the list are 44 MB at the run's peak)
+            drop(existing);
+            drop(by_uuid);
 
             // Pass 2: every other attribute.
             for i in 0..order.len() {
@@ -948,10 +952,9 @@ impl Mapper {
                 ctxs[i] = Value::UNDEFINED;
             }
 
-            // (what only rendering needed goes first: at a million people the contexts and the uuid
-            // index are 80 MB, and the settled below are added to a new list)
+            // (what only rendering needed goes first: at a million people the contexts are 40 MB,
+            // and the settled below are added to a new list)
             drop(ctxs);
-            drop(by_uuid);
             let mut i = 0;
             desired.retain_mut(|d| {
                 i += 1;
