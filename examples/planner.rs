@@ -91,7 +91,7 @@ max-attribute-removal-percent = 100
     let base = "ou=people,dc=example,dc=com";
     let mut entries = Vec::with_capacity(n);
     let mut links = BTreeMap::new();
-    let mut taken: HashMap<String, HashMap<String, dirbridge::names::Values>> = HashMap::new();
+    let mut uids: Vec<(String, dirbridge::names::Values)> = Vec::with_capacity(n + n / 100);
     let uid_of = |i: usize| format!("gfamily{i}");
     let mut put = |i: usize, key: String, title: &str, entries: &mut Vec<Entry>| {
         let uuid = format!("u-{i}");
@@ -108,10 +108,7 @@ max-attribute-removal-percent = 100
         if i > 0 {
             attrs.insert("manager", vec![format!("uid={},{base}", uid_of(i / 10))]);
         }
-        taken
-            .entry("uid".into())
-            .or_default()
-            .insert(uid.clone(), uuid.clone().into());
+        uids.push((uid.clone(), uuid.clone().into()));
         entries.push(Entry {
             uuid: uuid.clone(),
             dn: format!("uid={uid},{base}"),
@@ -129,6 +126,7 @@ max-attribute-removal-percent = 100
         let i = n + j;
         put(i, (1_000_000 + i).to_string(), "Staff", &mut entries);
     }
+    let taken = HashMap::from([("uid".to_string(), uids.into_iter().collect())]);
     let dir_snap = DirSnapshot {
         entries,
         taken,

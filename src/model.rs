@@ -33,7 +33,7 @@ impl Entry {
 pub struct DirSnapshot {
     pub entries: Vec<Entry>,
     /// lower-cased attribute → folded value → the uuids of the entries holding it.
-    pub taken: HashMap<String, HashMap<String, crate::names::Values>>,
+    pub taken: HashMap<String, Holders>,
     /// Managed groups (entries under the groups' parents).
     pub groups: Vec<Entry>,
     /// Normalised DNs of configured bases (placement, group parents) that do not exist.
@@ -48,6 +48,89 @@ impl DirSnapshot {
             .enumerate()
             .map(|(i, e)| (e.uuid.as_str(), i))
             .collect()
+    }
+}
+
+/// Folded value → the uuids of the entries holding it, for one unique attribute: a list in value
+/// order, looked up by bisection. A hash map holds the same in twice the memory once its table
+/// has doubled past seven eighths full (at 1,000,000 values, 100 MB where this takes 48).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Holders(Vec<(String, crate::names::Values)>);
+
+impl Holders {
+    fn find(&self, value: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(v, _)| v.as_str().cmp(value))
+    }
+
+    pub fn get(&self, value: &str) -> Option<&crate::names::Values> {
+        self.find(value).ok().map(|i| &self.0[i].1)
+    }
+
+    /// Replace the holders of `value` (one value at a time: a whole list is collected instead).
+    pub fn insert(&mut self, value: String, holders: crate::names::Values) {
+        match self.find(&value) {
+            Ok(i) => self.0[i].1 = holders,
+            Err(i) => self.0.insert(i, (value, holders)),
+        }
+    }
+
+    pub fn retain(&mut self, mut keep: impl FnMut(&str, &mut crate::names::Values) -> bool) {
+        self.0.retain_mut(|(v, us)| keep(v, us));
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &String> {
+        self.0.iter().map(|(v, _)| v)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<'a> IntoIterator for &'a Holders {
+    type Item = (&'a String, &'a crate::names::Values);
+    type IntoIter = std::iter::Map<
+        std::slice::Iter<'a, (String, crate::names::Values)>,
+        fn(&'a (String, crate::names::Values)) -> (&'a String, &'a crate::names::Values),
+    >;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(|(v, us)| (v, us))
+    }
+}
+
+impl IntoIterator for Holders {
+    type Item = (String, crate::names::Values);
+    type IntoIter = std::vec::IntoIter<(String, crate::names::Values)>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+/// From (value, holders) in any order; the holders of a value listed twice are put together.
+impl FromIterator<(String, crate::names::Values)> for Holders {
+    fn from_iter<I: IntoIterator<Item = (String, crate::names::Values)>>(it: I) -> Holders {
+        let mut all: Vec<(String, crate::names::Values)> = it.into_iter().collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0)); // stable: a value's holders keep their order
+        let mut out: Vec<(String, crate::names::Values)> = Vec::with_capacity(all.len());
+        for (v, us) in all {
+            match out.last_mut() {
+                Some((last, held)) if *last == v => held.extend(us),
+                _ => out.push((v, us)),
+            }
+        }
+        out.shrink_to_fit();
+        Holders(out)
+    }
+}
+
+impl<'de> Deserialize<'de> for Holders {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Holders, D::Error> {
+        let m: HashMap<String, crate::names::Values> = HashMap::deserialize(d)?;
+        Ok(m.into_iter().collect())
     }
 }
 
@@ -174,6 +257,35 @@ impl MatchRules {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[test]
+    fn holders_are_kept_in_value_order_and_a_value_listed_twice_keeps_both() {
+        let one = |u: &str| crate::names::Values::from(u.to_string());
+        let mut h: Holders = [("b", "u1"), ("a", "u2"), ("b", "u3"), ("c", "u4")]
+            .into_iter()
+            .map(|(v, u)| (v.to_string(), one(u)))
+            .collect();
+        assert_eq!(
+            h.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["a", "b", "c"]
+        );
+        assert_eq!(&h.get("b").unwrap()[..], ["u1", "u3"]);
+        assert_eq!(h.get("d"), None);
+        h.insert("aa".into(), one("u5"));
+        h.insert("c".into(), one("u6"));
+        assert_eq!(
+            h.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["a", "aa", "b", "c"]
+        );
+        assert_eq!(&h.get("c").unwrap()[..], ["u6"]);
+        h.retain(|_, us| !us.contains(&"u2".to_string()));
+        assert_eq!(h.len(), 3);
+        assert_eq!(h.get("a"), None);
+        let back: Holders = serde_json::from_str(r#"{"x": ["u7"], "w": ["u8", "u9"]}"#).unwrap();
+        assert_eq!(
+            back.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["w", "x"]
+        );
+    }
     #[test]
     fn folding() {
         let r = MatchRules::default();

@@ -747,26 +747,24 @@ const GROUP_ATTRS: &[&str] = &[
 fn taken_from(
     uniques: &[crate::model::Entry],
     names: &[String],
-) -> std::collections::HashMap<String, std::collections::HashMap<String, crate::names::Values>> {
+) -> std::collections::HashMap<String, crate::model::Holders> {
     let rules_default = crate::model::MatchRules::default();
     // (a value held once, as nearly all are, costs no list: `Values` holds one inline)
-    let mut taken: std::collections::HashMap<
-        String,
-        std::collections::HashMap<String, crate::names::Values>,
-    > = Default::default();
-    for e in uniques {
-        for a in names {
-            for v in e.get(a) {
-                taken
-                    .entry(a.to_ascii_lowercase())
-                    .or_default()
-                    .entry(rules_default.fold(a, v))
-                    .or_default()
-                    .push(e.uuid.clone());
-            }
-        }
-    }
-    taken
+    names
+        .iter()
+        .map(|a| {
+            let held = uniques.iter().flat_map(|e| {
+                e.get(a)
+                    .iter()
+                    .map(|v| (rules_default.fold(a, v), e.uuid.clone().into()))
+            });
+            (
+                a.to_ascii_lowercase(),
+                held.collect::<crate::model::Holders>(),
+            )
+        })
+        .filter(|(_, held)| !held.is_empty())
+        .collect()
 }
 
 fn b64(v: &[u8]) -> String {
@@ -2703,12 +2701,10 @@ pub async fn run(
         if rules.rule(attr) == default_rules.rule(attr) {
             continue;
         }
-        let refolded: std::collections::HashMap<String, crate::names::Values> =
-            vals.drain().fold(Default::default(), |mut m, (k, v)| {
-                m.entry(rules.fold(attr, &k)).or_default().extend(v);
-                m
-            });
-        *vals = refolded;
+        *vals = std::mem::take(vals)
+            .into_iter()
+            .map(|(k, v)| (rules.fold(attr, &k), v))
+            .collect();
     }
 
     let links = match (links_read.into_inner(), &mirror) {

@@ -14,7 +14,7 @@ use crate::model::{DirSnapshot, Entry, MatchRules};
 #[derive(serde::Deserialize)]
 struct DirFile {
     entries: Vec<Entry>,
-    taken: HashMap<String, HashMap<String, crate::names::Values>>,
+    taken: HashMap<String, crate::model::Holders>,
 }
 
 fn golden(case: &str) {
