@@ -504,38 +504,12 @@ pub const READ_CURSOR: &str = "read-cursor";
 /// The configuration and day under which the mirror's settled people were found.
 pub const SETTLED: &str = "settled";
 
-/// When the settled people were found: a run skips them only with the same configuration, on
-/// that day or a later one before the next day on which a lifecycle state changes (the quiet
-/// run's rule: until then every person's state is what it was; without `[lifecycle]` no day
-/// changes anything). A marker from a version that did not record the next change holds for its
-/// own day only.
+/// When the settled people were found: a run skips them only with the same configuration on the
+/// same day (a new day can change lifecycle states).
 #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 struct SettledMarker {
     config: String,
     today: String,
-    /// The next day on which a lifecycle state changes (None: none is known).
-    #[serde(default)]
-    next_change: Option<String>,
-    /// `next_change` was recorded (markers before it only hold on `today`).
-    #[serde(default)]
-    spans_days: bool,
-}
-
-impl SettledMarker {
-    fn holds(&self, config: &str, today: jiff::civil::Date) -> bool {
-        let date = |d: &str| d.parse::<jiff::civil::Date>().ok();
-        let Some(found) = date(&self.today) else {
-            return false;
-        };
-        self.config == config
-            && (found == today
-                || (self.spans_days
-                    && found < today
-                    && match &self.next_change {
-                        None => true,
-                        Some(d) => date(d).is_some_and(|d| today < d),
-                    }))
-    }
 }
 
 /// A digest of what mapping and planning a person depend on: their record's fields and their
@@ -2832,7 +2806,11 @@ pub async fn run(
             let marker: Option<SettledMarker> = m
                 .get_state(SETTLED)?
                 .and_then(|v| serde_json::from_str(&v).ok());
-            if marker.is_some_and(|mk| mk.holds(c, today)) {
+            let now = SettledMarker {
+                config: c.clone(),
+                today: today.to_string(),
+            };
+            if marker.as_ref() == Some(&now) {
                 let prior = m.settled()?;
                 let people = settled_people(&prior, &export, &dir, &links);
                 (people, Some(prior))
@@ -3352,8 +3330,6 @@ pub async fn run(
         Some(c) if settled_saved && !outcome.interrupted => serde_json::to_string(&SettledMarker {
             config: c.clone(),
             today: today.to_string(),
-            next_change: outcome.plan.next_change.clone(),
-            spans_days: true,
         })
         .unwrap_or_default(),
         _ => "{}".to_string(),
@@ -3492,34 +3468,6 @@ mod tests {
         for i in [0, 2, 4, n / 2 - 1, n / 2, n - 3, n - 1] {
             assert_eq!(settled.get(&key(i)), Some(&i), "{i}");
         }
-    }
-
-    #[test]
-    fn settled_people_stay_settled_on_later_days_until_a_lifecycle_date() {
-        let d = |s: &str| s.parse::<jiff::civil::Date>().unwrap();
-        let marker = |next: Option<&str>, spans_days: bool| SettledMarker {
-            config: "c1".into(),
-            today: "2026-11-29".into(),
-            next_change: next.map(String::from),
-            spans_days,
-        };
-        // no lifecycle date ahead: any later day, never an earlier one or another configuration
-        let open = marker(None, true);
-        assert!(open.holds("c1", d("2026-11-29")));
-        assert!(open.holds("c1", d("2027-03-01")));
-        assert!(!open.holds("c1", d("2026-11-28")));
-        assert!(!open.holds("c2", d("2026-11-29")));
-        // a state changes on 2026-12-01: the days before it, not that day or after
-        let until = marker(Some("2026-12-01"), true);
-        assert!(until.holds("c1", d("2026-11-30")));
-        assert!(!until.holds("c1", d("2026-12-01")));
-        assert!(!until.holds("c1", d("2026-12-24")));
-        // a marker that did not record the next change (an older version's): its own day only
-        let old: SettledMarker =
-            serde_json::from_str(r#"{"config": "c1", "today": "2026-11-29"}"#).unwrap();
-        assert_eq!(old, marker(None, false));
-        assert!(old.holds("c1", d("2026-11-29")));
-        assert!(!old.holds("c1", d("2026-11-30")));
     }
 
     #[test]
