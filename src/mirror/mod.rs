@@ -1320,8 +1320,7 @@ mod tests {
 
     #[test]
     fn the_directory_snapshot_is_kept_a_row_per_entry_and_only_changed_rows_are_written() {
-        let dir = std::env::temp_dir().join(format!("dirbridge-snaprows-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = scratch("snaprows");
         let mut m = Mirror::open(&dir.join("mirror.db")).unwrap();
         let e = |u: &str, title: &str| Entry {
             uuid: u.into(),
@@ -1385,8 +1384,7 @@ mod tests {
             .collect();
         assert_eq!(decode_entries(rows), entries);
         // and through the table, as a run reads it
-        let dir = std::env::temp_dir().join(format!("dirbridge-snapbig-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = scratch("snapbig");
         let mut m = Mirror::open(&dir.join("mirror.db")).unwrap();
         let snap = DirSnapshot {
             entries: entries.clone(),
@@ -1399,8 +1397,7 @@ mod tests {
 
     #[test]
     fn settled_rows_are_rewritten_against_the_table_as_the_run_read_it() {
-        let dir = std::env::temp_dir().join(format!("dirbridge-settled-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = scratch("settled");
         let mut m = Mirror::open(&dir.join("mirror.db")).unwrap();
         let row = |k: &str, d: u64| (k.to_string(), d, format!("uuid-{k}"));
         let first = [row("1", 10), row("2", 20), row("3", 30)];
@@ -1424,8 +1421,7 @@ mod tests {
 
     #[test]
     fn a_connection_beside_writes_the_lent_tables_and_the_lenders_cache_stays_valid() {
-        let dir = std::env::temp_dir().join(format!("dirbridge-beside-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = scratch("beside");
         let db = dir.join("mirror.db");
         let e = |u: &str| Entry {
             uuid: u.into(),
@@ -1492,8 +1488,7 @@ mod tests {
 
     #[test]
     fn a_caching_connection_keeps_the_snapshot_until_another_connection_writes() {
-        let dir = std::env::temp_dir().join(format!("dirbridge-cache-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = scratch("cache");
         let db = dir.join("mirror.db");
         let e = |u: &str, title: &str| Entry {
             uuid: u.into(),
@@ -1656,8 +1651,7 @@ mod tests {
 
     #[test]
     fn migrations_links_and_lock() {
-        let dir = std::env::temp_dir().join(format!("dirbridge-mirror-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = scratch("mirror");
         let db = dir.join("sub/mirror.db");
         let mut m = Mirror::open(&db).unwrap();
         use std::os::unix::fs::PermissionsExt;
