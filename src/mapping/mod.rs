@@ -46,6 +46,28 @@ pub struct Desired {
     pub settled: bool,
 }
 
+/// Whether the folded unique value `folded` is held by an entry other than `own`, or was given
+/// in this run to a record other than `i`.
+fn held_by_other(
+    taken: Option<&crate::model::Holders>,
+    reserved: &HashMap<String, usize>,
+    folded: &str,
+    own: Option<&str>,
+    i: usize,
+) -> bool {
+    taken
+        .and_then(|t| t.get(folded))
+        .is_some_and(|us| us.iter().any(|u| Some(u.as_str()) != own))
+        || reserved.get(folded).is_some_and(|&j| j != i)
+}
+
+/// Why a person gets no value of a unique attribute: `value` is taken and no number is left.
+fn no_number_left(attr: &str, value: &str) -> String {
+    format!(
+        "users.attributes.{attr}: {value:?} is already taken and the template has no {{{{ n }}}} to number it"
+    )
+}
+
 /// Note why person `i` failed (the first reason stays).
 fn fail(failed: &mut BTreeMap<usize, String>, i: usize, why: String) {
     failed.entry(i).or_insert(why);
@@ -724,19 +746,11 @@ impl Mapper {
                                     use std::fmt::Write as _;
                                     let _ = write!(candidate, "{n}");
                                 }
-                                let by_other_entry = taken
-                                    .and_then(|t| t.get(candidate.as_str()))
-                                    .is_some_and(|us| us.iter().any(|u| Some(u.as_str()) != own));
-                                let by_other_record =
-                                    reserved.get(candidate.as_str()).is_some_and(|&j| j != i);
-                                if !by_other_entry && !by_other_record {
+                                if !held_by_other(taken, &reserved, &candidate, own, i) {
                                     break;
                                 }
                                 if n >= 100_000 {
-                                    fail(&mut failed, i, format!(
-                                            "users.attributes.{attr}: {:?} is already taken and the template has no {{{{ n }}}} to number it",
-                                            format!("{v}{n}")
-                                        ));
+                                    fail(&mut failed, i, no_number_left(attr, &format!("{v}{n}")));
                                     continue 'people;
                                 }
                                 n += 1;
@@ -763,19 +777,14 @@ impl Mapper {
                             Ok(None) => break,
                             Ok(Some(v)) => {
                                 let f = rules.fold(attr, &v);
-                                let by_other_entry = taken
-                                    .and_then(|t| t.get(&f))
-                                    .map(|us| us.iter().any(|u| Some(u.as_str()) != own))
-                                    .unwrap_or(false);
-                                let by_other_record =
-                                    reserved.get(&f).map(|&j| j != i).unwrap_or(false);
+                                let by_other = held_by_other(taken, &reserved, &f, own, i);
                                 let by_sam_rule = sam_rule && {
                                     let l = local(&v);
                                     sam_like.get(&l).is_some_and(|us| {
                                         us.iter().any(|u| Some(u.as_str()) != own)
                                     }) || chosen_sam.get(&l).is_some_and(|&j| j != i)
                                 };
-                                if !by_other_entry && !by_other_record && !by_sam_rule {
+                                if !by_other && !by_sam_rule {
                                     if sam_rule {
                                         chosen_sam.insert(local(&v), i);
                                     }
@@ -788,9 +797,7 @@ impl Mapper {
                                     break;
                                 }
                                 if n >= 100_000 || !self.uses_n.contains(attr) {
-                                    fail(&mut failed, i, format!(
-                                            "users.attributes.{attr}: {v:?} is already taken and the template has no {{{{ n }}}} to number it"
-                                        ));
+                                    fail(&mut failed, i, no_number_left(attr, &v));
                                     break;
                                 }
                             }
