@@ -74,6 +74,15 @@ impl Holders {
         }
     }
 
+    /// The values that are `base` followed by a digit (`base2`, `base17`, also `base1x`): one run
+    /// of the list, from `base0` up to `base:` (the character after `9`).
+    pub fn numbered(&self, base: &str) -> &[(String, crate::names::Values)] {
+        let (from, to) = (format!("{base}0"), format!("{base}:"));
+        let lo = self.0.partition_point(|(v, _)| *v < from);
+        let hi = self.0.partition_point(|(v, _)| *v < to);
+        &self.0[lo..hi]
+    }
+
     pub fn retain(&mut self, mut keep: impl FnMut(&str, &mut crate::names::Values) -> bool) {
         self.0.retain_mut(|(v, us)| keep(v, us));
     }
@@ -257,6 +266,25 @@ impl MatchRules {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[test]
+    fn the_numbered_values_of_a_base_are_those_it_is_followed_by_a_digit_in() {
+        let h: Holders = [
+            "jsmith", "jsmith2", "jsmith17", "jsmith1x", "jsmith-a", "jsmitha", "jsmith:",
+            "jsmit9", "jsmiti", "ksmith2",
+        ]
+        .into_iter()
+        .map(|v| (v.to_string(), crate::names::Values::from("u".to_string())))
+        .collect();
+        let got: Vec<&str> = h
+            .numbered("jsmith")
+            .iter()
+            .map(|(v, _)| v.as_str())
+            .collect();
+        assert_eq!(got, ["jsmith17", "jsmith1x", "jsmith2"]);
+        assert!(h.numbered("nobody").is_empty());
+        assert!(Holders::default().numbered("jsmith").is_empty());
+    }
+
     #[test]
     fn holders_are_kept_in_value_order_and_a_value_listed_twice_keeps_both() {
         let one = |u: &str| crate::names::Values::from(u.to_string());

@@ -3053,8 +3053,24 @@ pub async fn run(
     let mut failed_adds: BTreeSet<String> = BTreeSet::new();
     // Entries written in this run (read again next run: see ReadCursor::recent).
     let mut written: BTreeSet<String> = BTreeSet::new();
-    // People added without their entryUUID known yet (OpenLDAP: read back after the writes).
+    // People added without their entryUUID known yet (OpenLDAP: read back beside a phase after
+    // the adds, or after the writes).
     let mut unread: Vec<(String, String)> = Vec::new();
+    let last_add_phase = changes
+        .iter()
+        .filter(|c| c.subject == Subject::Person && c.op == Op::Add)
+        .map(|c| c.phase)
+        .max();
+    // (beside the largest phase after the adds: the searches take the server's other threads
+    // while its writer works)
+    let read_back_beside = last_add_phase.and_then(|last| {
+        phases
+            .iter()
+            .filter(|(p, _)| **p > last)
+            .max_by_key(|(p, b)| (b.len(), std::cmp::Reverse(**p)))
+            .map(|(p, _)| *p)
+    });
+    let mut read_back: Option<Vec<Option<String>>> = None;
     for (phase, batch) in phases {
         if cancelled() {
             outcome.interrupted = true;
@@ -3107,14 +3123,25 @@ pub async fn run(
             };
             passwords.push(pw);
         }
-        let mut results = target
-            .apply_with(
-                &batch,
-                &passwords,
-                cfg.directory.max_in_flight,
-                opts.cancel.clone(),
-            )
-            .await;
+        let writes = target.apply_with(
+            &batch,
+            &passwords,
+            cfg.directory.max_in_flight,
+            opts.cancel.clone(),
+        );
+        let mut results = if read_back_beside == Some(phase) && !unread.is_empty() {
+            let t0 = Instant::now();
+            let dns: Vec<&str> = unread.iter().map(|(_, dn)| dn.as_str()).collect();
+            let (results, uuids) = tokio::join!(
+                writes,
+                target.read_back_uuids(&dns, cfg.directory.max_in_flight, dir.entries.len())
+            );
+            tracing::debug!(target: "dirbridge::run", added = dns.len(), read = uuids.iter().flatten().count(), phase, "new entries' entryUUIDs read back beside the phase in {:.2} s", t0.elapsed().as_secs_f64());
+            read_back = Some(uuids);
+            results
+        } else {
+            writes.await
+        };
         // Active Directory refused a generated password (0000052D: length, complexity, history):
         // make a new one and try the add again, twice at most.
         for _ in 0..2 {
@@ -3235,12 +3262,18 @@ pub async fn run(
         tracing::debug!(target: "dirbridge::run", phase, changes = outcomes.len(), "phase written and journaled in {:.3} s", phase_started.elapsed().as_secs_f64());
     }
     if !unread.is_empty() {
-        let t0 = Instant::now();
-        let dns: Vec<&str> = unread.iter().map(|(_, dn)| dn.as_str()).collect();
-        let uuids = target
-            .read_back_uuids(&dns, cfg.directory.max_in_flight, dir.entries.len())
-            .await;
-        tracing::debug!(target: "dirbridge::run", added = dns.len(), read = uuids.iter().flatten().count(), "new entries' entryUUIDs read back in {:.2} s", t0.elapsed().as_secs_f64());
+        let uuids = match read_back {
+            Some(uuids) => uuids,
+            None => {
+                let t0 = Instant::now();
+                let dns: Vec<&str> = unread.iter().map(|(_, dn)| dn.as_str()).collect();
+                let uuids = target
+                    .read_back_uuids(&dns, cfg.directory.max_in_flight, dir.entries.len())
+                    .await;
+                tracing::debug!(target: "dirbridge::run", added = dns.len(), read = uuids.iter().flatten().count(), "new entries' entryUUIDs read back in {:.2} s", t0.elapsed().as_secs_f64());
+                uuids
+            }
+        };
         for ((key, _), u) in unread.into_iter().zip(uuids) {
             if let Some(u) = u {
                 written.insert(u.clone());

@@ -57,8 +57,18 @@ fn held_by_other(
 ) -> bool {
     taken
         .and_then(|t| t.get(folded))
-        .is_some_and(|us| us.iter().any(|u| Some(u.as_str()) != own))
-        || reserved.get(folded).is_some_and(|&j| j != i)
+        .is_some_and(|us| held_by_another(us, own))
+        || given_to_another(reserved, folded, i)
+}
+
+/// Whether an entry other than `own` is among a value's holders.
+fn held_by_another(holders: &crate::names::Values, own: Option<&str>) -> bool {
+    holders.iter().any(|u| Some(u.as_str()) != own)
+}
+
+/// Whether the folded unique value `folded` was given in this run to a record other than `i`.
+fn given_to_another(reserved: &HashMap<String, usize>, folded: &str, i: usize) -> bool {
+    reserved.get(folded).is_some_and(|&j| j != i)
 }
 
 /// Why a person gets no value of a unique attribute: `value` is taken and no number is left.
@@ -739,6 +749,20 @@ impl Mapper {
                             .iter()
                             .all(|d| rules.fold(attr, &format!("{v}{d}")) == format!("{f}{d}"));
                         if digits_kept && self.uses_n.contains(attr) {
+                            // The numbers other entries hold after this base, read off the list
+                            // of holders at once (not looked up number by number).
+                            let held: foldhash::HashSet<u32> = taken
+                                .map(|t| t.numbered(f))
+                                .unwrap_or(&[])
+                                .iter()
+                                .filter(|(_, us)| held_by_another(us, own))
+                                .filter_map(|(v, _)| {
+                                    let d = &v[f.len()..];
+                                    let canonical = !d.starts_with('0')
+                                        && d.bytes().all(|b| b.is_ascii_digit());
+                                    canonical.then(|| d.parse::<u32>().ok()).flatten()
+                                })
+                                .collect();
                             loop {
                                 candidate.clear();
                                 candidate.push_str(f);
@@ -746,7 +770,12 @@ impl Mapper {
                                     use std::fmt::Write as _;
                                     let _ = write!(candidate, "{n}");
                                 }
-                                if !held_by_other(taken, &reserved, &candidate, own, i) {
+                                let by_other = if n == 1 {
+                                    held_by_other(taken, &reserved, &candidate, own, i)
+                                } else {
+                                    held.contains(&n) || given_to_another(&reserved, &candidate, i)
+                                };
+                                if !by_other {
                                     break;
                                 }
                                 if n >= 100_000 {

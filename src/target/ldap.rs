@@ -505,7 +505,7 @@ impl LdapTarget {
 
     /// [`LdapTarget::search`] with another scope.
     async fn search_in(
-        &mut self,
+        &self,
         base: &str,
         scope: Scope,
         filter: &str,
@@ -1437,7 +1437,7 @@ impl LdapTarget {
     /// of the directory (`existing`: the entries the run read), one paged one-level search of the
     /// parent reads them all; the others, base searches spread over the connections.
     pub async fn read_back_uuids(
-        &mut self,
+        &self,
         dns: &[&str],
         in_flight: usize,
         existing: usize,
