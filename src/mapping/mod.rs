@@ -321,6 +321,9 @@ pub struct Mapper {
     env: Environment<'static>,
     users: UsersConfig,
     header: Arc<[String]>,
+    /// Attributes whose template is one column and nothing else (`{{ title }}`): their value is
+    /// the field, read without rendering.
+    plain: BTreeMap<String, String>,
     person_dns: filters::PersonDns,
     /// Attributes whose template uses `n`.
     uses_n: BTreeSet<String>,
@@ -361,6 +364,23 @@ impl minijinja::value::Object for RecordContext {
     }
 }
 
+/// The column a template renders as it is, when the template is that column and nothing else
+/// (`{{ title }}`, `{{surname}}`; not `{{- title }}`, a literal such as `{{ none }}` or `n`).
+fn plain_field(src: &str) -> Option<&str> {
+    let inner = src.strip_prefix("{{")?.strip_suffix("}}")?;
+    if inner.starts_with(['-', '+']) || inner.ends_with(['-', '+']) {
+        return None;
+    }
+    let name = inner.trim();
+    let ident = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    let reserved = [
+        "n", "true", "false", "none", "True", "False", "None", "self", "loop", "super", "varargs",
+        "kwargs",
+    ];
+    (ident && !reserved.contains(&name)).then_some(name)
+}
+
 /// The part before a trailing `{{ n }}` (`{{n}}`, `{{- n -}}`), if the template ends with one.
 fn n_suffixed(src: &str) -> Option<&str> {
     let body = src.strip_suffix("}}")?;
@@ -396,8 +416,17 @@ impl Mapper {
                 }
             }
         }
+        let plain = users
+            .attributes
+            .iter()
+            .filter_map(|(name, src)| {
+                let col = plain_field(src).filter(|c| header.iter().any(|h| h == c))?;
+                Some((name.clone(), col.to_string()))
+            })
+            .collect();
         Ok(Mapper {
             ad: false,
+            plain,
             suffix_n,
             disabled_base: None,
             uses_n,
@@ -510,14 +539,23 @@ impl Mapper {
 
     /// Render one attribute; `None` when it renders empty (the attribute is absent).
     fn render(&self, attr: &str, ctx: &Value, n: &str) -> Result<Option<String>, String> {
-        let with_n = minijinja::value::merge_maps([
-            Value::from_object(BTreeMap::from([("n".to_string(), Value::from(n))])),
-            ctx.clone(),
-        ]);
-        let t = self.env.get_template(attr).map_err(|e| describe(&e))?;
-        let out = t
-            .render(with_n)
-            .map_err(|e| format!("users.attributes.{attr}: {}", describe(&e)))?;
+        let field = self.plain.get(attr).and_then(|col| {
+            let r = ctx.downcast_object_ref::<RecordContext>()?;
+            // (a column of the header: absent from the record, it renders empty)
+            Some(r.fields.get(col.as_str()).map_or("", |v| &**v))
+        });
+        let out = match field {
+            Some(v) => v.to_string(),
+            None => {
+                let with_n = minijinja::value::merge_maps([
+                    Value::from_object(BTreeMap::from([("n".to_string(), Value::from(n))])),
+                    ctx.clone(),
+                ]);
+                let t = self.env.get_template(attr).map_err(|e| describe(&e))?;
+                t.render(with_n)
+                    .map_err(|e| format!("users.attributes.{attr}: {}", describe(&e)))?
+            }
+        };
         let out = if self.ad && attr.eq_ignore_ascii_case("sAMAccountName") {
             crate::ad::fit_sam(&out, n)
         } else {

@@ -513,3 +513,66 @@ fn a_crowded_base_takes_the_first_number_no_one_else_holds() {
     assert_eq!(uid_of(&out, "6"), "jsmith41");
     assert_eq!(uid_of(&out, "8"), "jsmith42");
 }
+
+#[test]
+fn a_template_that_is_one_column_is_that_column() {
+    assert_eq!(plain_field("{{ title }}"), Some("title"));
+    assert_eq!(plain_field("{{title}}"), Some("title"));
+    assert_eq!(plain_field("{{ _x9 }}"), Some("_x9"));
+    for not in [
+        " {{ title }}",
+        "{{ title }} ",
+        "{{- title }}",
+        "{{ title -}}",
+        "{{ title | lower }}",
+        "{{ title }}{{ n }}",
+        "{{ n }}",
+        "{{ none }}",
+        "{{ 9x }}",
+        "{{ a.b }}",
+        "Dr {{ title }}",
+    ] {
+        assert_eq!(plain_field(not), None, "{not}");
+    }
+}
+
+#[test]
+fn a_column_read_as_it_is_gives_what_rendering_it_gives() {
+    // the same columns through `{{ col }}` (read as they are) and `{{ col ~ '' }}` (rendered)
+    let with = |wrap: bool| {
+        let mut u = users();
+        for (attr, col) in [
+            ("title", "title"),
+            ("sn", "surname"),
+            ("givenName", "given_name"),
+        ] {
+            let src = if wrap {
+                format!("{{{{ {col} ~ '' }}}}")
+            } else {
+                format!("{{{{ {col} }}}}")
+            };
+            u.attributes.insert(attr.into(), src);
+        }
+        u
+    };
+    let recs = vec![
+        rec("1", "José", "Núñez", "  Head of  Things ", ""),
+        rec("2", "Ann", "O'Neil", "", ""),
+        rec("3", "Bo", "<b>&amp;", "{{ x }}", ""),
+    ];
+    let plain = run(&recs, &DirSnapshot::default(), &with(false));
+    let rendered = run(&recs, &DirSnapshot::default(), &with(true));
+    assert!(plain.errors.is_empty(), "{:?}", plain.errors);
+    assert_eq!(Mapper::new(&with(false), &header()).unwrap().plain.len(), 3);
+    assert!(Mapper::new(&with(true), &header())
+        .unwrap()
+        .plain
+        .is_empty());
+    let attrs = |o: &MapOutput| -> Vec<String> {
+        o.desired.iter().map(|d| format!("{:?}", d.attrs)).collect()
+    };
+    assert_eq!(attrs(&plain), attrs(&rendered));
+    // an empty field leaves the attribute out either way
+    let two = plain.desired.iter().find(|d| d.key == "2").unwrap();
+    assert!(!two.attrs.contains_key("title"));
+}
