@@ -1754,6 +1754,22 @@ pub struct Decision {
 
 /// Link, evaluate the lifecycle, map, plan people and groups, and order the changes.
 pub fn decide(i: &DecideInput<'_>) -> Decision {
+    decide_linked(i, None)
+}
+
+/// The keys the linker looks for: the export's records and its quarantined keys.
+fn present_keys(export: &crate::source::Export) -> BTreeSet<&str> {
+    export
+        .records
+        .iter()
+        .map(|r| r.key.as_str())
+        .chain(export.quarantined.iter().filter_map(|q| q.key.as_deref()))
+        .collect()
+}
+
+/// [`decide`], with the linking already made (`link::link` of [`present_keys`], as decide would
+/// make it: a run makes it beside [`settled_people`]).
+pub fn decide_linked(i: &DecideInput<'_>, linked: Option<link::Linking>) -> Decision {
     let DecideInput {
         cfg,
         users,
@@ -1772,13 +1788,9 @@ pub fn decide(i: &DecideInput<'_>) -> Decision {
         keep_desired,
     } = *i;
     let quarantined_keys = export.quarantined_keys();
-    let present: BTreeSet<&str> = export
-        .records
-        .iter()
-        .map(|r| r.key.as_str())
-        .chain(quarantined_keys.iter().map(String::as_str))
-        .collect();
-    let mut linking = link::link(&present, dir, links, &users.anchor, rules);
+    let present = present_keys(export);
+    let mut linking =
+        linked.unwrap_or_else(|| link::link(&present, dir, links, &users.anchor, rules));
     if !users.correlate.is_empty() {
         let unlinked: Vec<&crate::source::Record> = export
             .records
@@ -2796,6 +2808,7 @@ pub async fn run(
     // People settled since the last run (same configuration, same day; no applications, whose
     // templates may read any entry value; not for explain and report, which show everyone's
     // desired entry).
+    let mut linked = None;
     let settled = match (&mirror, &config_hash) {
         (Some(m), Some(c))
             if cfg.apps.is_empty()
@@ -2812,7 +2825,15 @@ pub async fn run(
             };
             if marker.as_ref() == Some(&now) {
                 let prior = m.settled()?;
-                let people = settled_people(&prior, &export, &dir, &links);
+                // (the linking decide starts with, made on the second core meanwhile)
+                let (people, made) = std::thread::scope(|s| {
+                    let linking = s.spawn(|| {
+                        link::link(&present_keys(&export), &dir, &links, &users.anchor, &rules)
+                    });
+                    let people = settled_people(&prior, &export, &dir, &links);
+                    (people, linking.join().ok())
+                });
+                linked = made;
                 (people, Some(prior))
             } else {
                 Default::default()
@@ -2831,23 +2852,26 @@ pub async fn run(
         overlay,
         posix_new,
         apps: app_decisions,
-    } = decide(&DecideInput {
-        apps: &app_inputs,
-        posix_ids: &posix_ids,
-        cfg,
-        users: &users,
-        mapper: &mapper,
-        export: &export,
-        dir: &dir,
-        rules: &rules,
-        links: &links,
-        departures: &departures,
-        created: &created,
-        today,
-        only: opts.only.as_deref(),
-        settled: &settled,
-        keep_desired: opts.details,
-    });
+    } = decide_linked(
+        &DecideInput {
+            apps: &app_inputs,
+            posix_ids: &posix_ids,
+            cfg,
+            users: &users,
+            mapper: &mapper,
+            export: &export,
+            dir: &dir,
+            rules: &rules,
+            links: &links,
+            departures: &departures,
+            created: &created,
+            today,
+            only: opts.only.as_deref(),
+            settled: &settled,
+            keep_desired: opts.details,
+        },
+        linked,
+    );
     laps.lap("decide");
     plan.read_mode = read_info.mode.to_string();
     plan.fetched = read_info.fetched;
