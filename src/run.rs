@@ -3072,6 +3072,27 @@ pub async fn run(
     for c in &changes {
         phases.entry(c.phase).or_default().push(c);
     }
+    // The people's adds, phase after phase (a manager's entry before the adds that name it), go
+    // as one batch in which each add waits for the adds it names only (`plan::add_waits`).
+    // Not with transactions, which keep their phases.
+    let is_add = |c: &&Change| c.subject == Subject::Person && c.op == Op::Add;
+    let mut adds_batch: Option<u32> = None;
+    if cfg.directory.transaction_size <= 1 {
+        let runs: Vec<u32> = phases
+            .iter()
+            .skip_while(|(_, b)| !b.iter().all(is_add))
+            .take_while(|(_, b)| b.iter().all(is_add))
+            .map(|(p, _)| *p)
+            .collect();
+        if let [first, .., _] = runs[..] {
+            let mut merged = Vec::new();
+            for p in &runs {
+                merged.extend(phases.remove(p).unwrap_or_default());
+            }
+            phases.insert(first, merged);
+            adds_batch = Some(first);
+        }
+    }
     let cancelled = || opts.cancel.as_ref().is_some_and(|c| *c.borrow());
     // Entries whose add failed: their later changes (manager, memberships) are not sent.
     let mut failed_adds: BTreeSet<String> = BTreeSet::new();
@@ -3147,11 +3168,17 @@ pub async fn run(
             };
             passwords.push(pw);
         }
-        let writes = target.apply_with(
+        let waits = if adds_batch == Some(phase) {
+            plan::add_waits(&batch, &rules)
+        } else {
+            Vec::new()
+        };
+        let writes = target.apply_after(
             &batch,
             &passwords,
             cfg.directory.max_in_flight,
             opts.cancel.clone(),
+            &waits,
         );
         let mut results = if read_back_beside == Some(phase) && !unread.is_empty() {
             let t0 = Instant::now();

@@ -648,6 +648,35 @@ pub fn linked_after_add(changes: Vec<Change>, rules: &MatchRules) -> Vec<Change>
     out
 }
 
+/// For adds of consecutive phases written as one batch: each add's waits, the adds of an earlier
+/// phase it names in a DN-valued attribute (its manager's new entry, say), indices into `batch`.
+/// An add is then sent once those have been answered, not once its whole phase before has: the
+/// same order, without the pipeline emptying between phases (39 of them for the bench's 10,000
+/// people).
+pub fn add_waits(batch: &[&Change], rules: &MatchRules) -> Vec<Vec<usize>> {
+    let idx: foldhash::HashMap<String, usize> = batch
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (dn::normalize(&c.dn), i))
+        .collect();
+    batch
+        .iter()
+        .map(|c| {
+            let mut d: Vec<usize> = c
+                .attributes
+                .iter()
+                .filter(|a| rules.rule(&a.attr) == Rule::Dn)
+                .flat_map(|a| a.new.iter())
+                .filter_map(|v| idx.get(&dn::normalize(v)).copied())
+                .filter(|&j| batch[j].phase < c.phase)
+                .collect();
+            d.sort_unstable();
+            d.dedup();
+            d
+        })
+        .collect()
+}
+
 /// Order adds so that an entry another new entry refers to (say, as its `manager`) is added first.
 /// Cycles (and self-references) are broken by putting the rest in the last wave.
 fn add_waves(adds: &[Change], rules: &MatchRules) -> Vec<u32> {

@@ -281,3 +281,40 @@ fn protected_filters_are_refused() {
     assert!(r[0].message.contains("(employeeType=executive)"));
     assert!(input(std::slice::from_ref(&other)).is_empty());
 }
+
+#[test]
+fn an_add_waits_for_the_adds_it_names_in_earlier_phases_only() {
+    let mgr = |key: &str| AttrDelta {
+        attr: "manager".into(),
+        kind: DeltaKind::Add,
+        old: Default::default(),
+        new: format!("uid={key},ou=people,dc=example,dc=com").into(),
+    };
+    // b reports to a (new), c to b (new), d to x (not added in this run); e and f name each
+    // other (a cycle: the same phase), g names itself
+    let adds = vec![
+        change(Op::Add, "a", vec![]),
+        change(Op::Add, "b", vec![mgr("a")]),
+        change(Op::Add, "c", vec![mgr("b")]),
+        change(Op::Add, "d", vec![mgr("x")]),
+        change(Op::Add, "e", vec![mgr("f")]),
+        change(Op::Add, "f", vec![mgr("e")]),
+        change(Op::Add, "g", vec![mgr("g")]),
+    ];
+    let rules = MatchRules::default();
+    let ordered = order(adds, &rules);
+    let phase = |k: &str| ordered.iter().find(|c| c.key == k).unwrap().phase;
+    assert!(phase("a") < phase("b") && phase("b") < phase("c"));
+    assert_eq!(phase("e"), phase("f"));
+    let batch: Vec<&Change> = ordered.iter().collect();
+    let waits = add_waits(&batch, &rules);
+    let of = |k: &str| -> Vec<&str> {
+        let i = batch.iter().position(|c| c.key == k).unwrap();
+        waits[i].iter().map(|&j| batch[j].key.as_str()).collect()
+    };
+    assert_eq!(of("a"), Vec::<&str>::new());
+    assert_eq!(of("b"), ["a"]);
+    assert_eq!(of("c"), ["b"]);
+    assert!(of("d").is_empty() && of("e").is_empty() && of("f").is_empty());
+    assert!(of("g").is_empty());
+}

@@ -1006,12 +1006,29 @@ impl LdapTarget {
         in_flight: usize,
         cancel: Option<tokio::sync::watch::Receiver<bool>>,
     ) -> Vec<Result<Option<String>, OpFailure>> {
+        self.apply_after(changes, passwords, in_flight, cancel, &[])
+            .await
+    }
+
+    /// [`LdapTarget::apply_with`], where `changes[i]` is sent only once the changes
+    /// `after[i]` (indices into `changes`) have been answered. Not with transactions: the run
+    /// gives waits only where it writes one operation at a time.
+    pub async fn apply_after(
+        &self,
+        changes: &[&Change],
+        passwords: &[Option<crate::secret::Secret>],
+        in_flight: usize,
+        cancel: Option<tokio::sync::watch::Receiver<bool>>,
+        after: &[Vec<usize>],
+    ) -> Vec<Result<Option<String>, OpFailure>> {
         if changes.len() > 1 && self.txn_size > 1 && self.offers_transactions().await {
             return self
                 .apply_in_transactions(changes, passwords, in_flight, cancel)
                 .await;
         }
-        let results = self.apply_each(changes, passwords, in_flight, cancel).await;
+        let results = self
+            .apply_each(changes, passwords, in_flight, cancel, after)
+            .await;
         if self.txn_size > 1 {
             self.learn(
                 changes
@@ -1367,7 +1384,7 @@ impl LdapTarget {
             .iter()
             .map(|i| passwords.get(*i).cloned().flatten())
             .collect();
-        let r = self.apply_each(&sub, &pw, in_flight, cancel).await;
+        let r = self.apply_each(&sub, &pw, in_flight, cancel, &[]).await;
         self.learn(
             sub.iter()
                 .zip(&r)
@@ -1385,13 +1402,17 @@ impl LdapTarget {
         passwords: &[Option<crate::secret::Secret>],
         in_flight: usize,
         cancel: Option<tokio::sync::watch::Receiver<bool>>,
+        after: &[Vec<usize>],
     ) -> Vec<OpResult> {
-        // Changes of one phase are independent: spread them over the connections.
+        // Changes of one phase are independent (but for `after`): spread them over the
+        // connections.
         let pool: Vec<&Ldap> = std::iter::once(&self.ldap)
             .chain(self.writers.iter())
             .collect();
-        let futs = changes.iter().enumerate().map(|(i, c)| {
-            let mut ldap = pool[i % pool.len()].clone();
+        // (`slot`: the connection, in turn as changes are sent)
+        let make = |i: usize, slot: usize| {
+            let c = changes[i];
+            let mut ldap = pool[slot % pool.len()].clone();
             let t = self.op_timeout;
             let pw = passwords.get(i).cloned().flatten();
             let cancel = cancel.clone();
@@ -1421,11 +1442,61 @@ impl LdapTarget {
                 };
                 (i, r)
             }
-        });
-        let mut results: Vec<(usize, OpResult)> = futures_util::stream::iter(futs)
-            .buffer_unordered(in_flight.max(1) * pool.len())
-            .collect()
-            .await;
+        };
+        let room = in_flight.max(1) * pool.len();
+        let mut results: Vec<(usize, OpResult)> = if after.iter().all(Vec::is_empty) {
+            futures_util::stream::iter((0..changes.len()).map(|i| make(i, i)))
+                .buffer_unordered(room)
+                .collect()
+                .await
+        } else {
+            // A change is sent once the changes it waits for have answered (whatever the
+            // answer), never before; the others keep the connections full meanwhile.
+            let mut left: Vec<usize> = (0..changes.len())
+                .map(|i| after.get(i).map_or(0, Vec::len))
+                .collect();
+            let mut waiting: Vec<Vec<usize>> = vec![Vec::new(); changes.len()];
+            for (i, first) in after.iter().enumerate() {
+                for &j in first {
+                    waiting[j].push(i);
+                }
+            }
+            let mut ready: std::collections::VecDeque<usize> =
+                (0..changes.len()).filter(|&i| left[i] == 0).collect();
+            let mut running = futures_util::stream::FuturesUnordered::new();
+            let mut out = Vec::with_capacity(changes.len());
+            let mut sent = 0;
+            loop {
+                while running.len() < room {
+                    match ready.pop_front() {
+                        Some(i) => {
+                            running.push(make(i, sent));
+                            sent += 1;
+                        }
+                        None => break,
+                    }
+                }
+                let Some((i, r)) = running.next().await else {
+                    break;
+                };
+                out.push((i, r));
+                for &k in &waiting[i] {
+                    left[k] -= 1;
+                    if left[k] == 0 {
+                        ready.push_back(k);
+                    }
+                }
+            }
+            // (a change whose wait never ended: only a cycle, which `after` never holds)
+            let stuck: Vec<usize> = (0..changes.len()).filter(|&i| left[i] > 0).collect();
+            let rest: Vec<(usize, OpResult)> =
+                futures_util::stream::iter(stuck.into_iter().map(|i| make(i, i)))
+                    .buffer_unordered(room)
+                    .collect()
+                    .await;
+            out.extend(rest);
+            out
+        };
         results.sort_by_key(|(i, _)| *i);
         results.into_iter().map(|(_, r)| r).collect()
     }

@@ -534,3 +534,59 @@ fn posix_accounts_get_stable_numbers_never_reused() {
     let (_, plan) = t.plan_json();
     assert!(changes(&plan).is_empty(), "{plan:#}");
 }
+
+#[test]
+fn a_manager_is_added_before_the_people_who_name_them() {
+    // Person i reports to person 2i: every manager has a higher key than their reports (key
+    // order would add the reports first), in chains eight deep, among 300 adds written as one
+    // batch over several connections. slapd stamps each write with a growing entryCSN.
+    let t = TestEnv::new("mgrorder");
+    let rows: Vec<String> = (1..=300)
+        .map(|i| {
+            let mgr = if 2 * i <= 300 {
+                (2 * i).to_string()
+            } else {
+                String::new()
+            };
+            format!("{i},Given{i},,Sur{i},Staff,m{i}@example.com,{mgr}")
+        })
+        .collect();
+    let refs: Vec<&str> = rows.iter().map(String::as_str).collect();
+    t.write_export(&refs);
+    let r = t.sync_ok();
+    assert!(r.stdout.contains("sync: 300 add,"), "{r:?}");
+    let out = ldap(
+        &[
+            "ldapsearch",
+            "-LLL",
+            "-o",
+            "ldif-wrap=no",
+            "-b",
+            &t.people,
+            "(employeeNumber=*)",
+            "employeeNumber",
+            "entryCSN",
+        ],
+        None,
+    );
+    let csn: std::collections::BTreeMap<u32, String> =
+        parse_ldif(&String::from_utf8_lossy(&out.stdout))
+            .into_iter()
+            .map(|e| {
+                (
+                    e.one("employeeNumber").unwrap().parse().unwrap(),
+                    e.one("entryCSN").unwrap().to_string(),
+                )
+            })
+            .collect();
+    assert_eq!(csn.len(), 300);
+    for i in 1..=150u32 {
+        assert!(
+            csn[&(2 * i)] < csn[&i],
+            "person {} (the manager) was written after person {i}: {} >= {}",
+            2 * i,
+            csn[&(2 * i)],
+            csn[&i]
+        );
+    }
+}
