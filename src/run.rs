@@ -3173,7 +3173,7 @@ pub async fn run(
         } else {
             Vec::new()
         };
-        let writes = target.apply_after(
+        let writes = target.apply_with(
             &batch,
             &passwords,
             cfg.directory.max_in_flight,
@@ -3230,6 +3230,7 @@ pub async fn run(
                     &sub_pw,
                     cfg.directory.max_in_flight,
                     opts.cancel.clone(),
+                    &[],
                 )
                 .await;
             for (i, r) in retry.into_iter().zip(again) {

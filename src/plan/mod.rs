@@ -654,40 +654,27 @@ pub fn linked_after_add(changes: Vec<Change>, rules: &MatchRules) -> Vec<Change>
 /// same order, without the pipeline emptying between phases (39 of them for the bench's 10,000
 /// people).
 pub fn add_waits(batch: &[&Change], rules: &MatchRules) -> Vec<Vec<usize>> {
-    let idx: foldhash::HashMap<String, usize> = batch
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (dn::normalize(&c.dn), i))
-        .collect();
-    batch
-        .iter()
-        .map(|c| {
-            let mut d: Vec<usize> = c
-                .attributes
-                .iter()
-                .filter(|a| rules.rule(&a.attr) == Rule::Dn)
-                .flat_map(|a| a.new.iter())
-                .filter_map(|v| idx.get(&dn::normalize(v)).copied())
+    named_adds(batch, rules)
+        .into_iter()
+        .zip(batch)
+        .map(|(named, c)| {
+            named
+                .into_iter()
                 .filter(|&j| batch[j].phase < c.phase)
-                .collect();
-            d.sort_unstable();
-            d.dedup();
-            d
+                .collect()
         })
         .collect()
 }
 
-/// Order adds so that an entry another new entry refers to (say, as its `manager`) is added first.
-/// Cycles (and self-references) are broken by putting the rest in the last wave.
-fn add_waves(adds: &[Change], rules: &MatchRules) -> Vec<u32> {
+/// For each add, the other adds it names in a DN-valued attribute (indices; sorted, each once).
+fn named_adds(adds: &[&Change], rules: &MatchRules) -> Vec<Vec<usize>> {
     let idx: foldhash::HashMap<String, usize> = adds
         .iter()
         .enumerate()
         .map(|(i, c)| (dn::normalize(&c.dn), i))
         .collect();
     // (most have one dependency or none: a vector, not a set, for each)
-    let deps: Vec<Vec<usize>> = adds
-        .iter()
+    adds.iter()
         .enumerate()
         .map(|(i, c)| {
             let mut d: Vec<usize> = c
@@ -702,7 +689,13 @@ fn add_waves(adds: &[Change], rules: &MatchRules) -> Vec<u32> {
             d.dedup();
             d
         })
-        .collect();
+        .collect()
+}
+
+/// Order adds so that an entry another new entry refers to (say, as its `manager`) is added first.
+/// Cycles (and self-references) are broken by putting the rest in the last wave.
+fn add_waves(adds: &[Change], rules: &MatchRules) -> Vec<u32> {
+    let deps = named_adds(&adds.iter().collect::<Vec<_>>(), rules);
     let mut wave = vec![u32::MAX; adds.len()];
     let mut done = 0;
     let mut w = 0u32;

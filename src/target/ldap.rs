@@ -992,28 +992,16 @@ impl LdapTarget {
         changes: &[&Change],
         in_flight: usize,
     ) -> Vec<Result<Option<String>, OpFailure>> {
-        self.apply_with(changes, &[], in_flight, None).await
+        self.apply_with(changes, &[], in_flight, None, &[]).await
     }
 
-    /// [`LdapTarget::apply`] with initial passwords for adds (`passwords[i]` for `changes[i]`).
-    /// Where the server offers LDAP transactions (RFC 5805) and `directory.transaction-size` allows,
-    /// the changes go in transactions of that many operations (one database commit each);
-    /// otherwise, or where a transaction fails, one operation at a time.
+    /// [`LdapTarget::apply`] with initial passwords for adds (`passwords[i]` for `changes[i]`),
+    /// where `changes[i]` is sent only once the changes `after[i]` (indices into `changes`; none
+    /// when `after` is empty) have been answered. Where the server offers LDAP transactions (RFC
+    /// 5805) and `directory.transaction-size` allows, the changes go in transactions of that many
+    /// operations (one database commit each; the run gives waits only where it writes one
+    /// operation at a time); otherwise, or where a transaction fails, one operation at a time.
     pub async fn apply_with(
-        &self,
-        changes: &[&Change],
-        passwords: &[Option<crate::secret::Secret>],
-        in_flight: usize,
-        cancel: Option<tokio::sync::watch::Receiver<bool>>,
-    ) -> Vec<Result<Option<String>, OpFailure>> {
-        self.apply_after(changes, passwords, in_flight, cancel, &[])
-            .await
-    }
-
-    /// [`LdapTarget::apply_with`], where `changes[i]` is sent only once the changes
-    /// `after[i]` (indices into `changes`) have been answered. Not with transactions: the run
-    /// gives waits only where it writes one operation at a time.
-    pub async fn apply_after(
         &self,
         changes: &[&Change],
         passwords: &[Option<crate::secret::Secret>],

@@ -164,20 +164,22 @@ fn b64(s: &str) -> Vec<u8> {
 }
 
 pub fn search(base: &str, filter: &str) -> Vec<LdapEntry> {
-    let out = ldap(
-        &[
-            "ldapsearch",
-            "-LLL",
-            "-o",
-            "ldif-wrap=no",
-            "-b",
-            base,
-            filter,
-            "*",
-            "entryUUID",
-        ],
-        None,
-    );
+    search_with(base, filter, &["*", "entryUUID"])
+}
+
+/// [`search`] asking for `attrs` (operational ones by name).
+pub fn search_with(base: &str, filter: &str, attrs: &[&str]) -> Vec<LdapEntry> {
+    let mut args = vec![
+        "ldapsearch",
+        "-LLL",
+        "-o",
+        "ldif-wrap=no",
+        "-b",
+        base,
+        filter,
+    ];
+    args.extend_from_slice(attrs);
+    let out = ldap(&args, None);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     if !out.status.success() && out.status.code() != Some(32) {
         panic!(

@@ -555,30 +555,19 @@ fn a_manager_is_added_before_the_people_who_name_them() {
     t.write_export(&refs);
     let r = t.sync_ok();
     assert!(r.stdout.contains("sync: 300 add,"), "{r:?}");
-    let out = ldap(
-        &[
-            "ldapsearch",
-            "-LLL",
-            "-o",
-            "ldif-wrap=no",
-            "-b",
-            &t.people,
-            "(employeeNumber=*)",
-            "employeeNumber",
-            "entryCSN",
-        ],
-        None,
-    );
-    let csn: std::collections::BTreeMap<u32, String> =
-        parse_ldif(&String::from_utf8_lossy(&out.stdout))
-            .into_iter()
-            .map(|e| {
-                (
-                    e.one("employeeNumber").unwrap().parse().unwrap(),
-                    e.one("entryCSN").unwrap().to_string(),
-                )
-            })
-            .collect();
+    let csn: std::collections::BTreeMap<u32, String> = search_with(
+        &t.people,
+        "(employeeNumber=*)",
+        &["employeeNumber", "entryCSN"],
+    )
+    .into_iter()
+    .map(|e| {
+        (
+            e.one("employeeNumber").unwrap().parse().unwrap(),
+            e.one("entryCSN").unwrap().to_string(),
+        )
+    })
+    .collect();
     assert_eq!(csn.len(), 300);
     for i in 1..=150u32 {
         assert!(
