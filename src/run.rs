@@ -3473,7 +3473,11 @@ pub async fn run(
             "duration-seconds": outcome.duration.as_secs_f64(),
         }),
     )?;
+    // (the export, the links and what mapping made, with the directory as read where no daemon
+    // keeps it: freed after the run returns, not inside it; 0.07-0.1 s at 100,000 people)
+    let leftovers = (export, links, linking, mapped);
     if let Some(slot) = &opts.mirror_slot {
+        crate::drop_beside(leftovers);
         // What the snapshot tables hold now (saved above, or read from them unchanged).
         if let Some(uniques) = kept_uniques {
             // (the aside thread is done: this is the one reference left)
@@ -3485,6 +3489,8 @@ pub async fn run(
             });
         }
         slot.put(mirror);
+    } else {
+        crate::drop_beside((leftovers, dir, kept_uniques));
     }
     Ok(outcome)
 }
