@@ -109,11 +109,11 @@ max-attribute-removal-percent = 100
             attrs.insert("manager", vec![format!("uid={},{base}", uid_of(i / 10))]);
         }
         uids.push((uid.clone(), uuid.clone().into()));
-        entries.push(Entry {
-            uuid: uuid.clone(),
-            dn: format!("uid={uid},{base}"),
-            attrs: attrs.into_iter().collect(),
-        });
+        entries.push(Entry::new(
+            uuid.clone(),
+            format!("uid={uid},{base}"),
+            attrs.into_iter().collect(),
+        ));
         links.insert(key, uuid);
     };
     for i in 0..n {

@@ -145,6 +145,7 @@ mod tests {
                 .push(v.to_string());
         }
         Entry {
+            digest: Default::default(),
             uuid: "u".into(),
             dn: "uid=x,dc=example,dc=com".into(),
             attrs: m,

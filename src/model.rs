@@ -13,9 +13,71 @@ pub struct Entry {
     pub uuid: String,
     pub dn: String,
     pub attrs: crate::names::NameMap<crate::names::Values>,
+    /// The digest of its DN and attributes ([`Entry::digest`]), once known: the mirror's rows
+    /// carry it, so that an entry read back from them is not digested again.
+    #[serde(skip)]
+    pub(crate) digest: Digest,
 }
 
+/// A digest, once computed or known; not part of what an entry is (two entries equal in
+/// content are equal whether or not either knows its digest).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Digest(std::sync::OnceLock<u64>);
+
+impl Digest {
+    /// A digest known beforehand (the mirror's row kept it).
+    pub(crate) fn known(d: u64) -> Digest {
+        Digest(std::sync::OnceLock::from(d))
+    }
+
+    /// The digest, if computed or known yet.
+    #[cfg(test)]
+    pub(crate) fn get(&self) -> Option<u64> {
+        self.0.get().copied()
+    }
+}
+
+impl PartialEq for Digest {
+    fn eq(&self, _: &Digest) -> bool {
+        true
+    }
+}
+
+impl Eq for Digest {}
+
 impl Entry {
+    /// An entry of these values (its digest computed when first asked).
+    pub fn new(
+        uuid: String,
+        dn: String,
+        attrs: crate::names::NameMap<crate::names::Values>,
+    ) -> Entry {
+        Entry {
+            uuid,
+            dn,
+            attrs,
+            digest: Digest::default(),
+        }
+    }
+
+    /// Forget the digest, after changing the entry's DN or attributes (a reader completing what
+    /// it read, a test). Code that changes them without this leaves a digest of the old values:
+    /// the changed entry would look unchanged to the settled people's check and to the mirror's
+    /// row comparison.
+    pub fn changed(&mut self) {
+        self.digest = Digest::default();
+    }
+
+    /// A 64-bit digest of the entry's DN and attributes (the mirror's row digest): computed once,
+    /// or taken from the mirror's row the entry was read from. Entries are not changed once built
+    /// (see [`Entry::changed`] for those that are), so the digest stays their own.
+    pub fn digest(&self) -> u64 {
+        *self
+            .digest
+            .0
+            .get_or_init(|| crate::mirror::digest(&(&self.dn, &self.attrs)))
+    }
+
     pub fn get(&self, attr: &str) -> &[String] {
         // names are kept lower-case; most callers already ask in lower case (no allocation)
         let found = if attr.bytes().any(|b| b.is_ascii_uppercase()) {

@@ -136,6 +136,7 @@ impl Fake {
                     self.next += 1;
                     let uuid = format!("u{}", self.next);
                     let mut e = Entry {
+                        digest: Default::default(),
                         uuid: uuid.clone(),
                         dn: c.dn.clone(),
                         attrs: Default::default(),
@@ -156,6 +157,7 @@ impl Fake {
                 (Subject::Group, Op::Add) => {
                     self.next += 1;
                     let mut e = Entry {
+                        digest: Default::default(),
                         uuid: format!("g{}", self.next),
                         dn: c.dn.clone(),
                         attrs: Default::default(),

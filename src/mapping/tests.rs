@@ -67,6 +67,7 @@ fn entry(uuid: &str, dn: &str, attrs: &[(&str, &str)]) -> Entry {
             .push(v.to_string());
     }
     Entry {
+        digest: Default::default(),
         uuid: uuid.into(),
         dn: dn.into(),
         attrs: m,

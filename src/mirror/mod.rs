@@ -177,39 +177,47 @@ pub struct SnapshotRows {
 /// Entries from their stored rows (uuid, DN, attributes as JSON). Decoding the attributes is most
 /// of the time of loading a large snapshot; it runs on two threads (at 100,000 entries: the
 /// snapshot step of a cold churn run went from 0.27-0.30 to 0.21-0.24 s, three runs each).
-fn decode_entries(rows: Vec<(String, String, String)>) -> Vec<Entry> {
+fn decode_entries(rows: Vec<(String, String, String, Option<u64>)>) -> Vec<Entry> {
     crate::in_two_halves(rows, |half| {
         half.into_iter()
-            .map(|(uuid, dn, attrs)| Entry {
-                attrs: serde_json::from_str(&attrs).unwrap_or_default(),
-                uuid,
-                dn,
+            .map(|(uuid, dn, attrs, known)| {
+                let attrs = serde_json::from_str(&attrs).unwrap_or_default();
+                match known {
+                    // (the row's digest is of the DN and attributes it holds: see save_entries)
+                    Some(d) => Entry {
+                        uuid,
+                        dn,
+                        attrs,
+                        digest: crate::model::Digest::known(d),
+                    },
+                    None => Entry::new(uuid, dn, attrs),
+                }
             })
             .collect()
     })
 }
 
-/// `old` → `new` (HR key → uuid, both in key order): the keys gone, and the keys `new` holds with
-/// the same uuid (one walk over both, no lookups).
+/// `old` → `new` (HR key → uuid, both in key order): the keys gone, and the links of `new` that
+/// `old` does not hold as they are (new keys, and keys linked to another entry), in key order
+/// (one walk over both, no lookups).
 fn links_diff<'a>(
     old: &BTreeMap<String, String>,
     new: &'a BTreeMap<String, String>,
-) -> (Vec<String>, foldhash::HashSet<&'a str>) {
+) -> (Vec<String>, Vec<(&'a String, &'a String)>) {
     let mut gone = Vec::new();
-    let mut same: foldhash::HashSet<&str> = Default::default();
+    let mut changed = Vec::new();
     let mut o = old.iter().peekable();
     for (k, u) in new {
         while let Some((ok, _)) = o.next_if(|(ok, _)| ok.as_str() < k.as_str()) {
             gone.push(ok.clone());
         }
-        if let Some((_, ou)) = o.next_if(|(ok, _)| *ok == k) {
-            if ou == u {
-                same.insert(k.as_str());
-            }
+        match o.next_if(|(ok, _)| *ok == k) {
+            Some((_, ou)) if ou == u => {}
+            _ => changed.push((k, u)),
         }
     }
     gone.extend(o.map(|(k, _)| k.clone()));
-    (gone, same)
+    (gone, changed)
 }
 
 /// A 64-bit digest of what a row holds, to tell changed rows without reading the old ones back
@@ -460,15 +468,13 @@ impl Mirror {
         };
         let tx = self.conn.transaction().map_err(sq(&p))?;
         {
-            // The keys the table holds that are gone, and those of `links` it already holds as
-            // they are.
+            // The keys the table holds that are gone, and the links it does not hold as they are.
             let mut gone: Vec<String> = Vec::new();
-            let mut same: foldhash::HashSet<&str> = Default::default();
+            let changed: Vec<(&String, &String)>;
             if let Some(old) = before.or(cached.as_ref()) {
-                let (g, s) = links_diff(old, &links);
-                gone = g;
-                same = s;
+                (gone, changed) = links_diff(old, &links);
             } else {
+                let mut same: foldhash::HashSet<&str> = Default::default();
                 let mut st = tx
                     .prepare("SELECT hr_key, entry_uuid FROM links")
                     .map_err(sq(&p))?;
@@ -484,6 +490,10 @@ impl Mirror {
                         Some(_) => {}
                     }
                 }
+                changed = links
+                    .iter()
+                    .filter(|(k, _)| !same.contains(k.as_str()))
+                    .collect();
             }
             let mut del = tx
                 .prepare("DELETE FROM links WHERE hr_key = ?1")
@@ -497,10 +507,7 @@ impl Mirror {
             let mut ins = tx
                 .prepare("INSERT INTO links (hr_key, entry_uuid, linked_at) VALUES (?1, ?2, ?3) ON CONFLICT(hr_key) DO UPDATE SET entry_uuid = excluded.entry_uuid, linked_at = excluded.linked_at")
                 .map_err(sq(&p))?;
-            for (k, u) in &links {
-                if same.contains(k.as_str()) {
-                    continue;
-                }
+            for (k, u) in changed {
                 del_uuid.execute(params![u, k]).map_err(sq(&p))?;
                 ins.execute(params![k, u, now]).map_err(sq(&p))?;
             }
@@ -645,9 +652,7 @@ impl Mirror {
     }
 
     fn save_entries(&mut self, table: &str, entries: &[Entry]) -> Result<usize, MirrorError> {
-        let rows = entries
-            .iter()
-            .map(|e| (e.uuid.clone(), digest(&(&e.dn, &e.attrs)), e));
+        let rows = entries.iter().map(|e| (e.uuid.clone(), e.digest(), e));
         self.replace_rows(table, &["uuid", "digest", "dn", "attrs"], rows, None, |e| {
             vec![
                 e.dn.clone(),
@@ -909,13 +914,23 @@ impl Mirror {
         let mut st = self
             .conn
             .prepare(&format!(
-                "SELECT uuid, dn, attrs FROM {table} ORDER BY uuid"
+                "SELECT uuid, dn, attrs, digest FROM {table} ORDER BY uuid"
             ))
             .map_err(sq(&p))?;
         let rows = st
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .query_map([], |r| {
+                // (a digest of an older format, or none, is computed again when needed)
+                let d = r.get_ref(3)?.as_str().map(parse_digest).unwrap_or(u64::MAX);
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    (d != u64::MAX).then_some(d),
+                ))
+            })
             .map_err(sq(&p))?;
-        let rows: Vec<(String, String, String)> = rows.collect::<Result<_, _>>().map_err(sq(&p))?;
+        let rows: Vec<(String, String, String, Option<u64>)> =
+            rows.collect::<Result<_, _>>().map_err(sq(&p))?;
         Ok(decode_entries(rows))
     }
 
@@ -1323,6 +1338,7 @@ mod tests {
         let dir = scratch("snaprows");
         let mut m = Mirror::open(&dir.join("mirror.db")).unwrap();
         let e = |u: &str, title: &str| Entry {
+            digest: Default::default(),
             uuid: u.into(),
             dn: format!("uid={u},ou=people,dc=example,dc=com"),
             attrs: [
@@ -1363,6 +1379,7 @@ mod tests {
         let n = crate::TWO_THREADS_FROM * 2 + 3;
         let entries: Vec<Entry> = (0..n)
             .map(|i| Entry {
+                digest: Default::default(),
                 uuid: format!("{i:08}"),
                 dn: format!("uid=u{i},ou=people,dc=example,dc=com"),
                 attrs: [
@@ -1372,13 +1389,14 @@ mod tests {
                 .into(),
             })
             .collect();
-        let rows: Vec<(String, String, String)> = entries
+        let rows: Vec<(String, String, String, Option<u64>)> = entries
             .iter()
             .map(|e| {
                 (
                     e.uuid.clone(),
                     e.dn.clone(),
                     serde_json::to_string(&e.attrs).unwrap(),
+                    None,
                 )
             })
             .collect();
@@ -1391,7 +1409,23 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(m.save_snapshot(&snap).unwrap(), n);
-        assert_eq!(m.read_snapshot().unwrap().entries, entries);
+        let read = m.read_snapshot().unwrap().entries;
+        assert_eq!(read, entries);
+        // Each entry read back knows its row's digest, which is the digest of what it holds.
+        for (back, made) in read.iter().zip(&entries) {
+            assert_eq!(back.digest.get(), Some(made.digest()));
+        }
+        // A row whose digest is of an older format (or none) is digested again when asked.
+        m.conn
+            .execute(
+                "UPDATE dir_entries SET digest = '' WHERE uuid = '00000007'",
+                [],
+            )
+            .unwrap();
+        let read = m.read_snapshot().unwrap().entries;
+        assert_eq!(read[7].digest.get(), None);
+        assert_eq!(read[7].digest(), entries[7].digest());
+        assert_eq!(read[8].digest.get(), Some(entries[8].digest()));
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -1424,6 +1458,7 @@ mod tests {
         let dir = scratch("beside");
         let db = dir.join("mirror.db");
         let e = |u: &str| Entry {
+            digest: Default::default(),
             uuid: u.into(),
             dn: format!("uid={u},ou=people,dc=x"),
             attrs: [("title", vec!["t".to_string()])].into(),
@@ -1444,6 +1479,7 @@ mod tests {
         // (what is kept in memory differs from the rows: the test can tell which it gets)
         let mut handed = snap.entries.clone();
         handed[0].attrs = [("title", vec!["kept in memory".to_string()])].into();
+        handed[0].changed();
         m.keep_snapshot(SnapshotRows {
             entries: handed.clone(),
             ..Default::default()
@@ -1491,6 +1527,7 @@ mod tests {
         let dir = scratch("cache");
         let db = dir.join("mirror.db");
         let e = |u: &str, title: &str| Entry {
+            digest: Default::default(),
             uuid: u.into(),
             dn: format!("uid={u},ou=people,dc=x"),
             attrs: [("title", vec![title.to_string()])].into(),
@@ -1506,6 +1543,7 @@ mod tests {
         // what the run hands back is what the next run gets, without reading the rows
         let mut handed = d.entries.clone();
         handed[0].attrs = [("title", vec!["as handed back".to_string()])].into();
+        handed[0].changed();
         m.keep_snapshot(SnapshotRows {
             entries: handed.clone(),
             ..Default::default()
@@ -1595,11 +1633,13 @@ mod tests {
             ("5", "u5"),
             ("6", "u6"),
         ]);
-        let (gone, same) = links_diff(&before, &after);
+        let (gone, changed) = links_diff(&before, &after);
         assert_eq!(gone, ["0", "3"]);
-        let mut same: Vec<&str> = same.into_iter().collect();
-        same.sort();
-        assert_eq!(same, ["1", "6"]);
+        let changed: Vec<(&str, &str)> = changed
+            .into_iter()
+            .map(|(k, u)| (k.as_str(), u.as_str()))
+            .collect();
+        assert_eq!(changed, [("2", "u9"), ("4", "u4"), ("5", "u5")]);
         // and every key gone after the last one of the new map
         assert_eq!(links_diff(&before, &map(&[])).0, ["0", "1", "2", "3", "6"]);
 
@@ -1695,6 +1735,7 @@ mod tests {
         assert_eq!(m.hr_count().unwrap(), 1);
         // so is the directory snapshot
         let entry = |u: &str, dn: &str| Entry {
+            digest: Default::default(),
             uuid: u.into(),
             dn: dn.into(),
             attrs: [("cn".to_string(), vec!["x".to_string()])]
@@ -1708,6 +1749,7 @@ mod tests {
         assert_eq!(m.save_snapshot(&d).unwrap(), 2);
         assert_eq!(m.save_snapshot(&d).unwrap(), 0);
         d.entries[1].dn = "cn=c,dc=x".into();
+        d.entries[1].changed();
         d.entries.remove(0);
         assert_eq!(m.save_snapshot(&d).unwrap(), 2);
         assert_eq!(m.snapshot_entries().unwrap(), d.entries);

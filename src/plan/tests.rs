@@ -251,6 +251,7 @@ fn protected_filters_are_refused() {
         ..SafetyConfig::default()
     };
     let exec = Entry {
+        digest: Default::default(),
         uuid: "u1".into(),
         dn: "uid=boss,ou=people,dc=example,dc=com".into(),
         attrs: [("employeetype".to_string(), vec!["Executive".to_string()])]

@@ -131,6 +131,7 @@ fn entry_of(se: SearchEntry, uuid: Option<String>) -> Entry {
     }
     let from_attr = attrs.remove("entryuuid").and_then(|v| v.into_iter().next());
     Entry {
+        digest: Default::default(),
         uuid: from_attr.or(uuid).unwrap_or_default(),
         dn: se.dn,
         attrs,
@@ -559,6 +560,7 @@ impl LdapTarget {
                 .or_else(|| attrs.remove("entryuuid").and_then(|v| v.into_iter().next()))
                 .unwrap_or_default();
             out.push(Entry {
+                digest: Default::default(),
                 uuid,
                 dn: se.dn,
                 attrs,
@@ -594,6 +596,7 @@ impl LdapTarget {
     /// Replace `attr;range=a-b` values by the whole attribute, asking for the following ranges
     /// until the server answers with `attr;range=x-*`.
     async fn complete_ranges(&self, e: &mut Entry) -> Result<(), TargetError> {
+        e.changed();
         let ranged: Vec<String> = e
             .attrs
             .keys()
