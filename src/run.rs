@@ -819,7 +819,7 @@ pub fn materialize(
     missing_bases: &BTreeSet<String>,
 ) -> Option<(DirSnapshot, ReadSnapshot)> {
     let t0 = Instant::now();
-    let kept = load_read_snapshot(mirror?)?;
+    let kept = load_read_snapshot(mirror?, names)?;
     let read = t0.elapsed();
     let out = kept.into_dir(names, missing_bases);
     tracing::debug!(target: "dirbridge::run", entries = out.0.entries.len(), uniques = out.1.uniques.len(), "snapshot: rows read and decoded in {:.3} s, indexed in {:.3} s", read.as_secs_f64(), (t0.elapsed() - read).as_secs_f64());
@@ -827,17 +827,86 @@ pub fn materialize(
 }
 
 /// The directory as the last read saved it in the mirror's rows (None: no usable snapshot, e.g.
-/// before the first read, or from a version that kept it otherwise).
-fn load_read_snapshot(mirror: &Mirror) -> Option<ReadSnapshot> {
+/// before the first read, or from a version that kept it otherwise). `names`: the unique
+/// attributes, whose holders among the people are not kept twice (see [`uniques_to_keep`]).
+fn load_read_snapshot(mirror: &Mirror, names: &[String]) -> Option<ReadSnapshot> {
     if mirror.get_state(READ_SNAPSHOT).ok().flatten().as_deref() != Some(SNAPSHOT_IN_ROWS) {
         return None;
     }
     let rows = mirror.read_snapshot().ok()?;
+    let uniques = with_people_holders(&rows.entries, rows.uniques, names);
     Some(ReadSnapshot {
         entries: rows.entries,
         groups: rows.groups,
-        uniques: rows.uniques,
+        uniques,
     })
+}
+
+/// What the search of unique values under base-dn returns for a person's entry: their values of
+/// the unique attributes `names` (None when they hold none).
+fn unique_holder(e: &crate::model::Entry, lower: &[String]) -> Option<crate::model::Entry> {
+    let mut attrs = crate::names::NameMap::<crate::names::Values>::new();
+    for n in lower {
+        if let Some(v) = e.attrs.get(n) {
+            if !v.is_empty() {
+                attrs.insert(n.as_str(), v.clone());
+            }
+        }
+    }
+    (!attrs.is_empty()).then(|| crate::model::Entry::new(e.uuid.clone(), e.dn.clone(), attrs))
+}
+
+/// The unique-value holders that the mirror keeps in rows of their own: those the people's
+/// entries do not already say. Every person's entry is under base-dn (users.base and the
+/// placement bases must be), so the search of unique values returns each one holding a unique
+/// value, with those values; a holder whose unique values are the entry's is made again from the
+/// entry when the snapshot is read ([`with_people_holders`]), not read from a second row (at
+/// 100,000 people, 100,000 rows and ~60 ms of a churn run before its first write). Any other
+/// (outside the people's subtrees, or whose values differ from the entry's) keeps its row.
+fn uniques_to_keep<'a>(
+    uniques: &'a [crate::model::Entry],
+    entries: &[crate::model::Entry],
+    names: &[String],
+) -> Vec<&'a crate::model::Entry> {
+    let lower: Vec<String> = names.iter().map(|n| n.to_ascii_lowercase()).collect();
+    let by_uuid: foldhash::HashMap<&str, &crate::model::Entry> =
+        entries.iter().map(|e| (e.uuid.as_str(), e)).collect();
+    uniques
+        .iter()
+        .filter(|u| {
+            // (a holder read back with the rest of its entry, after the run that wrote it, is the
+            // same holder: only its unique values count)
+            let said = by_uuid
+                .get(u.uuid.as_str())
+                .and_then(|e| unique_holder(e, &lower));
+            let holds = unique_holder(u, &lower);
+            !said.is_some_and(|s| holds.is_some_and(|h| s.dn == h.dn && s.attrs == h.attrs))
+        })
+        .collect()
+}
+
+/// The unique-value holders as the search under base-dn returned them: the rows kept
+/// (`stored`), and a holder made from each person's entry that has no row of its own (see
+/// [`uniques_to_keep`]); in uuid order when both lists are.
+fn with_people_holders(
+    entries: &[crate::model::Entry],
+    stored: Vec<crate::model::Entry>,
+    names: &[String],
+) -> Vec<crate::model::Entry> {
+    let lower: Vec<String> = names.iter().map(|n| n.to_ascii_lowercase()).collect();
+    let mut out = Vec::with_capacity(entries.len().max(stored.len()));
+    let mut stored = stored.into_iter().peekable();
+    for e in entries {
+        while let Some(s) = stored.next_if(|s| s.uuid < e.uuid) {
+            out.push(s);
+        }
+        match stored.next_if(|s| s.uuid == e.uuid) {
+            Some(s) => out.push(s),
+            None => out.extend(unique_holder(e, &lower)),
+        }
+    }
+    out.extend(stored);
+    out
 }
 
 /// The value of [`READ_SNAPSHOT`] when the mirror's dir_entries, dir_groups and dir_uniques hold
@@ -889,7 +958,8 @@ async fn read_directory(
         }
         other => other,
     };
-    let prior_snapshot = || -> Option<ReadSnapshot> { mirror.and_then(load_read_snapshot) };
+    let prior_snapshot =
+        || -> Option<ReadSnapshot> { mirror.and_then(|m| load_read_snapshot(m, &scope.names)) };
     let (entry_attrs, uniques_filter, unique_attrs) = scope.searches();
 
     if cfg.directory.is_ad() {
@@ -944,7 +1014,7 @@ async fn read_directory(
                 info,
                 keep: Some((cursor, kept)),
                 unchanged: false,
-                names: Vec::new(),
+                names: scope.names.clone(),
                 missing_bases: BTreeSet::new(),
             });
         }
@@ -967,7 +1037,7 @@ async fn read_directory(
             info,
             keep: Some((cursor, kept)),
             unchanged: false,
-            names: Vec::new(),
+            names: scope.names.clone(),
             missing_bases: BTreeSet::new(),
         });
     }
@@ -1364,7 +1434,7 @@ async fn read_directory(
             kept,
         )),
         unchanged: false,
-        names: Vec::new(),
+        names: scope.names.clone(),
         missing_bases: BTreeSet::new(),
     })
 }
@@ -3438,7 +3508,10 @@ pub async fn run(
         let internal = |e: serde_json::Error| RunError::Config(format!("internal: {e}"));
         if read_info.snapshot_changed || read_info.mode == "full" {
             // (the people were saved above, with the snapshot)
-            mirror.save_read_rest(&dir.groups, &snap.uniques)?;
+            mirror.save_read_rest(
+                &dir.groups,
+                uniques_to_keep(&snap.uniques, &dir.entries, &names),
+            )?;
             mirror.put_state(READ_SNAPSHOT, SNAPSHOT_IN_ROWS)?;
         }
         mirror.put_state(
@@ -3527,6 +3600,78 @@ mod tests {
             dn: format!("uid=p{key},ou=people,dc=example,dc=com"),
             attrs: [("title", vec![title.to_string()])].into(),
         }
+    }
+
+    #[test]
+    fn the_peoples_unique_values_are_kept_once_and_read_back_as_the_search_returned_them() {
+        let person = |u: &str, uid: Option<&str>, mail: Option<&str>| {
+            let mut attrs: Vec<(&str, Vec<String>)> = vec![("cn", vec![format!("P {u}")])];
+            if let Some(v) = uid {
+                attrs.push(("uid", vec![v.to_string()]));
+            }
+            if let Some(v) = mail {
+                attrs.push(("mail", vec![v.to_string()]));
+            }
+            Entry::new(
+                u.into(),
+                format!("uid={u},ou=people,dc=example,dc=com"),
+                attrs.into_iter().collect(),
+            )
+        };
+        let holder = |u: &str, dn: &str, vals: &[(&str, &str)]| {
+            Entry::new(
+                u.into(),
+                dn.into(),
+                vals.iter()
+                    .map(|(a, v)| (*a, vec![v.to_string()]))
+                    .collect(),
+            )
+        };
+        let people = vec![
+            person("u1", Some("ann"), Some("ann@x")),
+            person("u2", Some("bob"), None),
+            person("u3", None, None),
+            person("u5", Some("eve"), None),
+        ];
+        let dn = |u: &str| format!("uid={u},ou=people,dc=example,dc=com");
+        // as the search of unique values under base-dn returned them, in uuid order: u0 and u9
+        // are not people (a service account, a group); u5's uid changed between the two searches
+        let searched = vec![
+            holder(
+                "u0",
+                "uid=svc,ou=system,dc=example,dc=com",
+                &[("uid", "svc")],
+            ),
+            holder("u1", &dn("u1"), &[("mail", "ann@x"), ("uid", "ann")]),
+            holder("u2", &dn("u2"), &[("uid", "bob")]),
+            holder("u5", &dn("u5"), &[("uid", "eve2")]),
+            holder("u9", "cn=x,ou=groups,dc=example,dc=com", &[("mail", "x@x")]),
+        ];
+        let names = vec!["uid".to_string(), "mail".to_string()];
+        let kept: Vec<&str> = uniques_to_keep(&searched, &people, &names)
+            .iter()
+            .map(|e| e.uuid.as_str())
+            .collect();
+        assert_eq!(kept, ["u0", "u5", "u9"]);
+        let rows: Vec<Entry> = searched
+            .iter()
+            .filter(|e| kept.contains(&e.uuid.as_str()))
+            .cloned()
+            .collect();
+        assert_eq!(with_people_holders(&people, rows, &names), searched);
+        // a holder read back whole (after the run that wrote it) is the person's holder too
+        let mut whole = searched.clone();
+        whole[2] = people[1].clone();
+        let kept: Vec<&str> = uniques_to_keep(&whole, &people, &names)
+            .iter()
+            .map(|e| e.uuid.as_str())
+            .collect();
+        assert_eq!(kept, ["u0", "u5", "u9"]);
+        // rows of an older version (every holder has one) are read as they are
+        assert_eq!(
+            with_people_holders(&people, searched.clone(), &names),
+            searched
+        );
     }
 
     #[test]

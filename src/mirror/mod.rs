@@ -643,16 +643,20 @@ impl Mirror {
 
     /// Keep the groups and the holders of unique values as read (with [`Self::save_snapshot`],
     /// what [`Self::read_snapshot`] returns), writing only the rows that changed.
-    pub fn save_read_rest(
+    pub fn save_read_rest<'a>(
         &mut self,
         groups: &[Entry],
-        uniques: &[Entry],
+        uniques: impl IntoIterator<Item = &'a Entry>,
     ) -> Result<usize, MirrorError> {
         Ok(self.save_entries("dir_groups", groups)? + self.save_entries("dir_uniques", uniques)?)
     }
 
-    fn save_entries(&mut self, table: &str, entries: &[Entry]) -> Result<usize, MirrorError> {
-        let rows = entries.iter().map(|e| (e.uuid.clone(), e.digest(), e));
+    fn save_entries<'a>(
+        &mut self,
+        table: &str,
+        entries: impl IntoIterator<Item = &'a Entry>,
+    ) -> Result<usize, MirrorError> {
+        let rows = entries.into_iter().map(|e| (e.uuid.clone(), e.digest(), e));
         self.replace_rows(table, &["uuid", "digest", "dn", "attrs"], rows, None, |e| {
             vec![
                 e.dn.clone(),

@@ -579,3 +579,49 @@ fn a_manager_is_added_before_the_people_who_name_them() {
         );
     }
 }
+
+#[test]
+fn a_holder_outside_the_people_and_the_people_themselves_keep_uids_taken_across_runs() {
+    let t = TestEnv::new("holders");
+    // A service account elsewhere under base-dn holds uid jdoe.
+    ldapmodify(&format!(
+        "dn: ou=system,{b}\nchangetype: add\nobjectClass: organizationalUnit\nou: system\n\n\
+         dn: uid=jdoe,ou=system,{b}\nchangetype: add\nobjectClass: account\nuid: jdoe\n\n",
+        b = t.base_dn
+    ));
+    t.write_export(&["10,Ann,,Lee,A,,"]);
+    t.sync_ok();
+    // The next runs read the directory incrementally, onto the snapshot the mirror keeps.
+    t.write_export(&["10,Ann,,Lee,A,,", "20,John,,Doe,B,,"]);
+    let r = t.sync_ok();
+    assert!(r.stdout.contains("incremental read"), "{r:?}");
+    t.write_export(&["10,Ann,,Lee,A,,", "20,John,,Doe,B,,", "30,Al,,Lee,C,,"]);
+    let r = t.sync_ok();
+    assert!(r.stdout.contains("incremental read"), "{r:?}");
+    let uids: Vec<(String, String)> = t
+        .people()
+        .into_iter()
+        .map(|(k, e)| (k, e.one("uid").unwrap().to_string()))
+        .collect();
+    assert_eq!(
+        uids,
+        vec![
+            ("10".into(), "alee".into()),
+            ("20".into(), "jdoe2".into()),
+            ("30".into(), "alee2".into())
+        ]
+    );
+    // The mirror keeps a row of unique values for the service account only: the people's are
+    // made again from their entries when the snapshot is read.
+    let db = rusqlite::Connection::open(t.dir.join("state/mirror.db")).unwrap();
+    let rows: Vec<String> = db
+        .prepare("SELECT dn FROM dir_uniques ORDER BY dn")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(rows, [format!("uid=jdoe,ou=system,{}", t.base_dn)]);
+    let (_, plan) = t.plan_json();
+    assert!(changes(&plan).is_empty(), "converged: {plan:#}");
+}
