@@ -3069,6 +3069,8 @@ pub async fn run(
         target.unbind().await;
         laps.log();
         outcome.duration = started.elapsed();
+        // (freed after the preview returns, as after a sync: see the end of this function)
+        crate::drop_beside((export, links, linking, mapped, dir));
         return Ok(outcome);
     }
 
@@ -3173,11 +3175,7 @@ pub async fn run(
     // People added without their entryUUID known yet (OpenLDAP: read back beside a phase after
     // the adds, or after the writes).
     let mut unread: Vec<(String, String)> = Vec::new();
-    let last_add_phase = changes
-        .iter()
-        .filter(|c| c.subject == Subject::Person && c.op == Op::Add)
-        .map(|c| c.phase)
-        .max();
+    let last_add_phase = changes.iter().filter(is_add).map(|c| c.phase).max();
     // (beside the largest phase after the adds: the searches take the server's other threads
     // while its writer works)
     let read_back_beside = last_add_phase.and_then(|last| {
