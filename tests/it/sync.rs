@@ -116,6 +116,14 @@ fn changes_give_exact_modify_rename_and_delete() {
     assert!(changes(&plan).is_empty(), "converged: {plan:#}");
 }
 
+/// Each person's HR key and uid, in key order.
+fn uids(t: &TestEnv) -> Vec<(String, String)> {
+    t.people()
+        .into_iter()
+        .map(|(k, e)| (k, e.one("uid").unwrap().to_string()))
+        .collect()
+}
+
 #[test]
 fn homonyms_keep_their_uids_across_runs() {
     let t = TestEnv::new("homonyms");
@@ -125,12 +133,6 @@ fn homonyms_keep_their_uids_across_runs() {
         "40,Jim,,Smith,C,,",
     ]);
     t.sync_ok();
-    let uids = |t: &TestEnv| -> Vec<(String, String)> {
-        t.people()
-            .into_iter()
-            .map(|(k, e)| (k, e.one("uid").unwrap().to_string()))
-            .collect()
-    };
     assert_eq!(
         uids(&t),
         vec![
@@ -598,13 +600,8 @@ fn a_holder_outside_the_people_and_the_people_themselves_keep_uids_taken_across_
     t.write_export(&["10,Ann,,Lee,A,,", "20,John,,Doe,B,,", "30,Al,,Lee,C,,"]);
     let r = t.sync_ok();
     assert!(r.stdout.contains("incremental read"), "{r:?}");
-    let uids: Vec<(String, String)> = t
-        .people()
-        .into_iter()
-        .map(|(k, e)| (k, e.one("uid").unwrap().to_string()))
-        .collect();
     assert_eq!(
-        uids,
+        uids(&t),
         vec![
             ("10".into(), "alee".into()),
             ("20".into(), "jdoe2".into()),
