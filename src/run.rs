@@ -484,7 +484,7 @@ impl ReadSnapshot {
         for list in [&mut self.entries, &mut self.groups, &mut self.uniques] {
             list.sort_unstable_by(|a, b| a.uuid.cmp(&b.uuid));
         }
-        let taken = taken_from(&self.uniques, names);
+        let taken = taken_from(&self.uniques, &self.entries, names);
         (
             DirSnapshot {
                 entries: self.entries,
@@ -745,16 +745,27 @@ const GROUP_ATTRS: &[&str] = &[
     "entryUUID",
 ];
 
+/// The holders of each unique attribute's values: the unique-value rows (`uniques`, what the
+/// search under base-dn returned, or the rows the mirror kept of it), and each person whose entry
+/// has no row there, with their entry's values (the mirror keeps no second row for a person whose
+/// unique values are their entry's: see [`uniques_to_keep`]).
 fn taken_from(
     uniques: &[crate::model::Entry],
+    people: &[crate::model::Entry],
     names: &[String],
 ) -> std::collections::HashMap<String, crate::model::Holders> {
     let rules_default = crate::model::MatchRules::default();
+    let rows: foldhash::HashSet<&str> = uniques.iter().map(|e| e.uuid.as_str()).collect();
+    let holders = || {
+        uniques
+            .iter()
+            .chain(people.iter().filter(|e| !rows.contains(e.uuid.as_str())))
+    };
     // (a value held once, as nearly all are, costs no list: `Values` holds one inline)
     names
         .iter()
         .map(|a| {
-            let held = uniques.iter().flat_map(|e| {
+            let held = holders().flat_map(|e| {
                 e.get(a)
                     .iter()
                     .map(|v| (rules_default.fold(a, v), e.uuid.clone().into()))
@@ -819,7 +830,7 @@ pub fn materialize(
     missing_bases: &BTreeSet<String>,
 ) -> Option<(DirSnapshot, ReadSnapshot)> {
     let t0 = Instant::now();
-    let kept = load_read_snapshot(mirror?, names)?;
+    let kept = load_read_snapshot(mirror?)?;
     let read = t0.elapsed();
     let out = kept.into_dir(names, missing_bases);
     tracing::debug!(target: "dirbridge::run", entries = out.0.entries.len(), uniques = out.1.uniques.len(), "snapshot: rows read and decoded in {:.3} s, indexed in {:.3} s", read.as_secs_f64(), (t0.elapsed() - read).as_secs_f64());
@@ -827,18 +838,18 @@ pub fn materialize(
 }
 
 /// The directory as the last read saved it in the mirror's rows (None: no usable snapshot, e.g.
-/// before the first read, or from a version that kept it otherwise). `names`: the unique
-/// attributes, whose holders among the people are not kept twice (see [`uniques_to_keep`]).
-fn load_read_snapshot(mirror: &Mirror, names: &[String]) -> Option<ReadSnapshot> {
+/// before the first read, or from a version that kept it otherwise). The unique-value rows are
+/// those the people's entries do not already say ([`uniques_to_keep`]); [`taken_from`] counts
+/// the people's own values with them.
+fn load_read_snapshot(mirror: &Mirror) -> Option<ReadSnapshot> {
     if mirror.get_state(READ_SNAPSHOT).ok().flatten().as_deref() != Some(SNAPSHOT_IN_ROWS) {
         return None;
     }
     let rows = mirror.read_snapshot().ok()?;
-    let uniques = with_people_holders(&rows.entries, rows.uniques, names);
     Some(ReadSnapshot {
         entries: rows.entries,
         groups: rows.groups,
-        uniques,
+        uniques: rows.uniques,
     })
 }
 
@@ -860,7 +871,7 @@ fn unique_holder(e: &crate::model::Entry, lower: &[String]) -> Option<crate::mod
 /// entries do not already say. Every person's entry is under base-dn (users.base and the
 /// placement bases must be), so the search of unique values returns each one holding a unique
 /// value, with those values; a holder whose unique values are the entry's is made again from the
-/// entry when the snapshot is read ([`with_people_holders`]), not read from a second row (at
+/// entry when the holders are indexed ([`taken_from`]), not read from a second row (at
 /// 100,000 people, 100,000 rows and ~60 ms of a churn run before its first write). Any other
 /// (outside the people's subtrees, or whose values differ from the entry's) keeps its row.
 fn uniques_to_keep<'a>(
@@ -883,30 +894,6 @@ fn uniques_to_keep<'a>(
             !said.is_some_and(|s| holds.is_some_and(|h| s.dn == h.dn && s.attrs == h.attrs))
         })
         .collect()
-}
-
-/// The unique-value holders as the search under base-dn returned them: the rows kept
-/// (`stored`), and a holder made from each person's entry that has no row of its own (see
-/// [`uniques_to_keep`]); in uuid order when both lists are.
-fn with_people_holders(
-    entries: &[crate::model::Entry],
-    stored: Vec<crate::model::Entry>,
-    names: &[String],
-) -> Vec<crate::model::Entry> {
-    let lower: Vec<String> = names.iter().map(|n| n.to_ascii_lowercase()).collect();
-    let mut out = Vec::with_capacity(entries.len().max(stored.len()));
-    let mut stored = stored.into_iter().peekable();
-    for e in entries {
-        while let Some(s) = stored.next_if(|s| s.uuid < e.uuid) {
-            out.push(s);
-        }
-        match stored.next_if(|s| s.uuid == e.uuid) {
-            Some(s) => out.push(s),
-            None => out.extend(unique_holder(e, &lower)),
-        }
-    }
-    out.extend(stored);
-    out
 }
 
 /// The value of [`READ_SNAPSHOT`] when the mirror's dir_entries, dir_groups and dir_uniques hold
@@ -958,8 +945,7 @@ async fn read_directory(
         }
         other => other,
     };
-    let prior_snapshot =
-        || -> Option<ReadSnapshot> { mirror.and_then(|m| load_read_snapshot(m, &scope.names)) };
+    let prior_snapshot = || -> Option<ReadSnapshot> { mirror.and_then(load_read_snapshot) };
     let (entry_attrs, uniques_filter, unique_attrs) = scope.searches();
 
     if cfg.directory.is_ad() {
@@ -3656,7 +3642,18 @@ mod tests {
             .filter(|e| kept.contains(&e.uuid.as_str()))
             .cloned()
             .collect();
-        assert_eq!(with_people_holders(&people, rows, &names), searched);
+        // the holders indexed from the rows kept and the people are those the search returned
+        let as_searched = taken_from(&searched, &people, &names);
+        assert_eq!(taken_from(&rows, &people, &names), as_searched);
+        assert_eq!(
+            as_searched["uid"].get("eve2").map(|u| u.to_vec()),
+            Some(vec!["u5".to_string()])
+        );
+        assert_eq!(as_searched["uid"].get("eve"), None);
+        assert_eq!(
+            as_searched["uid"].get("bob").map(|u| u.to_vec()),
+            Some(vec!["u2".to_string()])
+        );
         // a holder read back whole (after the run that wrote it) is the person's holder too
         let mut whole = searched.clone();
         whole[2] = people[1].clone();
@@ -3665,11 +3662,8 @@ mod tests {
             .map(|e| e.uuid.as_str())
             .collect();
         assert_eq!(kept, ["u0", "u5", "u9"]);
-        // rows of an older version (every holder has one) are read as they are
-        assert_eq!(
-            with_people_holders(&people, searched.clone(), &names),
-            searched
-        );
+        // rows of an older version (every holder has one) give the same holders
+        assert_eq!(taken_from(&searched, &[], &names), as_searched);
     }
 
     #[test]
