@@ -687,14 +687,12 @@ impl Mirror {
     pub fn save_settled(
         &mut self,
         rows: impl Iterator<Item = (String, u64, String)>,
-        found: Option<foldhash::HashMap<String, u64>>,
+        found: Option<&foldhash::HashMap<String, u64>>,
     ) -> Result<usize, MirrorError> {
         // (a caching connection compares against the digests it keeps)
-        let found = found.filter(|_| !self.cache.borrow().enabled).map(|m| {
-            m.into_iter()
-                .map(|(k, d)| (k.into_boxed_str(), d))
-                .collect()
-        });
+        let found = found
+            .filter(|_| !self.cache.borrow().enabled)
+            .map(|m| m.iter().map(|(k, d)| (k.as_str().into(), *d)).collect());
         self.replace_rows(
             "settled",
             &["hr_key", "digest", "entry_uuid"],
@@ -1446,14 +1444,14 @@ mod tests {
         assert_eq!(read.get("2"), Some(&20));
         // compared against what the run read: 2 changed, 3 gone (touched), 4 new, 1 as it was
         let second = [row("1", 10), row("2", 21), row("4", 40)];
-        assert_eq!(m.save_settled(second.into_iter(), Some(read)).unwrap(), 3);
+        assert_eq!(m.save_settled(second.into_iter(), Some(&read)).unwrap(), 3);
         let now = m.settled().unwrap();
         let mut keys: Vec<(&str, u64)> = now.iter().map(|(k, d)| (k.as_str(), *d)).collect();
         keys.sort();
         assert_eq!(keys, [("1", 10), ("2", 21), ("4", 40)]);
         // the same again, from what was just read: nothing to write
         let third = [row("1", 10), row("2", 21), row("4", 40)];
-        assert_eq!(m.save_settled(third.into_iter(), Some(now)).unwrap(), 0);
+        assert_eq!(m.save_settled(third.into_iter(), Some(&now)).unwrap(), 0);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
