@@ -528,7 +528,29 @@ struct SettledMarker {
 /// entry as read (its uuid, and the digest of its DN and attributes, which an entry read back from
 /// the mirror's rows knows without digesting them again).
 pub fn person_digest(fields: &crate::source::FieldMap, e: &crate::model::Entry) -> u64 {
-    crate::mirror::digest(&(fields, &e.uuid, e.digest()))
+    person_digest_of(fields, &e.uuid, e.digest())
+}
+
+/// [`person_digest`] from the entry's uuid and the digest of its DN and attributes.
+fn person_digest_of(fields: &crate::source::FieldMap, uuid: &String, entry: u64) -> u64 {
+    crate::mirror::digest(&(fields, uuid, entry))
+}
+
+/// The digest ([`crate::model::Entry::digest`]) of the entry an add will make, as a read of it
+/// returns it (attribute names lower-cased, values as sent): after a run that added people, the
+/// next one finds them settled (not mapped again) when their entries are read back as written.
+/// None where the read cannot be foretold: an attribute of several values (the add sends them in
+/// no fixed order), or none.
+fn added_entry_digest(c: &plan::Change) -> Option<u64> {
+    if c.op != Op::Add || c.attributes.iter().any(|a| a.new.len() != 1) {
+        return None;
+    }
+    let attrs: crate::names::NameMap<crate::names::Values> = c
+        .attributes
+        .iter()
+        .map(|a| (a.attr.to_ascii_lowercase(), a.new.clone()))
+        .collect();
+    (attrs.len() == c.attributes.len()).then(|| crate::mirror::digest(&(&c.dn, &attrs)))
 }
 
 /// The people this run need not map again: the last run planned nothing for them, and since then
@@ -3170,6 +3192,9 @@ pub async fn run(
     let mut failed_adds: BTreeSet<String> = BTreeSet::new();
     // Entries written in this run (read again next run: see ReadCursor::recent).
     let mut written: BTreeSet<String> = BTreeSet::new();
+    // HR key → the digest of the entry its add writes; then the settled rows of those added
+    let mut added_digests: foldhash::HashMap<String, u64> = Default::default();
+    let mut added_settled: Vec<(String, u64, String)> = Vec::new();
     // People added without their entryUUID known yet (OpenLDAP: read back beside a phase after
     // the adds, or after the writes).
     let mut unread: Vec<(String, String)> = Vec::new();
@@ -3236,6 +3261,13 @@ pub async fn run(
                 _ => None,
             };
             passwords.push(pw);
+        }
+        if settle && !cfg.directory.is_ad() {
+            for (c, pw) in batch.iter().zip(&passwords) {
+                if let (None, Some(d)) = (pw, added_entry_digest(c)) {
+                    added_digests.insert(c.key.clone(), d);
+                }
+            }
         }
         let waits = if adds_batch == Some(phase) {
             plan::add_waits(&batch, &rules)
@@ -3396,8 +3428,22 @@ pub async fn run(
                 uuids
             }
         };
+        let fields: foldhash::HashMap<&str, &crate::source::FieldMap> = export
+            .records
+            .iter()
+            .filter(|r| added_digests.contains_key(&r.key))
+            .map(|r| (r.key.as_str(), &*r.fields))
+            .collect();
         for ((key, _), u) in unread.into_iter().zip(uuids) {
             if let Some(u) = u {
+                let entry = added_digests.get(&key);
+                if let (Some(&entry), Some(fields)) = (entry, fields.get(key.as_str())) {
+                    added_settled.push((
+                        key.clone(),
+                        person_digest_of(fields, &u, entry),
+                        u.clone(),
+                    ));
+                }
                 written.insert(u.clone());
                 new_links.insert(key, u);
             }
@@ -3457,6 +3503,10 @@ pub async fn run(
     // The directory as read, the settled people and the export's records: saved beside the
     // writes (see `Aside`).
     let settled_saved = aside?;
+    // The people this run added, as the adds wrote their entries (see `added_entry_digest`).
+    if settled_saved && !outcome.interrupted && !added_settled.is_empty() {
+        mirror.add_settled(&added_settled)?;
+    }
     let quiet_next = outcome.plan.changes.is_empty()
         && outcome.plan.app_changes.is_empty()
         && outcome.failed.is_empty()
@@ -3596,6 +3646,52 @@ mod tests {
             dn: format!("uid=p{key},ou=people,dc=example,dc=com"),
             attrs: [("title", vec![title.to_string()])].into(),
         }
+    }
+
+    #[test]
+    fn an_added_entry_has_the_digest_of_its_entry_as_read_back() {
+        let delta = |attr: &str, v: &[&str]| plan::AttrDelta {
+            attr: attr.into(),
+            kind: plan::DeltaKind::Add,
+            old: Default::default(),
+            new: v.iter().map(|v| v.to_string()).collect::<Vec<_>>().into(),
+        };
+        let mut add = plan::Change {
+            op: Op::Add,
+            dn: "uid=jdoe,ou=people,dc=example,dc=com".into(),
+            new_dn: None,
+            key: "7".into(),
+            uuid: None,
+            attributes: vec![
+                delta("objectClass", &["inetOrgPerson"]),
+                delta("uid", &["jdoe"]),
+                delta("givenName", &["John"]),
+                delta("sn", &["Doe"]),
+            ],
+            reason: String::new(),
+            phase: 1,
+            subject: plan::Subject::Person,
+        };
+        // what the reader makes of the entry (names lower-cased), with any uuid
+        let read = Entry::new(
+            "1f0c-uuid".into(),
+            add.dn.clone(),
+            [
+                ("givenname", vec!["John".to_string()]),
+                ("objectclass", vec!["inetOrgPerson".to_string()]),
+                ("sn", vec!["Doe".to_string()]),
+                ("uid", vec!["jdoe".to_string()]),
+            ]
+            .into_iter()
+            .collect(),
+        );
+        assert_eq!(added_entry_digest(&add), Some(read.digest()));
+        // values in no fixed order on the wire, or a modify: not foretold
+        add.attributes.push(delta("mail", &["a@x", "b@x"]));
+        assert_eq!(added_entry_digest(&add), None);
+        add.attributes.pop();
+        add.op = Op::Modify;
+        assert_eq!(added_entry_digest(&add), None);
     }
 
     #[test]

@@ -682,6 +682,32 @@ impl Mirror {
         rows.collect::<Result<_, _>>().map_err(sq(&p))
     }
 
+    /// Add settled people (HR key, digest, entry uuid) to those [`Self::save_settled`] wrote: the
+    /// people a run added, once their entryUUIDs are known.
+    pub fn add_settled(&mut self, rows: &[(String, u64, String)]) -> Result<(), MirrorError> {
+        let p = self.path.clone();
+        let tx = self.conn.transaction().map_err(sq(&p))?;
+        {
+            let mut up = tx
+                .prepare(
+                    "INSERT OR REPLACE INTO settled (hr_key, digest, entry_uuid) VALUES (?1, ?2, ?3)",
+                )
+                .map_err(sq(&p))?;
+            for (key, digest, uuid) in rows {
+                up.execute(params![key, format!("{digest:016x}"), uuid])
+                    .map_err(sq(&p))?;
+            }
+        }
+        tx.commit().map_err(sq(&p))?;
+        // (a caching connection compares the next save against these too)
+        if self.cache_valid() {
+            if let Some(d) = self.cache.borrow_mut().digests.get_mut("settled") {
+                d.extend(rows.iter().map(|(k, v, _)| (k.as_str().into(), *v)));
+            }
+        }
+        Ok(())
+    }
+
     /// Replace the settled people (HR key, digest, entry uuid), writing only what changed.
     /// `found`: the table as [`Self::settled`] read it in this run, if it did (else it is read).
     pub fn save_settled(

@@ -375,7 +375,7 @@ fn settled_people_are_mapped_again_only_when_they_or_the_people_they_name_change
         t.write_export(&refs);
     };
     write(&rows);
-    // the first run adds everyone; the second plans nothing, so everyone is settled after it
+    // the first run adds everyone (settled as the adds wrote them), the second plans nothing
     for _ in 0..2 {
         let r = t.run(&["sync"]);
         assert_eq!(r.code, 0, "{r:?}");
@@ -414,4 +414,37 @@ fn settled_people_are_mapped_again_only_when_they_or_the_people_they_name_change
         .values()
         .filter(|p| p.one("employeeNumber") != Some("1"))
         .all(|p| p.one("manager") == Some(boss.as_str())));
+}
+
+#[test]
+fn people_added_are_settled_in_the_next_run_as_their_adds_wrote_them() {
+    let t = one_write_at_a_time("added-settled");
+    let mut rows = boss_and_reports();
+    let write = |rows: &[String]| {
+        let refs: Vec<&str> = rows.iter().map(String::as_str).collect();
+        t.write_export(&refs);
+    };
+    write(&rows);
+    let r = t.run(&["sync"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    // The entries read back are those the adds wrote: no one is mapped again, nothing planned.
+    let r = t.run(&["-v", "sync", "--format", "json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("settled=40 mapped=0"), "{r:?}");
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["summary"]["add"], 0, "{v:#}");
+    assert_eq!(v["summary"]["modify"], 0, "{v:#}");
+    // A joiner is settled in the run after the one that added them.
+    rows.push("41,Given41,,Family41,Title 41,p41@example.com,1".into());
+    write(&rows);
+    let r = t.run(&["-v", "sync", "--format", "json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("settled=40 mapped=1"), "{r:?}");
+    let r = t.run(&["-v", "sync"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("settled=41 mapped=0"), "{r:?}");
+    // An entry edited by hand after its add is no longer as written: mapped again, corrected.
+    let dn = t.people()["41"].dn.clone();
+    title_changed_by_hand_is_corrected(&t, &dn);
+    assert_eq!(t.people()["41"].one("title"), Some("Title 41"));
 }
