@@ -330,6 +330,11 @@ pub struct Mapper {
     /// Attributes whose template is `<anything without n>{{ n }}`: the value for `n` is the value
     /// for `n = ""` followed by `n`, so numbering needs one render, not one per number tried.
     suffix_n: BTreeSet<String>,
+    /// Attributes whose template is `<P>{{ n }}<S>`, P and S plain text and expressions without
+    /// `n` (`{{ given_name | slug }}.{{ surname | slug }}{{ n }}@example.com`): the value for `n`
+    /// is P, then `n`, then S, each rendered once (the names of P's and S's templates), so
+    /// numbering needs two renders, not one per number tried.
+    split_n: BTreeMap<String, (String, String)>,
     /// `lifecycle.disabled-base`: people found there who are not leavers go back to `users.base`.
     disabled_base: Option<String>,
     /// Active Directory: sAMAccountName is made to fit (20 characters, no forbidden ones).
@@ -391,6 +396,30 @@ fn n_suffixed(src: &str) -> Option<&str> {
     (inner == "n" && !raw.trim_start().starts_with('-')).then(|| &src[..open])
 }
 
+/// The text before and after the one `{{ n }}` of a template, when the two can be rendered on
+/// their own and put together around `n` to give what the whole renders: no statements or
+/// comments (`{% %}`, `{# #}`: a block or a `set` spans the split), no whitespace control (`-`
+/// strips across it), and no line break ending the first part (a template's own last line break
+/// is dropped). Whether the parts are free of `n` is checked by compiling them.
+fn n_split(src: &str) -> Option<(&str, &str)> {
+    let mut found = None;
+    let mut at = 0;
+    while let Some(open) = src[at..].find("{{").map(|o| o + at) {
+        let close = src[open..].find("}}").map(|c| c + open)?;
+        if src[open + 2..close].trim() == "n" {
+            if found.is_some() {
+                return None;
+            }
+            found = Some((open, close + 2));
+        }
+        at = close + 2;
+    }
+    let (open, end) = found?;
+    let (p, s) = (&src[..open], &src[end..]);
+    let plain = |t: &str| !["{%", "{#", "{{-", "-}}"].iter().any(|m| t.contains(m));
+    (plain(p) && plain(s) && !p.ends_with('\n')).then_some((p, s))
+}
+
 impl Mapper {
     pub fn new(users: &UsersConfig, header: &[String]) -> Result<Mapper, String> {
         let person_dns: filters::PersonDns = Default::default();
@@ -401,6 +430,7 @@ impl Mapper {
         }
         let mut uses_n = BTreeSet::new();
         let mut suffix_n = BTreeSet::new();
+        let mut split_parts: Vec<(String, String, String)> = Vec::new();
         for (name, src) in &users.attributes {
             if let Ok(t) = env.get_template(name) {
                 if t.undeclared_variables(false).contains("n") {
@@ -411,10 +441,32 @@ impl Mapper {
                             .is_ok_and(|p| !p.undeclared_variables(false).contains("n"));
                         if free {
                             suffix_n.insert(name.clone());
+                            continue;
+                        }
+                    }
+                    if let Some((p, s)) = n_split(src) {
+                        let free = |t: &str| {
+                            env.template_from_str(t)
+                                .is_ok_and(|t| !t.undeclared_variables(false).contains("n"))
+                        };
+                        if free(p) && free(s) {
+                            split_parts.push((name.clone(), p.to_string(), s.to_string()));
                         }
                     }
                 }
             }
+        }
+        let mut split_n = BTreeMap::new();
+        for (name, p, s) in split_parts {
+            // (names no attribute can have)
+            let (pn, sn) = (
+                format!("{name} {{{{ n }}}} before"),
+                format!("{name} {{{{ n }}}} after"),
+            );
+            env.add_template_owned(pn.clone(), p)
+                .and_then(|()| env.add_template_owned(sn.clone(), s))
+                .map_err(|e| format!("users.attributes.{name}: {}", describe(&e)))?;
+            split_n.insert(name, (pn, sn));
         }
         let plain = users
             .attributes
@@ -428,6 +480,7 @@ impl Mapper {
             ad: false,
             plain,
             suffix_n,
+            split_n,
             disabled_base: None,
             uses_n,
             env,
@@ -535,6 +588,13 @@ impl Mapper {
             header: self.header.clone(),
             fields: r.fields.clone(),
         })
+    }
+
+    /// Render the part before or after `{{ n }}` of `attr`'s template (see `split_n`).
+    fn render_part(&self, attr: &str, part: &str, ctx: &Value) -> Result<String, String> {
+        let t = self.env.get_template(part).map_err(|e| describe(&e))?;
+        t.render(ctx.clone())
+            .map_err(|e| format!("users.attributes.{attr}: {}", describe(&e)))
     }
 
     /// Render one attribute; `None` when it renders empty (the attribute is absent).
@@ -760,6 +820,10 @@ impl Mapper {
                 // 66 John Smiths cost 66 tries, not 66 × 67 / 2.
                 let suffixed = self.suffix_n.contains(attr) && !sam_rule;
                 let mut last_n: HashMap<String, u32> = HashMap::new();
+                // `<P>{{ n }}<S>` templates: the same, per P and S as rendered (the same two give
+                // the same values for every number)
+                let split = self.split_n.get(attr).filter(|_| !sam_rule);
+                let mut last_split: HashMap<(String, String), u32> = HashMap::new();
                 // (a candidate's folded value, when it is the folded base and the number)
                 let mut candidate = String::new();
                 'people: for i in pending {
@@ -776,6 +840,26 @@ impl Mapper {
                                 }
                             }
                             plain = Some((v, f));
+                        }
+                    }
+                    let mut parts: Option<(String, String)> = None;
+                    if let Some((pn, sn)) = split {
+                        let both = self
+                            .render_part(attr, pn, &ctxs[i])
+                            .and_then(|p| Ok((p, self.render_part(attr, sn, &ctxs[i])?)));
+                        match both {
+                            Ok(ps) => {
+                                if own.is_none() {
+                                    if let Some(k) = last_split.get(&ps) {
+                                        n = k + 1;
+                                    }
+                                }
+                                parts = Some(ps);
+                            }
+                            Err(e) => {
+                                fail(&mut failed, i, e);
+                                continue;
+                            }
                         }
                     }
                     // A base whose folding keeps appended digits as they are (not one ending in a
@@ -832,9 +916,14 @@ impl Mapper {
                     }
                     loop {
                         let ns = if n == 1 { String::new() } else { n.to_string() };
-                        let rendered = match &plain {
-                            Some((v, _)) => Ok(Some(format!("{v}{ns}"))),
-                            None => self.render(attr, &ctxs[i], &ns),
+                        let rendered = match (&plain, &parts) {
+                            (Some((v, _)), _) => Ok(Some(format!("{v}{ns}"))),
+                            (None, Some((p, s))) => {
+                                // (only an all-blank value is absent, as `render` has it)
+                                let v = format!("{p}{ns}{s}");
+                                Ok((!v.trim().is_empty()).then_some(v))
+                            }
+                            (None, None) => self.render(attr, &ctxs[i], &ns),
                         };
                         match rendered {
                             Err(e) => {
@@ -857,6 +946,10 @@ impl Mapper {
                                     }
                                     if let Some((_, pf)) = &plain {
                                         let e = last_n.entry(pf.clone()).or_insert(n);
+                                        *e = (*e).max(n);
+                                    }
+                                    if let Some(ps) = parts.take() {
+                                        let e = last_split.entry(ps).or_insert(n);
                                         *e = (*e).max(n);
                                     }
                                     reserved.insert(f, i);

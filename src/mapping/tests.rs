@@ -577,3 +577,83 @@ fn a_column_read_as_it_is_gives_what_rendering_it_gives() {
     let two = plain.desired.iter().find(|d| d.key == "2").unwrap();
     assert!(!two.attrs.contains_key("title"));
 }
+
+#[test]
+fn a_template_split_around_n_gives_what_rendering_it_whole_gives() {
+    assert_eq!(
+        n_split("{{ a | lower }}.{{ b }}{{ n }}@x.org"),
+        Some(("{{ a | lower }}.{{ b }}", "@x.org"))
+    );
+    assert_eq!(n_split("{{n}}-{{ a }}"), Some(("", "-{{ a }}")));
+    for not in [
+        "{{ a }}{{ n }}{{ n }}",
+        "{{ a }}{{ n ~ '' }}@x",
+        "{% if a %}{{ a }}{% endif %}{{ n }}@x",
+        "{{ a }}{{- n }}@x",
+        "{{ a -}}{{ n }}@x",
+        "{{ a }}\n{{ n }}@x",
+        "{{ a }}",
+    ] {
+        assert_eq!(n_split(not), None, "{not}");
+    }
+    // mail numbered with `n` before the domain: split (P and S rendered once a person) and whole
+    // (`n ~ ''` is not split: one render a number tried) give the same values
+    let with = |n: &str| {
+        let mut u = users();
+        u.attributes.insert(
+            "mail".into(),
+            format!("{{{{ given_name | lower }}}}.{{{{ surname | lower }}}}{n}@example.com"),
+        );
+        u.unique.insert("mail".into());
+        u
+    };
+    let (split, whole) = (with("{{ n }}"), with("{{ n ~ '' }}"));
+    assert!(Mapper::new(&split, &header())
+        .unwrap()
+        .split_n
+        .contains_key("mail"));
+    assert!(Mapper::new(&whole, &header()).unwrap().split_n.is_empty());
+    // john.smith and john.smith2 … john.smith5 held by others, but for john.smith3; an existing
+    // person (key 7) holds john.smith4 and keeps it
+    let mut dir = DirSnapshot::default();
+    for n in [1, 2, 4, 5] {
+        let mail = if n == 1 {
+            "john.smith@example.com".to_string()
+        } else {
+            format!("john.smith{n}@example.com")
+        };
+        let uuid = format!("m{n}");
+        let mut attrs = vec![("mail", mail.as_str())];
+        if n == 4 {
+            attrs.push(("employeeNumber", "7"));
+        }
+        dir.entries.push(entry(
+            &uuid,
+            &format!("uid=m{n},ou=people,dc=example,dc=com"),
+            &attrs,
+        ));
+        dir.taken
+            .entry("mail".into())
+            .or_default()
+            .insert(mail, vec![uuid].into());
+    }
+    let recs: Vec<Record> = ["5", "6", "7", "8", "9"]
+        .iter()
+        .map(|k| rec(k, "John", "Smith", "", ""))
+        .collect();
+    let mails = |u: &UsersConfig| -> Vec<(String, String)> {
+        let out = run(&recs, &dir, u);
+        assert!(out.errors.is_empty(), "{:?}", out.errors);
+        out.desired
+            .iter()
+            .map(|d| (d.key.clone(), d.attrs["mail"][0].clone()))
+            .collect()
+    };
+    let got = mails(&split);
+    assert_eq!(got, mails(&whole));
+    let of = |k: &str| got.iter().find(|(key, _)| key == k).unwrap().1.as_str();
+    assert_eq!(of("7"), "john.smith4@example.com");
+    assert_eq!(of("5"), "john.smith3@example.com");
+    assert_eq!(of("6"), "john.smith6@example.com");
+    assert_eq!(of("9"), "john.smith8@example.com");
+}
