@@ -533,7 +533,7 @@ pub fn person_digest(fields: &crate::source::FieldMap, e: &crate::model::Entry) 
 
 /// [`person_digest`] from the entry's uuid and the digest of its DN and attributes.
 fn person_digest_of(fields: &crate::source::FieldMap, uuid: &String, entry: u64) -> u64 {
-    crate::mirror::digest(&(fields, uuid, entry))
+    crate::model::digest(&(fields, uuid, entry))
 }
 
 /// The digest ([`crate::model::Entry::digest`]) of the entry an add will make, as a read of it
@@ -550,7 +550,7 @@ fn added_entry_digest(c: &plan::Change) -> Option<u64> {
         .iter()
         .map(|a| (a.attr.to_ascii_lowercase(), a.new.clone()))
         .collect();
-    (attrs.len() == c.attributes.len()).then(|| crate::mirror::digest(&(&c.dn, &attrs)))
+    (attrs.len() == c.attributes.len()).then(|| crate::model::digest(&(&c.dn, &attrs)))
 }
 
 /// The people this run need not map again: the last run planned nothing for them, and since then

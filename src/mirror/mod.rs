@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::model::{DirSnapshot, Entry};
+use crate::model::{digest, DirSnapshot, Entry};
 use crate::plan::gates::LastGood;
 use crate::plan::Change;
 use crate::source::Export;
@@ -218,16 +218,6 @@ fn links_diff<'a>(
     }
     gone.extend(o.map(|(k, _)| k.clone()));
     (gone, changed)
-}
-
-/// A 64-bit digest of what a row holds, to tell changed rows without reading the old ones back
-/// or serialising unchanged ones (kept as 16 hex digits). foldhash with a fixed seed: several
-/// times faster than SipHash on the many short strings of a row, and the same in every run of one
-/// build (another build may digest differently: its first run then rewrites the rows once).
-pub fn digest(v: &impl std::hash::Hash) -> u64 {
-    use std::hash::BuildHasher;
-    const SEED: u64 = 0x6469_7262_7269_6467; // "dirbridg"
-    foldhash::quality::FixedState::with_seed(SEED).hash_one(v)
 }
 
 /// A stored digest (16 hex digits); anything else (an older format) matches no digest.

@@ -312,11 +312,11 @@ uid = true
         std::fs::write(&self.config, text).unwrap();
     }
 
-    pub fn write_export(&self, rows: &[&str]) {
+    pub fn write_export<R: AsRef<str>>(&self, rows: &[R]) {
         let mut s = String::from(HEADER);
         s.push('\n');
         for r in rows {
-            s.push_str(r);
+            s.push_str(r.as_ref());
             s.push('\n');
         }
         std::fs::write(self.dir.join("export.csv"), s).unwrap();

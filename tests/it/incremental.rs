@@ -370,11 +370,7 @@ fn without_content_sync_the_directory_is_polled_by_modify_timestamp() {
 fn settled_people_are_mapped_again_only_when_they_or_the_people_they_name_change() {
     let t = one_write_at_a_time("settled");
     let mut rows = boss_and_reports();
-    let write = |rows: &[String]| {
-        let refs: Vec<&str> = rows.iter().map(String::as_str).collect();
-        t.write_export(&refs);
-    };
-    write(&rows);
+    t.write_export(&rows);
     // the first run adds everyone (settled as the adds wrote them), the second plans nothing
     for _ in 0..2 {
         let r = t.run(&["sync"]);
@@ -382,7 +378,7 @@ fn settled_people_are_mapped_again_only_when_they_or_the_people_they_name_change
     }
     // One record changes: only it is mapped; the change is applied.
     rows[4] = "5,Given5,,Family5,Chief,p5@example.com,1".into();
-    write(&rows);
+    t.write_export(&rows);
     let r = t.run(&["-v", "sync", "--format", "json"]);
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.stderr.contains("settled=39 mapped=1"), "{r:?}");
@@ -396,7 +392,7 @@ fn settled_people_are_mapped_again_only_when_they_or_the_people_they_name_change
     // The boss's surname changes, so does the boss's uid and DN: every report names the boss
     // (manager_id 1) and is mapped again, and the plan changes their manager.
     rows[0] = "1,Ann,,Bossa,Chief,ann@example.com,".into();
-    write(&rows);
+    t.write_export(&rows);
     let (code, plan) = t.plan_json();
     assert_eq!(code, 0, "{plan:#}");
     let managers = changes(&plan)
@@ -420,11 +416,7 @@ fn settled_people_are_mapped_again_only_when_they_or_the_people_they_name_change
 fn people_added_are_settled_in_the_next_run_as_their_adds_wrote_them() {
     let t = one_write_at_a_time("added-settled");
     let mut rows = boss_and_reports();
-    let write = |rows: &[String]| {
-        let refs: Vec<&str> = rows.iter().map(String::as_str).collect();
-        t.write_export(&refs);
-    };
-    write(&rows);
+    t.write_export(&rows);
     let r = t.run(&["sync"]);
     assert_eq!(r.code, 0, "{r:?}");
     // The entries read back are those the adds wrote: no one is mapped again, nothing planned.
@@ -436,7 +428,7 @@ fn people_added_are_settled_in_the_next_run_as_their_adds_wrote_them() {
     assert_eq!(v["summary"]["modify"], 0, "{v:#}");
     // A joiner is settled in the run after the one that added them.
     rows.push("41,Given41,,Family41,Title 41,p41@example.com,1".into());
-    write(&rows);
+    t.write_export(&rows);
     let r = t.run(&["-v", "sync", "--format", "json"]);
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.stderr.contains("settled=40 mapped=1"), "{r:?}");
