@@ -167,6 +167,35 @@ fn values(e: &SearchEntry, name: &str) -> Vec<String> {
 /// The result code of an operation that was not sent because the run was told to stop.
 pub const NOT_SENT: u32 = u32::MAX;
 
+/// Whether change `i` of a batch has its journal row: `journaled` counts the rows written so far
+/// (a prefix of the batch, the run writing them beside the writes); None: all were written
+/// before. False when the journal stopped short of it (the mirror could not be written): the
+/// change is not sent.
+async fn journaled_past(journaled: Option<tokio::sync::watch::Receiver<usize>>, i: usize) -> bool {
+    match journaled {
+        None => true,
+        Some(mut j) => j.wait_for(|&n| n > i).await.is_ok(),
+    }
+}
+
+/// How a batch's writes keep step with the run's journal, which is written beside them.
+pub struct JournalLink {
+    /// How many of the batch's changes, from the first, have their pending row so far: a change
+    /// is sent only once it has (see [`journaled_past`]).
+    pub journaled: tokio::sync::watch::Receiver<usize>,
+    /// Each change's answer as it comes (its index; the failure as text), for the run to record
+    /// beside the writes. None: the run records them after the batch.
+    pub answered: Option<tokio::sync::mpsc::UnboundedSender<(usize, Result<(), String>)>>,
+}
+
+/// A change held back because its journal row could not be written.
+fn not_journaled() -> OpFailure {
+    OpFailure {
+        rc: NOT_SENT,
+        text: "not sent: its journal row could not be written".into(),
+    }
+}
+
 /// One change's result: for an add, the new entry's id when it could be read.
 type OpResult = Result<Option<String>, OpFailure>;
 
@@ -995,7 +1024,8 @@ impl LdapTarget {
         changes: &[&Change],
         in_flight: usize,
     ) -> Vec<Result<Option<String>, OpFailure>> {
-        self.apply_with(changes, &[], in_flight, None, &[]).await
+        self.apply_with(changes, &[], in_flight, None, &[], None)
+            .await
     }
 
     /// [`LdapTarget::apply`] with initial passwords for adds (`passwords[i]` for `changes[i]`),
@@ -1004,6 +1034,8 @@ impl LdapTarget {
     /// 5805) and `directory.transaction-size` allows, the changes go in transactions of that many
     /// operations (one database commit each; the run gives waits only where it writes one
     /// operation at a time); otherwise, or where a transaction fails, one operation at a time.
+    /// With `journal`, no change is sent before its journal row is written, and each answer is
+    /// passed on as it comes (see [`JournalLink`]).
     pub async fn apply_with(
         &self,
         changes: &[&Change],
@@ -1011,14 +1043,20 @@ impl LdapTarget {
         in_flight: usize,
         cancel: Option<tokio::sync::watch::Receiver<bool>>,
         after: &[Vec<usize>],
+        journal: Option<JournalLink>,
     ) -> Vec<Result<Option<String>, OpFailure>> {
         if changes.len() > 1 && self.txn_size > 1 && self.offers_transactions().await {
+            // (a transaction's changes go together: all of them journaled first; their answers
+            // are recorded after the batch)
+            if !journaled_past(journal.map(|j| j.journaled), changes.len() - 1).await {
+                return changes.iter().map(|_| Err(not_journaled())).collect();
+            }
             return self
                 .apply_in_transactions(changes, passwords, in_flight, cancel)
                 .await;
         }
         let results = self
-            .apply_each(changes, passwords, in_flight, cancel, after)
+            .apply_each(changes, passwords, in_flight, cancel, after, journal)
             .await;
         if self.txn_size > 1 {
             self.learn(
@@ -1375,7 +1413,9 @@ impl LdapTarget {
             .iter()
             .map(|i| passwords.get(*i).cloned().flatten())
             .collect();
-        let r = self.apply_each(&sub, &pw, in_flight, cancel, &[]).await;
+        let r = self
+            .apply_each(&sub, &pw, in_flight, cancel, &[], None)
+            .await;
         self.learn(
             sub.iter()
                 .zip(&r)
@@ -1394,7 +1434,22 @@ impl LdapTarget {
         in_flight: usize,
         cancel: Option<tokio::sync::watch::Receiver<bool>>,
         after: &[Vec<usize>],
+        journal: Option<JournalLink>,
     ) -> Vec<OpResult> {
+        let (journaled, answered) = match journal {
+            Some(j) => (Some(j.journaled), j.answered),
+            None => (None, None),
+        };
+        // (a change not sent has no answer to record: its journal row stays pending)
+        let tell = |i: usize, r: &OpResult| {
+            if let Some(a) = &answered {
+                let _ = match r {
+                    Ok(_) => a.send((i, Ok(()))),
+                    Err(f) if f.rc == NOT_SENT => Ok(()),
+                    Err(f) => a.send((i, Err(f.to_string()))),
+                };
+            }
+        };
         // Changes of one phase are independent (but for `after`): spread them over the
         // connections.
         let pool: Vec<&Ldap> = std::iter::once(&self.ldap)
@@ -1407,8 +1462,13 @@ impl LdapTarget {
             let t = self.op_timeout;
             let pw = passwords.get(i).cloned().flatten();
             let cancel = cancel.clone();
+            let journaled = journaled.clone();
             let ad = self.ad;
             async move {
+                // Never sent before its journal row is written (see `journaled_past`).
+                if !journaled_past(journaled, i).await {
+                    return (i, Err(not_journaled()));
+                }
                 // An operation not yet sent when the daemon is told to stop is not sent at all;
                 // those in flight finish.
                 if cancel.as_ref().is_some_and(|c| *c.borrow()) {
@@ -1438,6 +1498,7 @@ impl LdapTarget {
         let mut results: Vec<(usize, OpResult)> = if after.iter().all(Vec::is_empty) {
             futures_util::stream::iter((0..changes.len()).map(|i| make(i, i)))
                 .buffer_unordered(room)
+                .inspect(|(i, r)| tell(*i, r))
                 .collect()
                 .await
         } else {
@@ -1470,6 +1531,7 @@ impl LdapTarget {
                 let Some((i, r)) = running.next().await else {
                     break;
                 };
+                tell(i, &r);
                 out.push((i, r));
                 for &k in &waiting[i] {
                     left[k] -= 1;
@@ -1483,6 +1545,7 @@ impl LdapTarget {
             let rest: Vec<(usize, OpResult)> =
                 futures_util::stream::iter(stuck.into_iter().map(|i| make(i, i)))
                     .buffer_unordered(room)
+                    .inspect(|(i, r)| tell(*i, r))
                     .collect()
                     .await;
             out.extend(rest);
@@ -2045,5 +2108,34 @@ mod txn_tests {
         assert_eq!(end_txn_failed_msgid(&[]), None);
         assert_eq!(end_txn_failed_msgid(&[0x30, 0x05, 0x02, 0x09]), None);
         assert_eq!(end_txn_failed_msgid(&[0x04, 0x00]), None);
+    }
+}
+
+#[cfg(test)]
+mod journal_gate_tests {
+    use super::journaled_past;
+    use futures_util::FutureExt;
+
+    #[test]
+    fn a_change_is_held_until_its_journal_row_is_written_and_dropped_without_it() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let (tx, rx) = tokio::sync::watch::channel(0usize);
+            // the third change of the batch (index 2)
+            let mut third = Box::pin(journaled_past(Some(rx.clone()), 2));
+            assert_eq!((&mut third).now_or_never(), None);
+            tx.send_replace(2);
+            assert_eq!((&mut third).now_or_never(), None, "rows 0 and 1 only");
+            tx.send_replace(3);
+            assert_eq!((&mut third).now_or_never(), Some(true));
+            // the journal stops short (the mirror could not be written): not sent
+            let fourth = journaled_past(Some(rx), 3);
+            drop(tx);
+            assert!(!fourth.await);
+            // no gate: everything was journaled before
+            assert!(journaled_past(None, 99).await);
+        });
     }
 }

@@ -528,6 +528,32 @@ fn stopping_mid_run_leaves_a_journal_the_next_start_finishes() {
             .any(|r| r["state"] == "pending"),
         "an unfinished journal"
     );
+    // The journal is written beside the writes, in chunks: every entry that was added has its
+    // row, recorded as done, and no row says done for an entry that is not there.
+    let present: std::collections::BTreeSet<String> = search(&t.people, "(employeeNumber=*)")
+        .iter()
+        .map(|e| e.dn.to_ascii_lowercase())
+        .collect();
+    let done: std::collections::BTreeSet<String> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["op"] == "add" && r["state"] == "done")
+        .map(|r| r["dn"].as_str().unwrap().to_ascii_lowercase())
+        .collect();
+    assert_eq!(
+        done, present,
+        "the adds answered are those journaled as done"
+    );
+    assert_eq!(
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["op"] == "add")
+            .count(),
+        2000,
+        "every add of the run has its journal row, sent or not"
+    );
     // the next start converges to exactly 2000, one entry per anchor
     let d = Daemon::start(&t, &[]);
     d.wait_runs(1);
