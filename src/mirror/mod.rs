@@ -177,9 +177,14 @@ pub struct SnapshotRows {
 /// Entries from their stored rows (uuid, DN, attributes as JSON). Decoding the attributes is most
 /// of the time of loading a large snapshot; it runs on two threads (at 100,000 entries: the
 /// snapshot step of a cold churn run went from 0.27-0.30 to 0.21-0.24 s, three runs each).
+///
+/// The rows come in the table's order (SQLite's scan of the table, not of its uuid index: that
+/// took 0.083 against 0.050 s at 100,000 rows, every lookup a seek in the table); each half is
+/// sorted by uuid as it is decoded and the two are merged.
 fn decode_entries(rows: Vec<(String, String, String, Option<u64>)>) -> Vec<Entry> {
-    crate::in_two_halves(rows, |half| {
-        half.into_iter()
+    let mut entries = crate::in_two_halves(rows, |half| {
+        let mut half: Vec<Entry> = half
+            .into_iter()
             .map(|(uuid, dn, attrs, known)| {
                 let attrs = serde_json::from_str(&attrs).unwrap_or_default();
                 match known {
@@ -193,8 +198,13 @@ fn decode_entries(rows: Vec<(String, String, String, Option<u64>)>) -> Vec<Entry
                     None => Entry::new(uuid, dn, attrs),
                 }
             })
-            .collect()
-    })
+            .collect();
+        half.sort_unstable_by(|a, b| a.uuid.cmp(&b.uuid));
+        half
+    });
+    // (a stable sort finds the two sorted runs and merges them)
+    entries.sort_by(|a, b| a.uuid.cmp(&b.uuid));
+    entries
 }
 
 /// `old` → `new` (HR key → uuid, both in key order): the keys gone, and the links of `new` that
@@ -932,7 +942,7 @@ impl Mirror {
         let mut st = self
             .conn
             .prepare(&format!(
-                "SELECT uuid, dn, attrs, digest FROM {table} ORDER BY uuid"
+                "SELECT uuid, dn, attrs, digest FROM {table}"
             ))
             .map_err(sq(&p))?;
         let rows = st
