@@ -941,9 +941,7 @@ impl Mirror {
         let p = self.path.clone();
         let mut st = self
             .conn
-            .prepare(&format!(
-                "SELECT uuid, dn, attrs, digest FROM {table}"
-            ))
+            .prepare(&format!("SELECT uuid, dn, attrs, digest FROM {table}"))
             .map_err(sq(&p))?;
         let rows = st
             .query_map([], |r| {
