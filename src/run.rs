@@ -1478,6 +1478,27 @@ async fn full_with_cookie(
 /// in flight keep the server busy.
 const JOURNAL_CHUNK: usize = 256;
 
+/// A mirror write of the run's connection while its directory writes are in flight, on the same
+/// thread: where the connection beside them (`Aside`) holds the database's one write lock, the
+/// run goes on polling the directory writes and tries again a millisecond later, up to
+/// `mirror::BUSY_TIMEOUT` (the connection's own busy wait must be off: SQLite's busy handler
+/// sleeps, 100 ms a try after the first 180 ms, and the whole thread with it, so the writes
+/// stalled while the rows beside them were written).
+async fn beside_writes<T>(
+    mirror: &mut Mirror,
+    mut write: impl FnMut(&mut Mirror) -> Result<T, MirrorError>,
+) -> Result<T, MirrorError> {
+    let started = Instant::now();
+    loop {
+        match write(mirror) {
+            Err(e) if e.is_busy() && started.elapsed() < crate::mirror::BUSY_TIMEOUT => {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Appended to the read fingerprint when the directory is polled by modifyTimestamp.
 const POLLED: &str = "|modifyTimestamp";
 
@@ -3292,26 +3313,31 @@ pub async fn run(
         // password may be refused and the add sent again (its first answer is not its last).
         let (answered_tx, mut answered) = tokio::sync::mpsc::unbounded_channel();
         let answered_tx = (!make_passwords).then_some(answered_tx);
+        // (the connection beside may hold the write lock: see `beside_writes`)
+        mirror.wait_when_busy(Duration::ZERO)?;
         let journal = async {
             let t0 = Instant::now();
-            let mut ids = Vec::with_capacity(batch.len());
+            let mut ids: Vec<i64> = Vec::with_capacity(batch.len());
             let mut recorded = vec![false; batch.len()];
-            let mut record = |mirror: &mut Mirror,
-                              ids: &[i64],
-                              rows: Vec<(usize, Result<(), String>)>|
-             -> Result<(), MirrorError> {
-                let rows: Vec<(i64, bool, String)> = rows
-                    .into_iter()
+            let mut record = async |mirror: &mut Mirror,
+                                    ids: &[i64],
+                                    answers: &[(usize, Result<(), String>)]|
+                   -> Result<(), MirrorError> {
+                let rows: Vec<(i64, bool, String)> = answers
+                    .iter()
                     .filter_map(|(i, r)| {
-                        let id = *ids.get(i)?;
-                        recorded[i] = true;
+                        let id = *ids.get(*i)?;
                         Some(match r {
                             Ok(()) => (id, true, "success".to_string()),
-                            Err(why) => (id, false, why),
+                            Err(why) => (id, false, why.clone()),
                         })
                     })
                     .collect();
-                mirror.journal_done(&rows, &clock.rfc3339())
+                beside_writes(mirror, |m| m.journal_done(&rows, &clock.rfc3339())).await?;
+                for (i, _) in answers {
+                    recorded[*i] = true;
+                }
+                Ok(())
             };
             let drain = |answered: &mut tokio::sync::mpsc::UnboundedReceiver<_>| {
                 std::iter::from_fn(|| answered.try_recv().ok()).collect::<Vec<_>>()
@@ -3321,12 +3347,14 @@ pub async fn run(
             let mut answers = Vec::new();
             for part in batch.chunks(chunk) {
                 // (on an error the sender is dropped: what is not journaled is not sent)
-                ids.extend(mirror.journal_pending(run_id, part, &now)?);
+                let part_ids =
+                    beside_writes(&mut mirror, |m| m.journal_pending(run_id, part, &now)).await?;
+                ids.extend(part_ids);
                 journaled_tx.send_replace(ids.len());
                 tokio::task::yield_now().await;
                 answers.extend(drain(&mut answered));
                 if answers.len() >= JOURNAL_CHUNK {
-                    record(&mut mirror, &ids, std::mem::take(&mut answers))?;
+                    record(&mut mirror, &ids, &std::mem::take(&mut answers)).await?;
                 }
             }
             let pending_took = t0.elapsed();
@@ -3335,11 +3363,11 @@ pub async fn run(
                 answers.push(first);
                 answers.extend(drain(&mut answered));
                 if answers.len() >= JOURNAL_CHUNK {
-                    record(&mut mirror, &ids, std::mem::take(&mut answers))?;
+                    record(&mut mirror, &ids, &std::mem::take(&mut answers)).await?;
                 }
             }
             if !answers.is_empty() {
-                record(&mut mirror, &ids, answers)?;
+                record(&mut mirror, &ids, &answers).await?;
             }
             Ok::<_, MirrorError>((ids, pending_took, recorded))
         };
@@ -3373,6 +3401,7 @@ pub async fn run(
             }
         };
         let (journal, mut results, uuids) = tokio::join!(journal, writes, read);
+        mirror.wait_when_busy(crate::mirror::BUSY_TIMEOUT)?;
         let (ids, pending_took, recorded) = journal?;
         drop(dns);
         if uuids.is_some() {
@@ -3720,6 +3749,45 @@ mod tests {
     use super::*;
     use crate::model::Entry;
     use crate::source::{Export, Record};
+
+    #[test]
+    fn a_write_beside_the_directory_writes_waits_for_the_other_lock_and_keeps_the_thread_running() {
+        let dir = std::env::temp_dir().join(format!("dirbridge-beside-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut m = Mirror::open(&dir.join("mirror.db")).unwrap();
+        // another connection (the aside thread's, in a run) holds the one write lock
+        let other = rusqlite::Connection::open(dir.join("mirror.db")).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        m.wait_when_busy(Duration::ZERO).unwrap();
+        let row = || vec![("k1".to_string(), 7u64, "uuid-1".to_string())];
+        let busy = m.add_settled(&row()).unwrap_err();
+        assert!(busy.is_busy(), "{busy}");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        // The lock is let go by a task of the same thread: a write that slept in SQLite's busy
+        // handler would keep it from running (and fail as busy after the wait).
+        let started = Instant::now();
+        let written = rt.block_on(async {
+            let release = async {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                other.execute_batch("COMMIT").unwrap();
+            };
+            let (written, ()) =
+                tokio::join!(beside_writes(&mut m, |m| m.add_settled(&row())), release);
+            written
+        });
+        written.unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        m.wait_when_busy(crate::mirror::BUSY_TIMEOUT).unwrap();
+        assert_eq!(m.settled().unwrap().get("k1"), Some(&7));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     fn rec(key: &str, title: &str, manager: &str) -> Record {
         Record {

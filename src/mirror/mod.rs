@@ -32,6 +32,23 @@ pub enum MirrorError {
     Locked { path: PathBuf, pid: String },
 }
 
+impl MirrorError {
+    /// Whether another connection held the database's write lock (and the wait was not taken).
+    pub fn is_busy(&self) -> bool {
+        matches!(
+            self,
+            MirrorError::Sqlite {
+                err: rusqlite::Error::SqliteFailure(e, _),
+                ..
+            } if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        )
+    }
+}
+
+/// How long a connection waits for another's write lock (SQLite's busy handler: sleeps of 1, 2,
+/// 5, … up to 100 ms between tries).
+pub const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 const MIGRATIONS: &[&str] = &[
     // 1: the first schema
     r#"
@@ -392,8 +409,7 @@ impl Mirror {
             .map_err(sq(path))?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(sq(path))?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(sq(path))?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(sq(path))?;
         let mut m = Mirror {
             conn,
             path: path.to_path_buf(),
@@ -781,6 +797,12 @@ impl Mirror {
             c.digests = lent.digests;
         }
         Ok((m, lent.version))
+    }
+
+    /// How long this connection waits for another's write lock before a write fails as busy
+    /// ([`MirrorError::is_busy`]); [`BUSY_TIMEOUT`] unless set.
+    pub fn wait_when_busy(&self, wait: std::time::Duration) -> Result<(), MirrorError> {
+        self.conn.busy_timeout(wait).map_err(sq(&self.path))
     }
 
     /// Copy what the write-ahead log holds into the database file (PASSIVE: no writer or reader
