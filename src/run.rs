@@ -1478,6 +1478,68 @@ async fn full_with_cookie(
 /// in flight keep the server busy.
 const JOURNAL_CHUNK: usize = 256;
 
+/// A phase's journal, written on the run's thread beside its directory writes (joined with
+/// them): the pending rows of `batch` in transactions of `chunk`, each counted on `journaled`
+/// once committed (a change is sent only then), then the answers from `answered`, recorded
+/// `JOURNAL_CHUNK` at a time (a transaction per answer cost the writes a sixth of their time)
+/// until the writes end and drop its sender. Returns the rows' ids, the time the pending rows
+/// took, and which answers were recorded. On an error `journaled` is dropped: what is not
+/// journaled is not sent.
+async fn journal_beside(
+    mirror: &mut Mirror,
+    clock: &dyn Clock,
+    run_id: i64,
+    batch: &[&Change],
+    chunk: usize,
+    journaled: tokio::sync::watch::Sender<usize>,
+    mut answered: tokio::sync::mpsc::UnboundedReceiver<(usize, bool, String)>,
+) -> Result<(Vec<i64>, Duration, Vec<bool>), MirrorError> {
+    let t0 = Instant::now();
+    let now = clock.rfc3339();
+    let mut ids: Vec<i64> = Vec::with_capacity(batch.len());
+    let mut recorded = vec![false; batch.len()];
+    let mut pending_took = None;
+    let mut parts = batch.chunks(chunk.max(1));
+    let mut answers = Vec::new();
+    loop {
+        let more = match parts.next() {
+            Some(part) => {
+                let part_ids =
+                    beside_writes(mirror, |m| m.journal_pending(run_id, part, &now)).await?;
+                ids.extend(part_ids);
+                journaled.send_replace(ids.len());
+                tokio::task::yield_now().await;
+                true
+            }
+            None => {
+                pending_took.get_or_insert(t0.elapsed());
+                match answered.recv().await {
+                    Some(a) => {
+                        answers.push(a);
+                        true
+                    }
+                    None => false,
+                }
+            }
+        };
+        answers.extend(std::iter::from_fn(|| answered.try_recv().ok()));
+        if answers.len() >= JOURNAL_CHUNK || (!more && !answers.is_empty()) {
+            let rows: Vec<(i64, bool, String)> = answers
+                .drain(..)
+                .filter_map(|(i, ok, text)| {
+                    let id = *ids.get(i)?;
+                    recorded[i] = true;
+                    Some((id, ok, text))
+                })
+                .collect();
+            beside_writes(mirror, |m| m.journal_done(&rows, &clock.rfc3339())).await?;
+        }
+        if !more {
+            return Ok((ids, pending_took.unwrap_or_default(), recorded));
+        }
+    }
+}
+
 /// A mirror write of the run's connection while its directory writes are in flight, on the same
 /// thread: where the connection beside them (`Aside`) holds the database's one write lock, the
 /// run goes on polling the directory writes and tries again a millisecond later, up to
@@ -3302,7 +3364,6 @@ pub async fn run(
         // each change held until its chunk is written (a large batch is not kept waiting for all
         // of its rows: 100,000 adds took 0.9 s to journal); all first where transactions send a
         // batch at once.
-        let now = clock.rfc3339();
         let (journaled_tx, journaled) = tokio::sync::watch::channel(0usize);
         let chunk = if cfg.directory.transaction_size > 1 {
             batch.len()
@@ -3311,66 +3372,19 @@ pub async fn run(
         };
         // The answers are recorded as they come, beside the writes too; not where a generated
         // password may be refused and the add sent again (its first answer is not its last).
-        let (answered_tx, mut answered) = tokio::sync::mpsc::unbounded_channel();
+        let (answered_tx, answered) = tokio::sync::mpsc::unbounded_channel();
         let answered_tx = (!make_passwords).then_some(answered_tx);
         // (the connection beside may hold the write lock: see `beside_writes`)
         mirror.wait_when_busy(Duration::ZERO)?;
-        let journal = async {
-            let t0 = Instant::now();
-            let mut ids: Vec<i64> = Vec::with_capacity(batch.len());
-            let mut recorded = vec![false; batch.len()];
-            let mut record = async |mirror: &mut Mirror,
-                                    ids: &[i64],
-                                    answers: &[(usize, Result<(), String>)]|
-                   -> Result<(), MirrorError> {
-                let rows: Vec<(i64, bool, String)> = answers
-                    .iter()
-                    .filter_map(|(i, r)| {
-                        let id = *ids.get(*i)?;
-                        Some(match r {
-                            Ok(()) => (id, true, "success".to_string()),
-                            Err(why) => (id, false, why.clone()),
-                        })
-                    })
-                    .collect();
-                beside_writes(mirror, |m| m.journal_done(&rows, &clock.rfc3339())).await?;
-                for (i, _) in answers {
-                    recorded[*i] = true;
-                }
-                Ok(())
-            };
-            let drain = |answered: &mut tokio::sync::mpsc::UnboundedReceiver<_>| {
-                std::iter::from_fn(|| answered.try_recv().ok()).collect::<Vec<_>>()
-            };
-            // (answers are recorded JOURNAL_CHUNK at a time: a transaction per answer cost the
-            // writes a sixth of their time)
-            let mut answers = Vec::new();
-            for part in batch.chunks(chunk) {
-                // (on an error the sender is dropped: what is not journaled is not sent)
-                let part_ids =
-                    beside_writes(&mut mirror, |m| m.journal_pending(run_id, part, &now)).await?;
-                ids.extend(part_ids);
-                journaled_tx.send_replace(ids.len());
-                tokio::task::yield_now().await;
-                answers.extend(drain(&mut answered));
-                if answers.len() >= JOURNAL_CHUNK {
-                    record(&mut mirror, &ids, &std::mem::take(&mut answers)).await?;
-                }
-            }
-            let pending_took = t0.elapsed();
-            // (until the writes end and drop the sender)
-            while let Some(first) = answered.recv().await {
-                answers.push(first);
-                answers.extend(drain(&mut answered));
-                if answers.len() >= JOURNAL_CHUNK {
-                    record(&mut mirror, &ids, &std::mem::take(&mut answers)).await?;
-                }
-            }
-            if !answers.is_empty() {
-                record(&mut mirror, &ids, &answers).await?;
-            }
-            Ok::<_, MirrorError>((ids, pending_took, recorded))
-        };
+        let journal = journal_beside(
+            &mut mirror,
+            clock,
+            run_id,
+            &batch,
+            chunk,
+            journaled_tx,
+            answered,
+        );
         let writes = target.apply_with(
             &batch,
             &passwords,
@@ -3452,7 +3466,8 @@ pub async fn run(
                 results[i] = r;
             }
         }
-        let mut outcomes = Vec::with_capacity(batch.len());
+        // (what the journal has not recorded yet: answers after password retries)
+        let mut outcomes = Vec::new();
         for ((((c, id), r), pw), recorded) in batch
             .iter()
             .zip(ids)
@@ -3489,6 +3504,11 @@ pub async fn run(
                 mirror.audit_note(run_id, "password", &note, &clock.rfc3339())?;
             }
             drop(pw);
+            if !recorded {
+                if let Some((ok, text)) = crate::target::ldap::journal_outcome(&r) {
+                    outcomes.push((id, ok, text));
+                }
+            }
             match r {
                 Ok(uuid) => {
                     if c.subject == Subject::Person {
@@ -3512,9 +3532,6 @@ pub async fn run(
                         (Subject::Group, Op::Delete) => groups_deleted.push(c.dn.clone()),
                         _ => {}
                     }
-                    if !recorded {
-                        outcomes.push((id, true, "success".to_string()));
-                    }
                 }
                 Err(f) if f.rc == crate::target::ldap::NOT_SENT => {
                     // Left pending in the journal: the next run plans it again.
@@ -3525,9 +3542,6 @@ pub async fn run(
                         failed_adds.insert(crate::dn::normalize(&c.dn));
                     }
                     tracing::error!(target: "dirbridge::apply", op = c.op.as_str(), dn = %c.dn, key = %c.key, rc = f.rc, "quarantined: {f}");
-                    if !recorded {
-                        outcomes.push((id, false, f.to_string()));
-                    }
                     outcome.failed.push(Failed {
                         change: (*c).clone(),
                         failure: f,

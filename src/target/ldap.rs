@@ -183,9 +183,20 @@ pub struct JournalLink {
     /// How many of the batch's changes, from the first, have their pending row so far: a change
     /// is sent only once it has (see [`journaled_past`]).
     pub journaled: tokio::sync::watch::Receiver<usize>,
-    /// Each change's answer as it comes (its index; the failure as text), for the run to record
-    /// beside the writes. None: the run records them after the batch.
-    pub answered: Option<tokio::sync::mpsc::UnboundedSender<(usize, Result<(), String>)>>,
+    /// Each change's answer as it comes (its index, then [`journal_outcome`]), for the run to
+    /// record beside the writes. None: the run records them after the batch.
+    pub answered: Option<tokio::sync::mpsc::UnboundedSender<(usize, bool, String)>>,
+}
+
+/// What the journal records of a change's answer: whether it was applied, and "success" or the
+/// failure. None for a change not sent: its journal row stays pending (the next run plans it
+/// again).
+pub fn journal_outcome(r: &Result<Option<String>, OpFailure>) -> Option<(bool, String)> {
+    match r {
+        Ok(_) => Some((true, "success".to_string())),
+        Err(f) if f.rc == NOT_SENT => None,
+        Err(f) => Some((false, f.to_string())),
+    }
 }
 
 /// A change held back because its journal row could not be written.
@@ -1440,14 +1451,9 @@ impl LdapTarget {
             Some(j) => (Some(j.journaled), j.answered),
             None => (None, None),
         };
-        // (a change not sent has no answer to record: its journal row stays pending)
         let tell = |i: usize, r: &OpResult| {
-            if let Some(a) = &answered {
-                let _ = match r {
-                    Ok(_) => a.send((i, Ok(()))),
-                    Err(f) if f.rc == NOT_SENT => Ok(()),
-                    Err(f) => a.send((i, Err(f.to_string()))),
-                };
+            if let (Some(a), Some((ok, text))) = (&answered, journal_outcome(r)) {
+                let _ = a.send((i, ok, text));
             }
         };
         // Changes of one phase are independent (but for `after`): spread them over the
