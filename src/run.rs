@@ -2706,6 +2706,7 @@ pub async fn run(
             if opts.mirror_slot.is_some() {
                 m.cache_between_runs();
             }
+            m.checkpoint_on_commit(false)?;
             (Some(m), None)
         }
         Err(e) if opts.dry_run => (
@@ -3751,6 +3752,9 @@ pub async fn run(
                 uniques,
             });
         }
+        // (a daemon's connection stays open: what this run left in the log is copied now, not
+        // on a commit of the next run's)
+        mirror.checkpoint();
         slot.put(mirror);
     } else {
         crate::drop_beside((leftovers, dir, kept_uniques));
