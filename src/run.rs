@@ -3707,6 +3707,9 @@ pub async fn run(
         )?;
         kept_uniques = Some(snap.uniques);
     }
+    // (the log the run's connection does not copy on its commits, when it grew large: after a
+    // load, not after a churn)
+    mirror.copy_log_over(crate::mirror::WAL_KEEP);
     laps.lap("mirror");
     laps.log();
     outcome.duration = started.elapsed();
