@@ -3005,15 +3005,18 @@ pub async fn run(
                 today: today.to_string(),
             };
             if marker.as_ref() == Some(&now) {
-                let prior = m.settled()?;
-                // (the linking decide starts with, made on the second core meanwhile)
-                let (people, made) = std::thread::scope(|s| {
+                // (the linking decide starts with, made on the second core meanwhile, from
+                // before the settled table is read)
+                let (read, made) = std::thread::scope(|s| {
                     let linking = s.spawn(|| {
                         link::link(&present_keys(&export), &dir, &links, &users.anchor, &rules)
                     });
-                    let people = settled_people(&prior, &export, &dir, &links);
-                    (people, linking.join().ok())
+                    let read = m
+                        .settled()
+                        .map(|prior| (settled_people(&prior, &export, &dir, &links), prior));
+                    (read, linking.join().ok())
                 });
+                let (people, prior) = read?;
                 linked = made;
                 (people, Some(prior))
             } else {

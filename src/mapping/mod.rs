@@ -1172,11 +1172,20 @@ impl Mapper {
         if fc == rules.fold(attr, &base) {
             return Ok(true);
         }
-        let Ok(Some(pat)) = self.render(attr, ctx, SENTINEL) else {
-            return Ok(false);
-        };
-        let Some((pre, suf)) = pat.split_once(SENTINEL) else {
-            return Ok(false);
+        // (a `<prefix>{{ n }}` template's value for n is its value for "" followed by n: no
+        // second render)
+        let pat;
+        let (pre, suf) = if self.suffix_n.contains(attr) {
+            (base.as_str(), "")
+        } else {
+            let Ok(Some(p)) = self.render(attr, ctx, SENTINEL) else {
+                return Ok(false);
+            };
+            pat = p;
+            let Some(parts) = pat.split_once(SENTINEL) else {
+                return Ok(false);
+            };
+            parts
         };
         let (fp, fs) = (rules.fold(attr, pre), rules.fold(attr, suf));
         if fc.len() < fp.len() + fs.len() || !fc.starts_with(&fp) || !fc.ends_with(&fs) {
