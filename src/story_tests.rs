@@ -444,3 +444,86 @@ fn joiner_mover_leaver_story() {
     );
     let _ = std::fs::remove_dir_all(PathBuf::from(&tmp));
 }
+
+/// The settled people keep their entries without mapping only while this run links them as the
+/// mirror did: one whose mirror link names no entry any more (relinked by the anchor here) is
+/// mapped again, the other stays settled.
+#[test]
+fn a_settled_person_whose_link_is_made_again_is_mapped_again() {
+    let tmp = std::env::temp_dir().join(format!("dirbridge-story-relink-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    std::fs::write(tmp.join("export.csv"), format!("{HEADER}\n")).unwrap();
+    let cfg = config(&tmp);
+    let mut fake = Fake::default();
+    let rows = [
+        "1,Ann,Able,Sales,Paris,2026-01-01,,",
+        "2,Bob,Brown,Sales,Berlin,2026-01-01,,",
+    ];
+    step(
+        &cfg,
+        &mut fake,
+        &rows,
+        "2026-03-01",
+        &[
+            &format!("add 1 uid=aable,{P}"),
+            &format!("add 2 uid=bbrown,{B}"),
+            &format!("add groups[0] cn=staff,{G}"),
+            &format!("add groups[1] cn=dept-sales,{G}"),
+        ],
+    );
+    let index = |key: &str| {
+        let uuid = &fake.links[key];
+        fake.dir
+            .entries
+            .iter()
+            .position(|e| &e.uuid == uuid)
+            .unwrap()
+    };
+    let settled: foldhash::HashMap<String, usize> =
+        [("1".to_string(), index("1")), ("2".to_string(), index("2"))]
+            .into_iter()
+            .collect();
+    // Bob's link in the mirror names an entry that is gone: the linker finds his by the anchor.
+    let mut links = fake.links.clone();
+    links.insert("2".into(), "gone".into());
+    let mut csv = format!("{HEADER}\n");
+    for r in rows {
+        csv.push_str(r);
+        csv.push('\n');
+    }
+    let export = crate::source::parse(&cfg.source, csv.as_bytes()).unwrap();
+    let rules = MatchRules::default();
+    let mapper = Mapper::new(&cfg.users, &export.header)
+        .and_then(|m| m.with_groups(&cfg.groups))
+        .unwrap()
+        .with_disabled_base(Some(L.to_string()));
+    let d = decide(&DecideInput {
+        settled: &settled,
+        apps: &BTreeMap::new(),
+        cfg: &cfg,
+        users: &cfg.users,
+        mapper: &mapper,
+        export: &export,
+        dir: &fake.dir,
+        rules: &rules,
+        links: &links,
+        departures: &fake.departures,
+        created: &fake.created,
+        posix_ids: &BTreeMap::new(),
+        today: "2026-03-02".parse().unwrap(),
+        only: None,
+        keep_desired: false,
+    });
+    let was_settled = |key: &str| {
+        d.mapped
+            .desired
+            .iter()
+            .find(|x| x.key == key)
+            .map(|x| x.settled)
+    };
+    assert_eq!(was_settled("1"), Some(true));
+    assert_eq!(was_settled("2"), Some(false));
+    assert_eq!(d.linking.by_key.get("2"), fake.links.get("2"));
+    assert!(lines(&d.plan).is_empty(), "{:?}", lines(&d.plan));
+    let _ = std::fs::remove_dir_all(PathBuf::from(&tmp));
+}

@@ -233,7 +233,7 @@ fn decode_entries(rows: Vec<(String, String, String, Option<u64>)>) -> Vec<Entry
 /// `old` → `new` (HR key → uuid, both in key order): the keys gone, and the links of `new` that
 /// `old` does not hold as they are (new keys, and keys linked to another entry), in key order
 /// (one walk over both, no lookups).
-fn links_diff<'a>(
+pub(crate) fn links_diff<'a>(
     old: &BTreeMap<String, String>,
     new: &'a BTreeMap<String, String>,
 ) -> (Vec<String>, Vec<(&'a String, &'a String)>) {
