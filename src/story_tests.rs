@@ -254,7 +254,16 @@ fn lines(plan: &Plan) -> BTreeSet<String> {
         .collect()
 }
 
-fn step(cfg: &Config, fake: &mut Fake, rows: &[&str], day: &str, expected: &[&str]) -> Plan {
+/// `run::decide` over `rows` (the export) and the fake directory, on `day`, with the people
+/// `settled` and the mirror's `links`.
+fn decide_on(
+    cfg: &Config,
+    fake: &Fake,
+    rows: &[&str],
+    day: &str,
+    settled: &foldhash::HashMap<String, usize>,
+    links: &BTreeMap<String, String>,
+) -> crate::run::Decision {
     let mut csv = String::from(HEADER);
     csv.push('\n');
     for r in rows {
@@ -267,8 +276,8 @@ fn step(cfg: &Config, fake: &mut Fake, rows: &[&str], day: &str, expected: &[&st
         .and_then(|m| m.with_groups(&cfg.groups))
         .unwrap()
         .with_disabled_base(Some(L.to_string()));
-    let d = decide(&DecideInput {
-        settled: &Default::default(),
+    decide(&DecideInput {
+        settled,
         apps: &BTreeMap::new(),
         cfg,
         users: &cfg.users,
@@ -276,14 +285,18 @@ fn step(cfg: &Config, fake: &mut Fake, rows: &[&str], day: &str, expected: &[&st
         export: &export,
         dir: &fake.dir,
         rules: &rules,
-        links: &fake.links,
+        links,
         departures: &fake.departures,
         created: &fake.created,
         posix_ids: &BTreeMap::new(),
         today: day.parse().unwrap(),
         only: None,
         keep_desired: false,
-    });
+    })
+}
+
+fn step(cfg: &Config, fake: &mut Fake, rows: &[&str], day: &str, expected: &[&str]) -> Plan {
+    let d = decide_on(cfg, fake, rows, day, &Default::default(), &fake.links);
     assert!(
         d.plan.quarantined.is_empty(),
         "{day}: {:?}",
@@ -297,13 +310,18 @@ fn step(cfg: &Config, fake: &mut Fake, rows: &[&str], day: &str, expected: &[&st
     d.plan
 }
 
-#[test]
-fn joiner_mover_leaver_story() {
-    let tmp = std::env::temp_dir().join(format!("dirbridge-story-{}", std::process::id()));
+/// A scratch directory with an empty export, the story's configuration, an empty directory.
+fn scene(name: &str) -> (PathBuf, Config, Fake) {
+    let tmp = std::env::temp_dir().join(format!("dirbridge-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
     std::fs::write(tmp.join("export.csv"), format!("{HEADER}\n")).unwrap();
     let cfg = config(&tmp);
-    let mut fake = Fake::default();
+    (tmp, cfg, Fake::default())
+}
+
+#[test]
+fn joiner_mover_leaver_story() {
+    let (tmp, cfg, mut fake) = scene("story");
     let ann = "1,Ann,Able,Sales,Paris,2026-01-01,,";
     let ann_moved = "1,Ann,Able,Engineering,Berlin,2026-01-01,,";
     let bob = "2,Bob,Brown,Sales,Berlin,2026-01-01,2026-03-31,";
@@ -450,11 +468,7 @@ fn joiner_mover_leaver_story() {
 /// mapped again, the other stays settled.
 #[test]
 fn a_settled_person_whose_link_is_made_again_is_mapped_again() {
-    let tmp = std::env::temp_dir().join(format!("dirbridge-story-relink-{}", std::process::id()));
-    std::fs::create_dir_all(&tmp).unwrap();
-    std::fs::write(tmp.join("export.csv"), format!("{HEADER}\n")).unwrap();
-    let cfg = config(&tmp);
-    let mut fake = Fake::default();
+    let (tmp, cfg, mut fake) = scene("story-relink");
     let rows = [
         "1,Ann,Able,Sales,Paris,2026-01-01,,",
         "2,Bob,Brown,Sales,Berlin,2026-01-01,,",
@@ -486,34 +500,7 @@ fn a_settled_person_whose_link_is_made_again_is_mapped_again() {
     // Bob's link in the mirror names an entry that is gone: the linker finds his by the anchor.
     let mut links = fake.links.clone();
     links.insert("2".into(), "gone".into());
-    let mut csv = format!("{HEADER}\n");
-    for r in rows {
-        csv.push_str(r);
-        csv.push('\n');
-    }
-    let export = crate::source::parse(&cfg.source, csv.as_bytes()).unwrap();
-    let rules = MatchRules::default();
-    let mapper = Mapper::new(&cfg.users, &export.header)
-        .and_then(|m| m.with_groups(&cfg.groups))
-        .unwrap()
-        .with_disabled_base(Some(L.to_string()));
-    let d = decide(&DecideInput {
-        settled: &settled,
-        apps: &BTreeMap::new(),
-        cfg: &cfg,
-        users: &cfg.users,
-        mapper: &mapper,
-        export: &export,
-        dir: &fake.dir,
-        rules: &rules,
-        links: &links,
-        departures: &fake.departures,
-        created: &fake.created,
-        posix_ids: &BTreeMap::new(),
-        today: "2026-03-02".parse().unwrap(),
-        only: None,
-        keep_desired: false,
-    });
+    let d = decide_on(&cfg, &fake, &rows, "2026-03-02", &settled, &links);
     let was_settled = |key: &str| {
         d.mapped
             .desired
