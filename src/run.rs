@@ -2039,7 +2039,7 @@ pub fn decide_linked(i: &DecideInput<'_>, linked: Option<link::Linking>) -> Deci
         // maps in key order; usually none): a settled person is linked as the mirror had it,
         // to the entry the digest that settled them was of, unless theirs is one of these
         // (a lookup in `linking` per person took 26 ms at 100,000).
-        let (unlinked, relinked) = crate::mirror::links_diff(links, &linking.by_key);
+        let (unlinked, relinked) = link::links_diff(links, &linking.by_key);
         let moved: foldhash::HashSet<&str> = unlinked
             .iter()
             .map(String::as_str)
@@ -2718,7 +2718,7 @@ pub async fn run(
             if opts.mirror_slot.is_some() {
                 m.cache_between_runs();
             }
-            m.checkpoint_on_commit(false)?;
+            m.leave_log_copies()?;
             (Some(m), None)
         }
         Err(e) if opts.dry_run => (

@@ -206,3 +206,26 @@ pub fn link<S: AsRef<str> + Ord>(
     }
     out
 }
+
+/// `old` → `new` (HR key → uuid, both in key order): the keys gone, and the links of `new` that
+/// `old` does not hold as they are (new keys, and keys linked to another entry), in key order
+/// (one walk over both, no lookups).
+pub fn links_diff<'a>(
+    old: &BTreeMap<String, String>,
+    new: &'a BTreeMap<String, String>,
+) -> (Vec<String>, Vec<(&'a String, &'a String)>) {
+    let mut gone = Vec::new();
+    let mut changed = Vec::new();
+    let mut o = old.iter().peekable();
+    for (k, u) in new {
+        while let Some((ok, _)) = o.next_if(|(ok, _)| ok.as_str() < k.as_str()) {
+            gone.push(ok.clone());
+        }
+        match o.next_if(|(ok, _)| *ok == k) {
+            Some((_, ou)) if ou == u => {}
+            _ => changed.push((k, u)),
+        }
+    }
+    gone.extend(o.map(|(k, _)| k.clone()));
+    (gone, changed)
+}

@@ -50,7 +50,7 @@ impl MirrorError {
 pub const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A write-ahead log file larger than this is copied into the database and emptied at the end of
-/// a run and when a run opens the mirror (see [`Mirror::checkpoint_on_commit`]), and cut back to
+/// a run and when a run opens the mirror (see [`Mirror::leave_log_copies`]), and cut back to
 /// it after any other copy. A 100,000-person churn leaves about 40 MB; a load of as many people
 /// 350 MB, whose copy takes 0.5 s.
 pub const WAL_KEEP: u64 = 64 << 20;
@@ -228,29 +228,6 @@ fn decode_entries(rows: Vec<(String, String, String, Option<u64>)>) -> Vec<Entry
     // (a stable sort finds the two sorted runs and merges them)
     entries.sort_by(|a, b| a.uuid.cmp(&b.uuid));
     entries
-}
-
-/// `old` → `new` (HR key → uuid, both in key order): the keys gone, and the links of `new` that
-/// `old` does not hold as they are (new keys, and keys linked to another entry), in key order
-/// (one walk over both, no lookups).
-pub(crate) fn links_diff<'a>(
-    old: &BTreeMap<String, String>,
-    new: &'a BTreeMap<String, String>,
-) -> (Vec<String>, Vec<(&'a String, &'a String)>) {
-    let mut gone = Vec::new();
-    let mut changed = Vec::new();
-    let mut o = old.iter().peekable();
-    for (k, u) in new {
-        while let Some((ok, _)) = o.next_if(|(ok, _)| ok.as_str() < k.as_str()) {
-            gone.push(ok.clone());
-        }
-        match o.next_if(|(ok, _)| *ok == k) {
-            Some((_, ou)) if ou == u => {}
-            _ => changed.push((k, u)),
-        }
-    }
-    gone.extend(o.map(|(k, _)| k.clone()));
-    (gone, changed)
 }
 
 /// A stored digest (16 hex digits); anything else (an older format) matches no digest.
@@ -497,7 +474,7 @@ impl Mirror {
             let mut gone: Vec<String> = Vec::new();
             let changed: Vec<(&String, &String)>;
             if let Some(old) = before.or(cached.as_ref()) {
-                (gone, changed) = links_diff(old, &links);
+                (gone, changed) = crate::mapping::link::links_diff(old, &links);
             } else {
                 let mut same: foldhash::HashSet<&str> = Default::default();
                 let mut st = tx
@@ -814,9 +791,9 @@ impl Mirror {
         self.conn.busy_timeout(wait).map_err(sq(&self.path))
     }
 
-    /// Whether this connection copies the write-ahead log into the database file on its own:
-    /// on a commit once the log passes SQLite's threshold (1,000 pages), and when it closes as
-    /// the last connection (`true`, SQLite's default). A run turns both off for its connection:
+    /// Make this connection leave the copies of the write-ahead log into the database file to
+    /// others: SQLite's connections make one on a commit once the log passes 1,000 pages, and
+    /// when they close as the last connection. A run turns both off for its connection:
     /// such a copy runs on the thread that commits or closes and syncs both files (two fsyncs
     /// and the pages between: 35-110 ms on a commit, 0.13 s on closing, measured after a
     /// 100,000-person churn), and the run's commits are the journal's beside its directory
@@ -826,20 +803,17 @@ impl Mirror {
     /// the database: SQLite reads it back on the next open, 15-20 ms for 40 MB) until the next
     /// run's copy. A log file found over [`WAL_KEEP`] here (left by a process that stopped) is
     /// copied at once.
-    pub fn checkpoint_on_commit(&self, on: bool) -> Result<(), MirrorError> {
-        let pages: i64 = if on { 1000 } else { 0 };
+    pub fn leave_log_copies(&self) -> Result<(), MirrorError> {
         self.conn
-            .pragma_update(None, "wal_autocheckpoint", pages)
+            .pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(sq(&self.path))?;
         self.conn
             .set_db_config(
                 rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
-                !on,
+                true,
             )
             .map_err(sq(&self.path))?;
-        if !on {
-            self.copy_log_over(WAL_KEEP);
-        }
+        self.copy_log_over(WAL_KEEP);
         Ok(())
     }
 
@@ -1730,7 +1704,6 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    /// An empty directory of this test process's own under the system's temporary one.
     #[test]
     fn rows_are_compared_before_the_write_lock_is_taken() {
         let dir = scratch("rowslock");
@@ -1761,7 +1734,7 @@ mod tests {
         let path = dir.join("mirror.db");
         let m = Mirror::open(&path).unwrap();
         let wal = m.wal_path();
-        m.checkpoint_on_commit(false).unwrap();
+        m.leave_log_copies().unwrap();
         let mut m = m;
         let rows = (0..5000).map(|i| (format!("key-{i:05}"), i as u64, format!("uuid-{i}")));
         assert_eq!(m.save_settled(rows, None).unwrap(), 5000);
@@ -1787,6 +1760,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// An empty directory of this test process's own under the system's temporary one.
     fn scratch(name: &str) -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!("dirbridge-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -1815,7 +1789,7 @@ mod tests {
             ("5", "u5"),
             ("6", "u6"),
         ]);
-        let (gone, changed) = links_diff(&before, &after);
+        let (gone, changed) = crate::mapping::link::links_diff(&before, &after);
         assert_eq!(gone, ["0", "3"]);
         let changed: Vec<(&str, &str)> = changed
             .into_iter()
@@ -1823,7 +1797,10 @@ mod tests {
             .collect();
         assert_eq!(changed, [("2", "u9"), ("4", "u4"), ("5", "u5")]);
         // and every key gone after the last one of the new map
-        assert_eq!(links_diff(&before, &map(&[])).0, ["0", "1", "2", "3", "6"]);
+        assert_eq!(
+            crate::mapping::link::links_diff(&before, &map(&[])).0,
+            ["0", "1", "2", "3", "6"]
+        );
 
         let dir = scratch("links");
         let mut m = Mirror::open(&dir.join("mirror.db")).unwrap();
