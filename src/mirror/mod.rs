@@ -1029,9 +1029,13 @@ impl Mirror {
                 ))
             })
             .map_err(sq(&p))?;
+        let t0 = std::time::Instant::now();
         let rows: Vec<(String, String, String, Option<u64>)> =
             rows.collect::<Result<_, _>>().map_err(sq(&p))?;
-        Ok(decode_entries(rows))
+        let t1 = std::time::Instant::now();
+        let out = decode_entries(rows);
+        tracing::debug!(target: "dirbridge::mirror", table, rows = out.len(), "rows read in {:.3} s, decoded in {:.3} s", (t1 - t0).as_secs_f64(), t1.elapsed().as_secs_f64());
+        Ok(out)
     }
 
     /// Keep the export as the last good HR snapshot, writing only the records whose content hash
