@@ -648,31 +648,34 @@ fn bytes_hash(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// The export's hash (as [`file_hash`]), and the export parsed from the same bytes unless they
-/// are those the last quiet run saw (`quiet`: its hash; such a run may be quiet again and need
-/// no parse). A file that cannot be read has no hash, and its error is the parse's.
-type EarlyExport = (
-    Option<String>,
-    Option<Result<(source::Export, String), SourceError>>,
-);
+/// The export's hash (as [`file_hash`]), sent on `hash` as soon as it is known, then the export
+/// parsed from the same bytes, unless they are those the last quiet run saw (`quiet`: its hash;
+/// such a run may be quiet again and need no parse: None). A file that cannot be read has no
+/// hash, and its error is the parse's.
+type Parsed = Result<(source::Export, String), SourceError>;
 
 fn early_export(
     cfg: &crate::config::SourceConfig,
     quiet: Option<String>,
     since: Instant,
-) -> EarlyExport {
+    hash: tokio::sync::oneshot::Sender<Option<String>>,
+) -> Option<Parsed> {
     let bytes = match source::read_bytes(cfg) {
         Ok(b) => b,
-        Err(e) => return (None, Some(Err(e))),
+        Err(e) => {
+            let _ = hash.send(None);
+            return Some(Err(e));
+        }
     };
-    let hash = bytes_hash(&bytes);
-    if quiet.as_deref() == Some(hash.as_str()) {
-        return (Some(hash), None);
+    let hashed = bytes_hash(&bytes);
+    let _ = hash.send(Some(hashed.clone()));
+    if quiet.as_deref() == Some(hashed.as_str()) {
+        return None;
     }
     let t0 = Instant::now();
-    let parsed = source::parse(cfg, &bytes).map(|e| (e, hash.clone()));
+    let parsed = source::parse(cfg, &bytes).map(|e| (e, hashed));
     tracing::debug!(target: "dirbridge::run", "export: parsed beside the directory read in {:.3} s, from {:.3} to {:.3} s of the run", t0.elapsed().as_secs_f64(), (t0 - since).as_secs_f64(), since.elapsed().as_secs_f64());
-    (Some(hash), Some(parsed))
+    Some(parsed)
 }
 
 /// Read and parse the export, and hash the very bytes parsed (SHA-256, as [`file_hash`]).
@@ -2768,8 +2771,11 @@ pub async fn run(
         .map(|m| m.export);
     let source_cfg = cfg.source.clone();
     let since = started;
-    let hashing =
-        tokio::task::spawn_blocking(move || early_export(&source_cfg, quiet_export, since));
+    let quiet_bytes = quiet_export.clone();
+    let (hash_tx, hash_rx) = tokio::sync::oneshot::channel();
+    let early = tokio::task::spawn_blocking(move || {
+        early_export(&source_cfg, quiet_export, since, hash_tx)
+    });
     let mut target = LdapTarget::connect(&cfg.directory).await?;
     tracing::info!(url = %target.url, "bound");
     laps.lap("connect");
@@ -2806,9 +2812,11 @@ pub async fn run(
     // A quiet run: the directory did not change since the last run, the export and the
     // configuration are byte for byte those of the last run, whose plan was empty, and no
     // lifecycle date has come: the plan is empty without mapping anything.
-    let (export_hash_early, mut parsed_early) = hashing
+    let export_hash_early = hash_rx
         .await
         .map_err(|e| RunError::Config(format!("internal: the export's hashing stopped: {e}")))?;
+    // (the early thread parses unless these are the bytes of the last quiet run)
+    let parsing_early = export_hash_early.is_none() || export_hash_early != quiet_bytes;
     let today_early = today(cfg, opts.as_of.as_deref(), clock)?;
     let config_hash = file_hash(&cfg.file).map(|h| format!("{h}:{}", env!("CARGO_PKG_VERSION")));
     let mut reading = None;
@@ -2875,7 +2883,7 @@ pub async fn run(
         }
         // Not quiet after all: the mirror's snapshot is the directory. The export is parsed on
         // another thread meanwhile (at 100,000 people each takes a while; neither needs the other).
-        if parsed_early.is_none() {
+        if !parsing_early {
             let source_cfg = cfg.source.clone();
             reading = Some(tokio::task::spawn_blocking(move || {
                 read_export(&source_cfg)
@@ -2907,11 +2915,12 @@ pub async fn run(
         }
     }
     laps.lap("snapshot");
-    let (export, parsed_hash) = match (parsed_early.take(), reading) {
+    let stopped = |e: tokio::task::JoinError| {
+        RunError::Config(format!("internal: the export's reader stopped: {e}"))
+    };
+    let (export, parsed_hash) = match (early.await.map_err(stopped)?, reading) {
         (Some(parsed), _) => parsed?,
-        (None, Some(r)) => r.await.map_err(|e| {
-            RunError::Config(format!("internal: the export's reader stopped: {e}"))
-        })??,
+        (None, Some(r)) => r.await.map_err(stopped)??,
         (None, None) => read_export(&cfg.source)?,
     };
     laps.lap("export");
@@ -3839,20 +3848,25 @@ mod tests {
             encoding: crate::config::Encoding::Utf8,
         };
         let t0 = Instant::now();
+        let early = |quiet: Option<String>| {
+            let (tx, mut rx) = tokio::sync::oneshot::channel();
+            let parsed = early_export(&cfg, quiet, t0, tx);
+            (rx.try_recv().unwrap(), parsed)
+        };
         // unreadable: no hash (never quiet), and the read's error is the parse's
-        let (hash, parsed) = early_export(&cfg, None, t0);
+        let (hash, parsed) = early(None);
         assert!(hash.is_none());
         let err = parsed.unwrap().unwrap_err().to_string();
         assert!(err.contains("export.csv"), "{err}");
         std::fs::write(&cfg.path, "id,name\n1,Ann\n2,Bob\n").unwrap();
         // bytes the last quiet run did not see: parsed, with the hash of the bytes parsed
-        let (hash, parsed) = early_export(&cfg, Some("another".into()), t0);
+        let (hash, parsed) = early(Some("another".into()));
         let (export, parsed_hash) = parsed.unwrap().unwrap();
         assert_eq!(export.records.len(), 2);
         assert_eq!(hash.as_deref(), Some(parsed_hash.as_str()));
         assert_eq!(hash, file_hash(&cfg.path));
         // the same bytes as the last quiet run: hashed, not parsed (the run may be quiet again)
-        let (again, parsed) = early_export(&cfg, hash.clone(), t0);
+        let (again, parsed) = early(hash.clone());
         assert_eq!(again, hash);
         assert!(parsed.is_none());
         let _ = std::fs::remove_dir_all(&dir);
