@@ -3286,11 +3286,16 @@ pub async fn run(
     }
 
     // Apply, phase by phase; journal before and after.
-    let mut new_links = links.clone();
-    new_links.retain(|k, _| !linking.dangling.contains(k));
-    for (k, u) in &linking.by_key {
-        new_links.insert(k.clone(), u.clone());
-    }
+    // The links as this run leaves them, as edits of the links it read (in order; saved after
+    // the writes): the dangling ones go, the linking's new ones come, then the adds' and deletes'.
+    let mut link_edits: Vec<(String, Option<String>)> =
+        linking.dangling.iter().map(|k| (k.clone(), None)).collect();
+    link_edits.extend(
+        link::links_diff(&links, &linking.by_key)
+            .1
+            .into_iter()
+            .map(|(k, u)| (k.clone(), Some(u.clone()))),
+    );
     // What the mirror keeps whatever the writes do is written beside them (see `Aside`).
     let export = std::sync::Arc::new(export);
     let dir = std::sync::Arc::new(dir);
@@ -3585,14 +3590,10 @@ pub async fn run(
                     tracing::info!(target: "dirbridge::apply", op = c.op.as_str(), dn = %c.dn, key = %c.key, "{}", c.reason);
                     match (c.subject, c.op) {
                         (Subject::Person, Op::Add) => match uuid {
-                            Some(u) => {
-                                new_links.insert(c.key.clone(), u);
-                            }
+                            Some(u) => link_edits.push((c.key.clone(), Some(u))),
                             None => unread.push((c.key.clone(), c.dn.clone())),
                         },
-                        (Subject::Person, Op::Delete) => {
-                            new_links.remove(&c.key);
-                        }
+                        (Subject::Person, Op::Delete) => link_edits.push((c.key.clone(), None)),
                         (Subject::Group, Op::Add) => groups_created.push(c.dn.clone()),
                         (Subject::Group, Op::Delete) => groups_deleted.push(c.dn.clone()),
                         _ => {}
@@ -3650,7 +3651,7 @@ pub async fn run(
                     ));
                 }
                 written.insert(u.clone());
-                new_links.insert(key, u);
+                link_edits.push((key, Some(u)));
             }
         }
     }
@@ -3688,7 +3689,8 @@ pub async fn run(
         .await?;
     }
     laps.lap("applications");
-    mirror.save_links(Some(&links), new_links, &now)?;
+    let mut links = links;
+    mirror.save_link_edits(&mut links, link_edits, &now)?;
     mirror.note_groups(&groups_created, &groups_deleted, &now)?;
     mirror.save_posix_ids(&posix_new, &now)?;
     if cfg.lifecycle.is_some() && opts.only.is_none() && !export.keys_uncertain {
