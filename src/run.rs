@@ -674,28 +674,29 @@ fn bytes_hash(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// The export's hash (as [`file_hash`]), sent on `hash` as soon as it is known, then the export
-/// parsed from the same bytes, unless they are those the last quiet run saw (`quiet`: its hash;
-/// such a run may be quiet again and need no parse: None). A file that cannot be read has no
-/// hash, and its error is the parse's.
+/// The export's hash (as [`file_hash`]), sent on `hash` as soon as it is known with whether a
+/// parse follows, then the export parsed from the same bytes, unless they are those the last
+/// quiet run saw (`quiet`: its hash; such a run may be quiet again and need no parse: None). A
+/// file that cannot be read has no hash, and its error is the parse's.
 type Parsed = Result<(source::Export, String), SourceError>;
 
 fn early_export(
     cfg: &crate::config::SourceConfig,
     quiet: Option<String>,
     since: Instant,
-    hash: tokio::sync::oneshot::Sender<Option<String>>,
+    hash: tokio::sync::oneshot::Sender<(Option<String>, bool)>,
 ) -> Option<Parsed> {
     let bytes = match source::read_bytes(cfg) {
         Ok(b) => b,
         Err(e) => {
-            let _ = hash.send(None);
+            let _ = hash.send((None, true));
             return Some(Err(e));
         }
     };
     let hashed = bytes_hash(&bytes);
-    let _ = hash.send(Some(hashed.clone()));
-    if quiet.as_deref() == Some(hashed.as_str()) {
+    let parse = quiet.as_deref() != Some(hashed.as_str());
+    let _ = hash.send((Some(hashed.clone()), parse));
+    if !parse {
         return None;
     }
     let t0 = Instant::now();
@@ -2793,14 +2794,13 @@ pub async fn run(
     // not those the last quiet run saw cannot make this run quiet, so they are parsed at once, on
     // that thread (a churn after a change in the directory read the snapshot, then parsed the
     // export: 0.09 s at 100,000 people one after the other).
-    let quiet_export: Option<String> = mirror
+    let marker: Option<QuietMarker> = mirror
         .as_ref()
         .and_then(|m| m.get_state(QUIET).ok().flatten())
-        .and_then(|v| serde_json::from_str::<QuietMarker>(&v).ok())
-        .map(|m| m.export);
+        .and_then(|v| serde_json::from_str(&v).ok());
+    let quiet_export = marker.as_ref().map(|m| m.export.clone());
     let source_cfg = cfg.source.clone();
     let since = started;
-    let quiet_bytes = quiet_export.clone();
     let (hash_tx, hash_rx) = tokio::sync::oneshot::channel();
     let early = tokio::task::spawn_blocking(move || {
         early_export(&source_cfg, quiet_export, since, hash_tx)
@@ -2841,19 +2841,13 @@ pub async fn run(
     // A quiet run: the directory did not change since the last run, the export and the
     // configuration are byte for byte those of the last run, whose plan was empty, and no
     // lifecycle date has come: the plan is empty without mapping anything.
-    let export_hash_early = hash_rx
+    let (export_hash_early, parsing_early) = hash_rx
         .await
         .map_err(|e| RunError::Config(format!("internal: the export's hashing stopped: {e}")))?;
-    // (the early thread parses unless these are the bytes of the last quiet run)
-    let parsing_early = export_hash_early.is_none() || export_hash_early != quiet_bytes;
     let today_early = today(cfg, opts.as_of.as_deref(), clock)?;
     let config_hash = file_hash(&cfg.file).map(|h| format!("{h}:{}", env!("CARGO_PKG_VERSION")));
     let mut reading = None;
     if unchanged {
-        let marker: Option<QuietMarker> = mirror
-            .as_ref()
-            .and_then(|m| m.get_state(QUIET).ok().flatten())
-            .and_then(|v| serde_json::from_str(&v).ok());
         let quiet = marker.as_ref().is_some_and(|m| {
             cfg.apps.is_empty()
                 && opts.only.is_none()
@@ -3890,7 +3884,9 @@ mod tests {
         let early = |quiet: Option<String>| {
             let (tx, mut rx) = tokio::sync::oneshot::channel();
             let parsed = early_export(&cfg, quiet, t0, tx);
-            (rx.try_recv().unwrap(), parsed)
+            let (hash, parsing) = rx.try_recv().unwrap();
+            assert_eq!(parsing, parsed.is_some(), "it says whether it parses");
+            (hash, parsed)
         };
         // unreadable: no hash (never quiet), and the read's error is the parse's
         let (hash, parsed) = early(None);
