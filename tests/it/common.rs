@@ -13,6 +13,8 @@ pub const ADMIN_PW: &str = "Pw-for-tests-7f3a9c";
 pub const BIND_PW: &str = ADMIN_PW;
 
 pub struct Slapd {
+    /// slapd's process (it detaches from the script that starts it).
+    pub pid: u32,
     pub ldap_uri: String,
     pub ldaps_uri: String,
     pub ldapi_uri: String,
@@ -53,10 +55,34 @@ pub fn slapd() -> &'static Slapd {
 
 /// A second server, for the tests of LDAP transactions: slapd 2.5.13 has crashed when a
 /// transaction met other clients' writes (docs/performance.md), so they do not share the server
-/// the other tests write to (and take turns on this one).
+/// the other tests write to (and take turns on this one). Started on first use; a server that
+/// died is replaced by [`restart_transactions_slapd`].
 pub fn transactions_slapd() -> &'static Slapd {
-    static S: OnceLock<Slapd> = OnceLock::new();
-    S.get_or_init(|| start_slapd("txn-slapd"))
+    let mut current = TXN_SLAPD.lock().unwrap_or_else(|e| e.into_inner());
+    let s: &'static Slapd =
+        current.get_or_insert_with(|| Box::leak(Box::new(start_slapd("txn-slapd"))));
+    s
+}
+
+/// A fresh server for the tests of LDAP transactions, in place of one that died.
+pub fn restart_transactions_slapd() -> &'static Slapd {
+    static RESTARTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = RESTARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    let s: &'static Slapd = Box::leak(Box::new(start_slapd(&format!("txn-slapd-{n}"))));
+    *TXN_SLAPD.lock().unwrap_or_else(|e| e.into_inner()) = Some(s);
+    s
+}
+
+static TXN_SLAPD: std::sync::Mutex<Option<&'static Slapd>> = std::sync::Mutex::new(None);
+
+impl Slapd {
+    /// Whether the server's process still runs (a crashed slapd is gone: nothing waits for it).
+    pub fn alive(&self) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).is_ok_and(|st| {
+            st.rsplit_once(") ")
+                .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+        })
+    }
 }
 
 /// Make the helpers of this thread (this test) use `s`.
@@ -92,6 +118,9 @@ fn start_slapd(tag: &str) -> Slapd {
             .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
             .collect();
         Slapd {
+            pid: env["SLAPD_PID"]
+                .parse()
+                .expect("slapd-up.sh prints SLAPD_PID"),
             ldap_uri: env["LDAP_URI"].clone(),
             ldaps_uri: env["LDAPS_URI"].clone(),
             ldapi_uri: env["LDAPI_URI"].clone(),
