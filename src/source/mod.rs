@@ -122,7 +122,13 @@ pub fn parse(cfg: &SourceConfig, bytes: &[u8]) -> Result<Export, SourceError> {
 /// The export's columns (CSV header; for JSON the union of the records' keys).
 pub fn read_header(cfg: &SourceConfig) -> Result<Vec<String>, SourceError> {
     match cfg.kind {
-        SourceKind::Csv => csv::header(cfg, &read_bytes(cfg)?),
+        SourceKind::Csv => csv::header(
+            cfg,
+            std::fs::File::open(&cfg.path).map_err(|err| SourceError::Io {
+                path: cfg.path.clone(),
+                err,
+            })?,
+        ),
         _ => Ok(read(cfg)?.header),
     }
 }

@@ -120,3 +120,50 @@ fn jsonl_bad_line() {
     assert_eq!(e.quarantined[0].line, 2);
     assert!(e.keys_uncertain);
 }
+
+#[test]
+fn the_csv_header_is_read_from_the_start_of_the_file_only() {
+    /// A header with a BOM and a quoted newline, then 1 MiB of rows, counting what is read.
+    struct Endless {
+        head: &'static [u8],
+        sent: usize,
+    }
+    impl std::io::Read for Endless {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(64).min((1 << 20) - self.sent);
+            for (i, b) in buf[..n].iter_mut().enumerate() {
+                let at = self.sent + i;
+                *b = match self.head.get(at) {
+                    Some(h) => *h,
+                    None => b"7,Ann,Dev\n"[(at - self.head.len()) % 10],
+                };
+            }
+            self.sent += n;
+            Ok(n)
+        }
+    }
+    let mut file = Endless {
+        head: "\u{feff}id,\"full\nname\",title\n".as_bytes(),
+        sent: 0,
+    };
+    let cols = csv::header(&cfg(SourceKind::Csv, Encoding::Utf8, ','), &mut file).unwrap();
+    assert_eq!(cols, vec!["id", "full\nname", "title"]);
+    assert!(file.sent < 64 * 1024, "read {} bytes", file.sent);
+    // and from a file: what the configuration's check of the columns reads
+    let dir = std::env::temp_dir().join(format!("dirbridge-header-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut c = cfg(SourceKind::Csv, Encoding::Utf8, ',');
+    c.path = dir.join("export.csv");
+    std::fs::write(&c.path, "\u{feff}id,name\n1,Ann\n").unwrap();
+    assert_eq!(read_header(&c).unwrap(), vec!["id", "name"]);
+    std::fs::write(&c.path, "").unwrap();
+    let err = read_header(&c).unwrap_err().to_string();
+    assert!(
+        err.contains("export.csv") && err.contains("header row"),
+        "{err}"
+    );
+    std::fs::remove_file(&c.path).unwrap();
+    let err = read_header(&c).unwrap_err().to_string();
+    assert!(err.contains("export.csv"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
