@@ -155,6 +155,7 @@ max-attribute-removal-percent = 100
         today: "2026-11-28".parse().expect("date"),
         only: None,
         keep_desired: false,
+        uuid_index: None,
     });
     let t_decide = t2.elapsed();
     let summary = dirbridge::plan::summary(&d.plan);

@@ -589,12 +589,12 @@ pub fn settled_people(
     prior: &foldhash::HashMap<String, u64>,
     export: &crate::source::Export,
     dir: &DirSnapshot,
+    by_uuid: &crate::model::UuidIndex<'_>,
     links: &BTreeMap<String, String>,
 ) -> foldhash::HashMap<String, usize> {
     if prior.is_empty() {
         return Default::default();
     }
-    let by_uuid = dir.uuid_index();
     let mut calm: Vec<(&crate::source::Record, usize)> = Vec::new();
     let mut dirty: foldhash::HashSet<&str> = Default::default();
     let mut present: foldhash::HashSet<&str> =
@@ -1957,6 +1957,8 @@ pub struct DecideInput<'a> {
     /// a new person's values move into their add change, and their desired entry keeps its key,
     /// DN and record only.
     pub keep_desired: bool,
+    /// `dir`'s [`crate::model::UuidIndex`], when the run made it already (else decide makes it).
+    pub uuid_index: Option<&'a crate::model::UuidIndex<'a>>,
 }
 
 /// One application as a run found it.
@@ -2020,14 +2022,24 @@ pub fn decide_linked(i: &DecideInput<'_>, linked: Option<link::Linking>) -> Deci
         apps: app_inputs,
         settled,
         keep_desired,
+        uuid_index,
     } = *i;
+    let made_here;
+    let by_uuid = match uuid_index {
+        Some(x) => x,
+        None => {
+            made_here = dir.uuid_index();
+            &made_here
+        }
+    };
     let quarantined_keys = export.quarantined_keys();
     // (built when something asks: a run that made the linking beside `settled_people` needs it
     // only for --only and applications; 100,000 keys sorted into a set take 10-15 ms)
     let present_set = std::cell::OnceCell::new();
     let present = || present_set.get_or_init(|| present_keys(export));
-    let mut linking =
-        linked.unwrap_or_else(|| link::link(present(), dir, links, &users.anchor, rules));
+    let mut linking = linked.unwrap_or_else(|| {
+        link::link_indexed(present(), dir, by_uuid, links, &users.anchor, rules)
+    });
     if !users.correlate.is_empty() {
         let unlinked: Vec<&crate::source::Record> = export
             .records
@@ -2131,6 +2143,7 @@ pub fn decide_linked(i: &DecideInput<'_>, linked: Option<link::Linking>) -> Deci
         &keep,
         &linking,
         dir,
+        by_uuid,
         rules,
         &overlay.parents,
         &calm,
@@ -2350,6 +2363,7 @@ pub fn decide_linked(i: &DecideInput<'_>, linked: Option<link::Linking>) -> Deci
         desired: &mut mapped.desired,
         keep_values: keep_desired || only.is_some(),
         dir,
+        by_uuid,
         linking: &linking,
         rules,
         no_deletes: export.keys_uncertain,
@@ -3082,6 +3096,9 @@ pub async fn run(
     // templates may read any entry value; not for explain and report, which show everyone's
     // desired entry).
     let mut linked = None;
+    // (made once, by whichever of the linking and the settled people asks first; decide lends
+    // it to the mapping and the plan)
+    let uuid_index = std::sync::OnceLock::new();
     let settled = match (&mirror, &config_hash) {
         (Some(m), Some(c))
             if cfg.apps.is_empty()
@@ -3101,11 +3118,23 @@ pub async fn run(
                 // before the settled table is read)
                 let (read, made) = std::thread::scope(|s| {
                     let linking = s.spawn(|| {
-                        link::link(&present_keys(&export), &dir, &links, &users.anchor, &rules)
+                        let by_uuid = uuid_index.get_or_init(|| dir.uuid_index());
+                        link::link_indexed(
+                            &present_keys(&export),
+                            &dir,
+                            by_uuid,
+                            &links,
+                            &users.anchor,
+                            &rules,
+                        )
                     });
-                    let read = m
-                        .settled()
-                        .map(|prior| (settled_people(&prior, &export, &dir, &links), prior));
+                    let read = m.settled().map(|prior| {
+                        let by_uuid = uuid_index.get_or_init(|| dir.uuid_index());
+                        (
+                            settled_people(&prior, &export, &dir, by_uuid, &links),
+                            prior,
+                        )
+                    });
                     (read, linking.join().ok())
                 });
                 let (people, prior) = read?;
@@ -3145,9 +3174,11 @@ pub async fn run(
             only: opts.only.as_deref(),
             settled: &settled,
             keep_desired: opts.details,
+            uuid_index: uuid_index.get(),
         },
         linked,
     );
+    drop(uuid_index);
     laps.lap("decide");
     plan.read_mode = read_info.mode.to_string();
     plan.fetched = read_info.fetched;
@@ -4132,7 +4163,7 @@ mod tests {
             records: changed,
             ..Default::default()
         };
-        let settled = settled_people(&prior, &export, &dir, &links);
+        let settled = settled_people(&prior, &export, &dir, &dir.uuid_index(), &links);
         // everyone but the two changed and the one who names a changed person (7 names 3)
         assert_eq!(settled.len(), n - 3);
         for i in [3, 7, n - 2] {
@@ -4177,9 +4208,10 @@ mod tests {
             ..Default::default()
         };
         let settled = |records: Vec<Record>, dir: &DirSnapshot| {
-            let mut v: Vec<String> = settled_people(&prior, &export(records), dir, &links)
-                .into_keys()
-                .collect();
+            let mut v: Vec<String> =
+                settled_people(&prior, &export(records), dir, &dir.uuid_index(), &links)
+                    .into_keys()
+                    .collect();
             v.sort();
             v
         };
@@ -4198,6 +4230,13 @@ mod tests {
         moved[3] = rec("5", "D", "4");
         assert_eq!(settled(moved, &dir), ["1", "2", "3"]);
         // no prior: no one
-        assert!(settled_people(&Default::default(), &export(records), &dir, &links).is_empty());
+        assert!(settled_people(
+            &Default::default(),
+            &export(records),
+            &dir,
+            &dir.uuid_index(),
+            &links
+        )
+        .is_empty());
     }
 }

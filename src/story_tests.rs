@@ -292,6 +292,7 @@ fn decide_on(
         today: day.parse().unwrap(),
         only: None,
         keep_desired: false,
+        uuid_index: None,
     })
 }
 

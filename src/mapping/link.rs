@@ -107,13 +107,26 @@ pub fn link<S: AsRef<str> + Ord>(
     anchor: &str,
     rules: &MatchRules,
 ) -> Linking {
-    let mut out = Linking::default();
-    let by_uuid = dir.uuid_index();
-    out.managed = dir
-        .entries
-        .iter()
-        .filter(|e| !e.get(anchor).is_empty())
-        .count();
+    link_indexed(present, dir, &dir.uuid_index(), links, anchor, rules)
+}
+
+/// [`link`] with `dir`'s [`crate::model::UuidIndex`].
+pub fn link_indexed<S: AsRef<str> + Ord>(
+    present: &BTreeSet<S>,
+    dir: &DirSnapshot,
+    by_uuid: &crate::model::UuidIndex<'_>,
+    links: &BTreeMap<String, String>,
+    anchor: &str,
+    rules: &MatchRules,
+) -> Linking {
+    let mut out = Linking {
+        managed: dir
+            .entries
+            .iter()
+            .filter(|e| !e.get(anchor).is_empty())
+            .count(),
+        ..Default::default()
+    };
     let mut used: Vec<bool> = vec![false; dir.entries.len()];
     // First the links: a key whose linked entry is there keeps it. Both in key order: the links
     // are walked alongside (no lookup per key), and the links made are collected in order and

@@ -644,6 +644,7 @@ impl Mapper {
             quarantined,
             linking,
             dir,
+            &dir.uuid_index(),
             rules,
             &BTreeMap::new(),
             &[],
@@ -669,6 +670,7 @@ impl Mapper {
         quarantined: &BTreeSet<String>,
         linking: &Linking,
         dir: &DirSnapshot,
+        dir_index: &crate::model::UuidIndex<'_>,
         rules: &MatchRules,
         parents: &BTreeMap<String, String>,
         settled: &[(&Record, &Entry)],
@@ -684,25 +686,7 @@ impl Mapper {
                 _ => settled_desired(users, settled),
             };
             // The entries of the people mapped here, and of the quarantined and gone (person_dn).
-            // When most people are settled, only those are indexed: a churn of 100,000 maps 7,000.
-            let by_uuid: foldhash::HashMap<&str, &Entry> = if records.len() * 4 < dir.entries.len()
-            {
-                let wanted: foldhash::HashSet<&str> = records
-                    .iter()
-                    .map(|r| &r.key)
-                    .chain(quarantined)
-                    .filter_map(|k| linking.by_key.get(k))
-                    .chain(linking.gone.keys())
-                    .map(String::as_str)
-                    .collect();
-                dir.entries
-                    .iter()
-                    .filter(|e| wanted.contains(e.uuid.as_str()))
-                    .map(|e| (e.uuid.as_str(), e))
-                    .collect()
-            } else {
-                dir.entries.iter().map(|e| (e.uuid.as_str(), e)).collect()
-            };
+            let by_uuid = |u: &str| dir_index.get(u).and_then(|&i| dir.entries.get(i));
             let mut order: Vec<&Record> = records
                 .iter()
                 .copied()
@@ -738,12 +722,7 @@ impl Mapper {
             let mut ctxs: Vec<Value> = order.iter().map(|r| self.context(r)).collect();
             let existing: Vec<Option<&Entry>> = order
                 .iter()
-                .map(|r| {
-                    linking
-                        .by_key
-                        .get(&r.key)
-                        .and_then(|u| by_uuid.get(u.as_str()).copied())
-                })
+                .map(|r| linking.by_key.get(&r.key).and_then(|u| by_uuid(u)))
                 .collect();
             // index → why mapping failed (few: a list of one slot per person would be 24 MB at a million)
             let mut failed: BTreeMap<usize, String> = BTreeMap::new();
@@ -1082,7 +1061,7 @@ impl Mapper {
                         .get(k)
                         .map(String::as_str)
                         .or_else(|| gone_by_key.get(k.as_str()).copied());
-                    if let Some(e) = uuid.and_then(|u| by_uuid.get(u)) {
+                    if let Some(e) = uuid.and_then(by_uuid) {
                         map.push((k.as_str().into(), e.dn.as_str().into()));
                     }
                 }
@@ -1091,9 +1070,8 @@ impl Mapper {
                 }
             }
             // (the entries were needed for names and places; rendering the rest does not read
-            // them: at a million people the index and the list are 44 MB at the run's peak)
+            // them: at a million people the list is 8 MB at the run's peak)
             drop(existing);
-            drop(by_uuid);
 
             // Pass 2: every other attribute.
             for i in 0..order.len() {

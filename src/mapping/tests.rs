@@ -463,6 +463,7 @@ fn many_settled_people_are_made_beside_the_mapped_and_merged_in_key_order() {
         &BTreeSet::new(),
         &linking,
         &dir,
+        &dir.uuid_index(),
         &rules,
         &BTreeMap::new(),
         &settled,

@@ -169,6 +169,8 @@ pub struct PlanInput<'a> {
     pub desired: &'a mut [Desired],
     pub keep_values: bool,
     pub dir: &'a DirSnapshot,
+    /// `dir`'s [`crate::model::UuidIndex`].
+    pub by_uuid: &'a crate::model::UuidIndex<'a>,
     pub linking: &'a Linking,
     pub rules: &'a MatchRules,
     pub no_deletes: bool,
@@ -330,12 +332,7 @@ fn lock_change(d: &Desired, e: &Entry, rules: &MatchRules) -> Option<Change> {
 /// Compute the ordered list of changes.
 pub fn plan(input: PlanInput<'_>) -> Vec<Change> {
     let users = input.users;
-    let by_uuid: foldhash::HashMap<&str, &Entry> = input
-        .dir
-        .entries
-        .iter()
-        .map(|e| (e.uuid.as_str(), e))
-        .collect();
+    let entry = |u: &str| input.by_uuid.get(u).and_then(|&i| input.dir.entries.get(i));
     let mut adds = Vec::new();
     let mut renames = Vec::new();
     let mut modifies = Vec::new();
@@ -346,7 +343,12 @@ pub fn plan(input: PlanInput<'_>) -> Vec<Change> {
                 continue;
             }
         }
-        let existing = d.uuid.as_deref().and_then(|u| by_uuid.get(u).copied());
+        // (a settled person's entry is the one they were settled with: no lookup for 100,000 of
+        // them, 12 ms)
+        if d.settled && d.uuid.is_some() {
+            continue;
+        }
+        let existing = d.uuid.as_deref().and_then(entry);
         match existing {
             None => {
                 // (exactly as many as it holds: a run may hold 100,000 of these)
@@ -464,7 +466,7 @@ pub fn plan(input: PlanInput<'_>) -> Vec<Change> {
             if input.only.is_some_and(|o| o != p.key) {
                 continue;
             }
-            if let Some(e) = by_uuid.get(p.uuid.as_str()) {
+            if let Some(e) = entry(&p.uuid) {
                 deletes.push(Change {
                     op: Op::Delete,
                     dn: e.dn.clone(),
@@ -486,7 +488,7 @@ pub fn plan(input: PlanInput<'_>) -> Vec<Change> {
                     continue;
                 }
             }
-            if let Some(e) = by_uuid.get(uuid.as_str()) {
+            if let Some(e) = entry(uuid) {
                 deletes.push(Change {
                     op: Op::Delete,
                     dn: e.dn.clone(),

@@ -65,6 +65,7 @@ fn golden(case: &str) {
             desired: &mut mapped.desired,
             keep_values: false,
             dir: &snap,
+            by_uuid: &snap.uuid_index(),
             linking: &linking,
             rules: &rules,
             no_deletes: false,
