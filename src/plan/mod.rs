@@ -331,139 +331,174 @@ fn lock_change(d: &Desired, e: &Entry, rules: &MatchRules) -> Option<Change> {
 
 /// Compute the ordered list of changes.
 pub fn plan(input: PlanInput<'_>) -> Vec<Change> {
-    let users = input.users;
-    let entry = |u: &str| input.by_uuid.get(u).and_then(|&i| input.dir.entries.get(i));
-    let mut adds = Vec::new();
-    let mut renames = Vec::new();
-    let mut modifies = Vec::new();
-    let mut deletes = Vec::new();
-    for d in input.desired.iter_mut() {
-        if let Some(only) = input.only {
-            if d.key != only {
+    let PlanInput {
+        users,
+        desired,
+        keep_values,
+        dir,
+        by_uuid,
+        linking,
+        rules,
+        no_deletes,
+        only,
+        lifecycle,
+        purge,
+    } = input;
+    let entry = |u: &str| by_uuid.get(u).and_then(|&i| dir.entries.get(i));
+    // The people's adds, renames and modifies: on two threads for a large run, each half in
+    // order, the halves one after the other (45 ms on one thread at 100,000 people).
+    let people = |part: &mut [Desired]| -> [Vec<Change>; 3] {
+        let mut adds = Vec::new();
+        let mut renames = Vec::new();
+        let mut modifies = Vec::new();
+        for d in part.iter_mut() {
+            if let Some(only) = only {
+                if d.key != only {
+                    continue;
+                }
+            }
+            // (a settled person's entry is the one they were settled with: no lookup for 100,000 of
+            // them, 12 ms)
+            if d.settled && d.uuid.is_some() {
                 continue;
             }
-        }
-        // (a settled person's entry is the one they were settled with: no lookup for 100,000 of
-        // them, 12 ms)
-        if d.settled && d.uuid.is_some() {
-            continue;
-        }
-        let existing = d.uuid.as_deref().and_then(entry);
-        match existing {
-            None => {
-                // (exactly as many as it holds: a run may hold 100,000 of these)
-                let mut attributes =
-                    Vec::with_capacity(2 + d.attrs.len() + d.lifecycle_attrs.len());
-                attributes.push(AttrDelta {
-                    attr: "objectClass".into(),
-                    kind: DeltaKind::Add,
-                    old: Default::default(),
-                    new: users.object_classes.clone().into(),
-                });
-                attributes.push(AttrDelta {
-                    attr: users.anchor.as_str().into(),
-                    kind: DeltaKind::Add,
-                    old: Default::default(),
-                    new: d.key.clone().into(),
-                });
-                let (attrs, lifecycle_attrs) = if input.keep_values {
-                    (d.attrs.clone(), d.lifecycle_attrs.clone())
-                } else {
-                    (
-                        std::mem::take(&mut d.attrs),
-                        std::mem::take(&mut d.lifecycle_attrs),
-                    )
-                };
-                for (attr, vals) in attrs.into_iter().chain(lifecycle_attrs) {
-                    if vals.is_empty() {
-                        continue;
-                    }
+            let existing = d.uuid.as_deref().and_then(entry);
+            match existing {
+                None => {
+                    // (exactly as many as it holds: a run may hold 100,000 of these)
+                    let mut attributes =
+                        Vec::with_capacity(2 + d.attrs.len() + d.lifecycle_attrs.len());
                     attributes.push(AttrDelta {
-                        attr,
+                        attr: "objectClass".into(),
                         kind: DeltaKind::Add,
                         old: Default::default(),
-                        new: vals,
+                        new: users.object_classes.clone().into(),
                     });
-                }
-                adds.push(Change {
-                    op: Op::Add,
-                    dn: d.dn.clone(),
-                    new_dn: None,
-                    key: d.key.clone(),
-                    uuid: None,
-                    attributes,
-                    reason: format!("new in the export (record {}, line {})", d.key, d.line),
-                    phase: 0,
-                    subject: Subject::Person,
-                });
-            }
-            // (their entry is as the last run left it, and it planned nothing for them)
-            Some(_) if d.settled => {}
-            Some(e) => {
-                let renamed = e.dn != d.dn && dn::normalize(&e.dn) != dn::normalize(&d.dn);
-                if renamed {
-                    let old_rdn = dn::Dn::parse(&e.dn)
-                        .ok()
-                        .and_then(|x| x.first().map(|a| a.value.clone()));
-                    let new_rdn = d
-                        .attrs
-                        .get(&users.rdn)
-                        .and_then(|v| v.first())
-                        .cloned()
-                        .unwrap_or_default();
-                    let moved = dn::Dn::parse(&e.dn).map(|x| x.parent().normalized()).ok()
-                        != dn::Dn::parse(&d.dn).map(|x| x.parent().normalized()).ok();
-                    renames.push(Change {
-                        op: if moved { Op::Move } else { Op::Rename },
-                        dn: e.dn.clone(),
-                        new_dn: Some(d.dn.clone()),
-                        key: d.key.clone(),
-                        uuid: Some(e.uuid.clone()),
-                        attributes: vec![AttrDelta {
-                            attr: users.rdn.as_str().into(),
-                            kind: DeltaKind::Replace,
-                            old: old_rdn.into_iter().collect(),
-                            new: new_rdn.into(),
-                        }],
-                        reason: move_reason(d, moved, &users.rdn),
-                        phase: 0,
-                        subject: Subject::Person,
+                    attributes.push(AttrDelta {
+                        attr: users.anchor.as_str().into(),
+                        kind: DeltaKind::Add,
+                        old: Default::default(),
+                        new: d.key.clone().into(),
                     });
-                }
-                if let Some(c) = lock_change(d, e, input.rules) {
-                    modifies.push(c);
-                }
-                let attributes = deltas_for(users, d, e, renamed, input.rules);
-                if !attributes.is_empty() {
-                    let names: Vec<&str> = attributes.iter().map(|a| a.attr.as_str()).collect();
-                    let correlated = input.linking.correlated.contains_key(&d.key);
-                    modifies.push(Change {
-                        op: if correlated { Op::Link } else { Op::Modify },
+                    let (attrs, lifecycle_attrs) = if keep_values {
+                        (d.attrs.clone(), d.lifecycle_attrs.clone())
+                    } else {
+                        (
+                            std::mem::take(&mut d.attrs),
+                            std::mem::take(&mut d.lifecycle_attrs),
+                        )
+                    };
+                    for (attr, vals) in attrs.into_iter().chain(lifecycle_attrs) {
+                        if vals.is_empty() {
+                            continue;
+                        }
+                        attributes.push(AttrDelta {
+                            attr,
+                            kind: DeltaKind::Add,
+                            old: Default::default(),
+                            new: vals,
+                        });
+                    }
+                    adds.push(Change {
+                        op: Op::Add,
                         dn: d.dn.clone(),
                         new_dn: None,
                         key: d.key.clone(),
-                        uuid: Some(e.uuid.clone()),
-                        reason: if correlated {
-                            format!(
-                                "record {} (line {}): users.correlate found this entry without the anchor; linked (the anchor is written), differs in {}",
-                                d.key,
-                                d.line,
-                                names.join(", ")
-                            )
-                        } else {
-                            format!("record {} (line {}) differs in {}", d.key, d.line, names.join(", "))
-                        },
+                        uuid: None,
                         attributes,
+                        reason: format!("new in the export (record {}, line {})", d.key, d.line),
                         phase: 0,
                         subject: Subject::Person,
                     });
                 }
+                // (their entry is as the last run left it, and it planned nothing for them)
+                Some(_) if d.settled => {}
+                Some(e) => {
+                    let renamed = e.dn != d.dn && dn::normalize(&e.dn) != dn::normalize(&d.dn);
+                    if renamed {
+                        let old_rdn = dn::Dn::parse(&e.dn)
+                            .ok()
+                            .and_then(|x| x.first().map(|a| a.value.clone()));
+                        let new_rdn = d
+                            .attrs
+                            .get(&users.rdn)
+                            .and_then(|v| v.first())
+                            .cloned()
+                            .unwrap_or_default();
+                        let moved = dn::Dn::parse(&e.dn).map(|x| x.parent().normalized()).ok()
+                            != dn::Dn::parse(&d.dn).map(|x| x.parent().normalized()).ok();
+                        renames.push(Change {
+                            op: if moved { Op::Move } else { Op::Rename },
+                            dn: e.dn.clone(),
+                            new_dn: Some(d.dn.clone()),
+                            key: d.key.clone(),
+                            uuid: Some(e.uuid.clone()),
+                            attributes: vec![AttrDelta {
+                                attr: users.rdn.as_str().into(),
+                                kind: DeltaKind::Replace,
+                                old: old_rdn.into_iter().collect(),
+                                new: new_rdn.into(),
+                            }],
+                            reason: move_reason(d, moved, &users.rdn),
+                            phase: 0,
+                            subject: Subject::Person,
+                        });
+                    }
+                    if let Some(c) = lock_change(d, e, rules) {
+                        modifies.push(c);
+                    }
+                    let attributes = deltas_for(users, d, e, renamed, rules);
+                    if !attributes.is_empty() {
+                        let names: Vec<&str> = attributes.iter().map(|a| a.attr.as_str()).collect();
+                        let correlated = linking.correlated.contains_key(&d.key);
+                        modifies.push(Change {
+                            op: if correlated { Op::Link } else { Op::Modify },
+                            dn: d.dn.clone(),
+                            new_dn: None,
+                            key: d.key.clone(),
+                            uuid: Some(e.uuid.clone()),
+                            reason: if correlated {
+                                format!(
+                                    "record {} (line {}): users.correlate found this entry without the anchor; linked (the anchor is written), differs in {}",
+                                    d.key,
+                                    d.line,
+                                    names.join(", ")
+                                )
+                            } else {
+                                format!("record {} (line {}) differs in {}", d.key, d.line, names.join(", "))
+                            },
+                            attributes,
+                            phase: 0,
+                            subject: Subject::Person,
+                        });
+                    }
+                }
             }
         }
-    }
-    if !input.no_deletes {
-        for p in input.purge {
-            if input.only.is_some_and(|o| o != p.key) {
+        [adds, renames, modifies]
+    };
+    let [adds, renames, modifies] = if desired.len() >= crate::TWO_THREADS_FROM {
+        let (first, second) = desired.split_at_mut(desired.len() / 2);
+        std::thread::scope(|s| {
+            let other = s.spawn(|| people(second));
+            let mut out = people(first);
+            match other.join() {
+                Ok(rest) => {
+                    for (o, r) in out.iter_mut().zip(rest) {
+                        o.extend(r);
+                    }
+                }
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+            out
+        })
+    } else {
+        people(desired)
+    };
+    let mut deletes = Vec::new();
+    if !no_deletes {
+        for p in purge {
+            if only.is_some_and(|o| o != p.key) {
                 continue;
             }
             if let Some(e) = entry(&p.uuid) {
@@ -481,9 +516,9 @@ pub fn plan(input: PlanInput<'_>) -> Vec<Change> {
             }
         }
     }
-    if !input.no_deletes && !input.lifecycle {
-        for (uuid, key) in &input.linking.gone {
-            if let Some(only) = input.only {
+    if !no_deletes && !lifecycle {
+        for (uuid, key) in &linking.gone {
+            if let Some(only) = only {
                 if key != only {
                     continue;
                 }

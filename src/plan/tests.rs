@@ -320,3 +320,93 @@ fn an_add_waits_for_the_adds_it_names_in_earlier_phases_only() {
     assert!(of("d").is_empty() && of("e").is_empty() && of("f").is_empty());
     assert!(of("g").is_empty());
 }
+
+#[test]
+fn a_large_plan_made_in_two_halves_keeps_each_kind_in_the_order_of_the_people() {
+    // 6,000 people (two threads from 4,096): a third new, a third renamed, a third with a new
+    // title, every tenth settled; the changes come as one thread would make them.
+    let u = users();
+    let mut entries = Vec::new();
+    let mut desired = Vec::new();
+    for i in 0..6000usize {
+        let key = format!("{i:05}");
+        let uid = format!("u{i}");
+        let dn = format!("uid={uid},{}", u.base);
+        let settled = i % 10 == 9;
+        let uuid = (i % 3 != 0).then(|| format!("uuid-{key}"));
+        if let Some(uuid) = &uuid {
+            let attrs: crate::names::NameMap<crate::names::Values> = [
+                // (as read: attribute names in lower case)
+                ("objectclass", "inetOrgPerson".to_string()),
+                ("employeenumber", key.clone()),
+                ("uid", format!("old{i}")),
+                ("title", "Old".to_string()),
+            ]
+            .into_iter()
+            .collect();
+            entries.push(Entry::new(
+                uuid.clone(),
+                format!("uid=old{i},{}", u.base),
+                attrs,
+            ));
+        }
+        let title = if i % 3 == 2 { "New" } else { "Old" };
+        desired.push(crate::mapping::Desired {
+            key,
+            line: i + 2,
+            uuid,
+            dn: if i % 3 == 2 {
+                format!("uid=old{i},{}", u.base)
+            } else {
+                dn
+            },
+            attrs: [
+                ("uid", if i % 3 == 2 { format!("old{i}") } else { uid }),
+                ("title", title.to_string()),
+            ]
+            .into_iter()
+            .collect(),
+            placement: None,
+            fields: Default::default(),
+            lifecycle_attrs: Default::default(),
+            state: None,
+            settled,
+        });
+    }
+    let snap = DirSnapshot {
+        entries,
+        ..Default::default()
+    };
+    let changes = plan(PlanInput {
+        users: &u,
+        desired: &mut desired,
+        keep_values: false,
+        dir: &snap,
+        by_uuid: &snap.uuid_index(),
+        linking: &Default::default(),
+        rules: &MatchRules::default(),
+        no_deletes: false,
+        only: None,
+        lifecycle: false,
+        purge: &[],
+    });
+    let kinds: Vec<(Op, usize)> = changes
+        .iter()
+        .map(|c| (c.op, c.key.parse::<usize>().unwrap()))
+        .collect();
+    let expect = |rest: usize, op: Op| {
+        (0..6000)
+            .filter(move |i| i % 3 == rest && (rest == 0 || i % 10 != 9))
+            .map(move |i| (op, i))
+    };
+    let want: Vec<(Op, usize)> = expect(0, Op::Add)
+        .chain(expect(1, Op::Rename))
+        .chain(expect(2, Op::Modify))
+        .collect();
+    let mut counts = BTreeMap::new();
+    for (op, _) in &kinds {
+        *counts.entry(format!("{op:?}")).or_insert(0) += 1;
+    }
+    assert_eq!(kinds.len(), want.len(), "{counts:?}");
+    assert_eq!(kinds, want);
+}
