@@ -433,6 +433,27 @@ impl Mirror {
         &self.path
     }
 
+    /// [`Self::links`] read on another thread, on a connection of its own (None where this
+    /// connection keeps them in memory between runs: it hands those over at once).
+    pub fn links_on_another_thread(
+        &self,
+    ) -> Option<std::thread::JoinHandle<Result<BTreeMap<String, String>, MirrorError>>> {
+        if self.cache.borrow().enabled {
+            return None;
+        }
+        let path = self.path.clone();
+        Some(std::thread::spawn(move || {
+            let conn = Connection::open(&path).map_err(sq(&path))?;
+            conn.busy_timeout(BUSY_TIMEOUT).map_err(sq(&path))?;
+            Mirror {
+                conn,
+                path,
+                cache: Default::default(),
+            }
+            .links()
+        }))
+    }
+
     pub fn links(&self) -> Result<BTreeMap<String, String>, MirrorError> {
         if self.cache_valid() {
             // (taken, not copied: [`Self::save_link_edits`] puts the run's links back)
