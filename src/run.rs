@@ -1305,8 +1305,8 @@ async fn read_directory(
         Some(_) => prior_loaded.or_else(prior_snapshot).unwrap_or_default(),
         None => ReadSnapshot::default(),
     };
-    // (the mirror's links, needed below: read on another thread while the read is merged, 25 ms
-    // at 100,000 people)
+    // (the mirror's links, needed below: read on another thread while the read is merged into
+    // the snapshot, 25 ms at 100,000 people)
     let links_read = match (mirror, links.get()) {
         (Some(m), None) => m.links_on_another_thread(),
         _ => None,
