@@ -30,10 +30,11 @@ mod story_tests;
 pub mod target;
 
 /// Turn transparent huge pages off for this process; the binary and the planner example call it
-/// first thing. mimalloc asks for them on its arenas (madvise), so every 2 MiB its heap grows
-/// into is faulted and zeroed at once: a 10,000-person churn run peaked at 78 MiB resident
-/// instead of 45 and spent 0.14-0.22 s of its 0.40-0.46 s in the kernel zeroing pages (0.05-0.10
-/// s without); at 100,000 people 1.1 s against 0.5 s (docs/performance.md). The flag is
+/// first thing. With huge pages, every 2 MiB the heap grows into is faulted and zeroed at once:
+/// a 10,000-person churn run peaked at 78 MiB resident instead of 45 and spent 0.14-0.22 s of
+/// its 0.40-0.46 s in the kernel zeroing pages (0.05-0.10 s without); at 100,000 people 1.1 s
+/// against 0.5 s (docs/performance.md). mimalloc asked for them on its arenas (madvise) until
+/// it was built with `no_thp` (Cargo.toml); this still covers a kernel set to `always`. The flag is
 /// inherited by the programs a run starts (password delivery, command applications), which only
 /// matters to their speed. A kernel that refuses it only costs speed (logging is not set up yet).
 pub fn no_transparent_huge_pages() {
