@@ -18,8 +18,13 @@ use crate::plan::{Change, DeltaKind, Op};
 
 pub struct LdapTarget {
     ldap: Ldap,
-    /// More bound connections to the same server, for writes (`directory.connections`).
-    writers: Vec<Ldap>,
+    /// More bound connections to the same server, for writes (`directory.connections`): bound
+    /// on a task of their own from the connect on (`writers_coming`), taken by the first write
+    /// that needs them ([`Self::writers`]). Their TLS handshakes and binds ran before the run
+    /// went on, 5-10 ms of a 10,000-person churn's start; they now go on while the schema and
+    /// the directory are read.
+    writers: tokio::sync::OnceCell<Vec<Ldap>>,
+    writers_coming: std::sync::Mutex<Option<tokio::task::JoinHandle<Vec<Ldap>>>>,
     pub url: String,
     op_timeout: Duration,
     page_size: i32,
@@ -499,21 +504,28 @@ impl LdapTarget {
                     continue;
                 }
             }
-            // More connections for writes, bound the same way (at once); one that fails is done
-            // without.
-            let mut writers = Vec::new();
-            let extra =
-                (1..cfg.connections).map(|_| extra_connection(cfg, url, tls.clone(), ldapi));
-            for r in futures_util::future::join_all(extra).await {
-                match r {
-                    Ok(l) => writers.push(l),
-                    Err(e) => {
-                        tracing::warn!(target: "dirbridge::ldap", "an extra write connection to {url} failed: {e}; going on without it");
+            // More connections for writes, bound the same way, on a task of their own; one that
+            // fails is done without.
+            let coming = (cfg.connections > 1).then(|| {
+                let (cfg, url, tls) = (cfg.clone(), url.clone(), tls.clone());
+                tokio::spawn(async move {
+                    let extra = (1..cfg.connections)
+                        .map(|_| extra_connection(&cfg, &url, tls.clone(), ldapi));
+                    let mut writers = Vec::new();
+                    for r in futures_util::future::join_all(extra).await {
+                        match r {
+                            Ok(l) => writers.push(l),
+                            Err(e) => {
+                                tracing::warn!(target: "dirbridge::ldap", "an extra write connection to {url} failed: {e}; going on without it");
+                            }
+                        }
                     }
-                }
-            }
+                    writers
+                })
+            });
             return Ok(LdapTarget {
-                writers,
+                writers: tokio::sync::OnceCell::new(),
+                writers_coming: std::sync::Mutex::new(coming),
                 ldap,
                 url: url.clone(),
                 op_timeout: cfg.operation_timeout,
@@ -1458,9 +1470,8 @@ impl LdapTarget {
         };
         // Changes of one phase are independent (but for `after`): spread them over the
         // connections.
-        let pool: Vec<&Ldap> = std::iter::once(&self.ldap)
-            .chain(self.writers.iter())
-            .collect();
+        let writers = self.writers().await;
+        let pool: Vec<&Ldap> = std::iter::once(&self.ldap).chain(writers.iter()).collect();
         // (`slot`: the connection, in turn as changes are sent)
         let make = |i: usize, slot: usize| {
             let c = changes[i];
@@ -1611,9 +1622,8 @@ impl LdapTarget {
                 }
             }
         }
-        let pool: Vec<&Ldap> = std::iter::once(&self.ldap)
-            .chain(self.writers.iter())
-            .collect();
+        let writers = self.writers().await;
+        let pool: Vec<&Ldap> = std::iter::once(&self.ldap).chain(writers.iter()).collect();
         let reads = (0..dns.len())
             .filter(|&i| out[i].is_none())
             .map(|i| {
@@ -1632,8 +1642,31 @@ impl LdapTarget {
         out
     }
 
+    /// The extra write connections, once bound (see `writers`).
+    async fn writers(&self) -> &[Ldap] {
+        self.writers
+            .get_or_init(|| async {
+                let coming = self.writers_coming.lock().ok().and_then(|mut c| c.take());
+                match coming {
+                    Some(h) => h.await.unwrap_or_default(),
+                    None => Vec::new(),
+                }
+            })
+            .await
+    }
+
     pub async fn unbind(mut self) {
-        for mut w in std::mem::take(&mut self.writers) {
+        let coming = self.writers_coming.lock().ok().and_then(|mut c| c.take());
+        let mut writers = self.writers.take().unwrap_or_default();
+        if let Some(h) = coming {
+            // (a run that wrote nothing: the connections still being made are dropped)
+            if h.is_finished() {
+                writers.extend(h.await.unwrap_or_default());
+            } else {
+                h.abort();
+            }
+        }
+        for mut w in writers {
             let _ = w.unbind().await;
         }
         let _ = self.ldap.unbind().await;
