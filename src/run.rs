@@ -3144,54 +3144,39 @@ pub async fn run(
     // (made once, by whichever of the linking and the settled people asks first; decide lends
     // it to the mapping and the plan)
     let uuid_index = std::sync::OnceLock::new();
-    let settled = match (&mirror, &config_hash) {
-        (Some(m), Some(c))
-            if cfg.apps.is_empty()
-                && opts.only.is_none()
-                && !opts.details
-                && !export.keys_uncertain =>
-        {
-            let marker: Option<SettledMarker> = m
-                .get_state(SETTLED)?
-                .and_then(|v| serde_json::from_str(&v).ok());
-            let now = SettledMarker {
-                config: c.clone(),
-                today: today.to_string(),
-            };
-            if marker.as_ref() == Some(&now) {
-                // (the linking decide starts with, made on the second core meanwhile, from
-                // before the settled table is read)
-                let (read, made) = std::thread::scope(|s| {
-                    let linking = s.spawn(|| {
-                        let by_uuid = uuid_index.get_or_init(|| dir.uuid_index());
-                        link::link_indexed(
-                            &present_keys(&export),
-                            &dir,
-                            by_uuid,
-                            &links,
-                            &users.anchor,
-                            &rules,
-                        )
-                    });
-                    let read = match settled_read.take() {
-                        Some(r) => r,
-                        None => m.settled(),
-                    }
-                    .map(|prior| {
-                        let by_uuid = uuid_index.get_or_init(|| dir.uuid_index());
-                        (
-                            settled_people(&prior, &export, &dir, by_uuid, &links),
-                            prior,
-                        )
-                    });
-                    (read, linking.join().ok())
+    let settled = match &mirror {
+        // (the marker was read before the directory read: `settled_wanted`)
+        Some(m) if settled_wanted && today == today_early && !export.keys_uncertain => {
+            // (the linking decide starts with, made on the second core meanwhile, from
+            // before the settled table is read)
+            let (read, made) = std::thread::scope(|s| {
+                let linking = s.spawn(|| {
+                    let by_uuid = uuid_index.get_or_init(|| dir.uuid_index());
+                    link::link_indexed(
+                        &present_keys(&export),
+                        &dir,
+                        by_uuid,
+                        &links,
+                        &users.anchor,
+                        &rules,
+                    )
                 });
-                let (people, prior) = read?;
-                linked = made;
-                (people, Some(prior))
-            } else {
-                Default::default()
-            }
+                let read = match settled_read.take() {
+                    Some(r) => r,
+                    None => m.settled(),
+                }
+                .map(|prior| {
+                    let by_uuid = uuid_index.get_or_init(|| dir.uuid_index());
+                    (
+                        settled_people(&prior, &export, &dir, by_uuid, &links),
+                        prior,
+                    )
+                });
+                (read, linking.join().ok())
+            });
+            let (people, prior) = read?;
+            linked = made;
+            (people, Some(prior))
         }
         _ => Default::default(),
     };

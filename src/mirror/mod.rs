@@ -442,16 +442,7 @@ impl Mirror {
             return None;
         }
         let path = self.path.clone();
-        Some(std::thread::spawn(move || {
-            let conn = Connection::open(&path).map_err(sq(&path))?;
-            conn.busy_timeout(BUSY_TIMEOUT).map_err(sq(&path))?;
-            Mirror {
-                conn,
-                path,
-                cache: Default::default(),
-            }
-            .links()
-        }))
+        Some(std::thread::spawn(move || Mirror::open(&path)?.links()))
     }
 
     pub fn links(&self) -> Result<BTreeMap<String, String>, MirrorError> {

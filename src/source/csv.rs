@@ -82,11 +82,17 @@ fn strip_bom(enc: Encoding, bytes: &[u8]) -> &[u8] {
 
 /// A reader over the bytes in memory (not a copy of them: an export may be tens of MB).
 fn reader<'a>(cfg: &SourceConfig, bytes: &'a [u8]) -> ::csv::Reader<&'a [u8]> {
-    ::csv::ReaderBuilder::new()
-        .delimiter(cfg.delimiter as u8)
+    builder(cfg).from_reader(strip_bom(cfg.encoding, bytes))
+}
+
+/// How every reader of the export reads it: the configured delimiter, rows of any length (the
+/// header is a row like the others).
+fn builder(cfg: &SourceConfig) -> ::csv::ReaderBuilder {
+    let mut b = ::csv::ReaderBuilder::new();
+    b.delimiter(cfg.delimiter as u8)
         .has_headers(false)
-        .flexible(true)
-        .from_reader(strip_bom(cfg.encoding, bytes))
+        .flexible(true);
+    b
 }
 
 /// The header row, from the start of `input`: what follows it is not read (the configuration's
@@ -103,11 +109,7 @@ pub(crate) fn header(
     let mut start = Vec::with_capacity(3);
     input.by_ref().take(3).read_to_end(&mut start).map_err(io)?;
     let start = strip_bom(cfg.encoding, &start);
-    let mut rdr = ::csv::ReaderBuilder::new()
-        .delimiter(cfg.delimiter as u8)
-        .has_headers(false)
-        .flexible(true)
-        .from_reader(start.chain(input));
+    let mut rdr = builder(cfg).from_reader(start.chain(input));
     let mut rec = ::csv::ByteRecord::new();
     match rdr.read_byte_record(&mut rec) {
         Ok(true) => {}
