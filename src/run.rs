@@ -685,6 +685,7 @@ fn early_export(
     quiet: Option<String>,
     since: Instant,
     hash: tokio::sync::oneshot::Sender<(Option<String>, bool)>,
+    parsing: impl FnOnce(),
 ) -> Option<Parsed> {
     let bytes = match source::read_bytes(cfg) {
         Ok(b) => b,
@@ -699,6 +700,7 @@ fn early_export(
     if !parse {
         return None;
     }
+    parsing();
     let t0 = Instant::now();
     let parsed = source::parse(cfg, &bytes).map(|e| (e, hashed));
     tracing::debug!(target: "dirbridge::run", "export: parsed beside the directory read in {:.3} s, from {:.3} to {:.3} s of the run", t0.elapsed().as_secs_f64(), (t0 - since).as_secs_f64(), since.elapsed().as_secs_f64());
@@ -917,18 +919,50 @@ pub struct DirRead {
 /// The directory as the mirror kept it (after a read that found nothing changed), and what
 /// `beside` returns, run on this thread while the snapshot is indexed on another (None, and
 /// `beside` not run, where the mirror keeps no snapshot).
-pub fn materialize<R>(
+fn materialize<R>(
     mirror: Option<&Mirror>,
+    ahead: &SnapshotAhead,
     names: &[String],
     missing_bases: &BTreeSet<String>,
     beside: impl FnOnce() -> R,
 ) -> Option<(DirSnapshot, ReadSnapshot, R)> {
     let t0 = Instant::now();
-    let kept = load_read_snapshot(mirror?)?;
+    let kept = ahead.take_or_read(mirror?)?;
     let read = t0.elapsed();
     let ((dir, kept), r) = kept.into_dir_beside(names, missing_bases, beside);
     tracing::debug!(target: "dirbridge::run", entries = dir.entries.len(), uniques = kept.uniques.len(), "snapshot: rows read and decoded in {:.3} s, indexed in {:.3} s", read.as_secs_f64(), (t0.elapsed() - read).as_secs_f64());
     Some((dir, kept, r))
+}
+
+/// The mirror's snapshot rows, read and decoded on a thread of their own from early in the run
+/// (with its own connection) while the run connects and asks the directory what changed: a run
+/// whose export changed reads the directory incrementally and merges the changes into them. At
+/// 10,000 people the rows took 19 ms after the content sync's searches, one after the other.
+#[derive(Default)]
+struct SnapshotAhead(std::sync::Mutex<Option<std::thread::JoinHandle<Option<ReadSnapshot>>>>);
+
+impl SnapshotAhead {
+    /// Start reading the snapshot of the mirror at `path`.
+    fn start(&self, path: std::path::PathBuf) {
+        let reading = std::thread::spawn(move || {
+            let t0 = Instant::now();
+            let snap = load_read_snapshot(&Mirror::open(&path).ok()?);
+            tracing::debug!(target: "dirbridge::run", "snapshot: rows read ahead and decoded in {:.3} s", t0.elapsed().as_secs_f64());
+            snap
+        });
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some(reading);
+        }
+    }
+
+    /// The snapshot read ahead, waited for; else (none was started, or it failed) read now.
+    fn take_or_read(&self, mirror: &Mirror) -> Option<ReadSnapshot> {
+        let reading = self.0.lock().ok().and_then(|mut slot| slot.take());
+        match reading.map(|r| r.join()) {
+            Some(Ok(Some(snap))) => Some(snap),
+            _ => load_read_snapshot(mirror),
+        }
+    }
 }
 
 /// The directory as the last read saved it in the mirror's rows (None: no usable snapshot, e.g.
@@ -1005,6 +1039,7 @@ async fn read_directory(
     full_read: bool,
     now_unix: i64,
     links: &std::cell::OnceCell<BTreeMap<String, String>>,
+    ahead: &SnapshotAhead,
     beside: &dyn Fn(),
 ) -> Result<DirRead, RunError> {
     let scope = read_scope(cfg, users, t).await?;
@@ -1035,7 +1070,7 @@ async fn read_directory(
         }
         other => other,
     };
-    let prior_snapshot = || -> Option<ReadSnapshot> { mirror.and_then(load_read_snapshot) };
+    let prior_snapshot = || -> Option<ReadSnapshot> { ahead.take_or_read(mirror?) };
     let (entry_attrs, uniques_filter, unique_attrs) = scope.searches();
 
     if cfg.directory.is_ad() {
@@ -2833,8 +2868,33 @@ pub async fn run(
     let source_cfg = cfg.source.clone();
     let since = started;
     let (hash_tx, hash_rx) = tokio::sync::oneshot::channel();
+    // The mirror's snapshot is read ahead once the export is known to have changed (the run is
+    // then not quiet), where the read will likely be incremental: the snapshot is kept in rows,
+    // a cursor goes on from the last read, and no cache holds them in memory (the daemon's).
+    // Only by a run that holds the lock: no other run writes the mirror between this read and
+    // the cursor's (a preview reads the cursor first, then the snapshot, as before).
+    let ahead = std::sync::Arc::new(SnapshotAhead::default());
+    let ahead_from = mirror
+        .as_ref()
+        .filter(|m| {
+            _lock.is_some()
+                && opts.mirror_slot.is_none()
+                && !opts.full_read
+                && m.get_state(READ_SNAPSHOT).ok().flatten().as_deref() == Some(SNAPSHOT_IN_ROWS)
+                && m.get_state(READ_CURSOR)
+                    .ok()
+                    .flatten()
+                    .and_then(|v| serde_json::from_str::<ReadCursor>(&v).ok())
+                    .is_some_and(|c| c.recent.len() <= RECENT_READ_LIMIT)
+        })
+        .map(|m| m.path().to_path_buf());
+    let ahead_early = ahead.clone();
     let early = tokio::task::spawn_blocking(move || {
-        early_export(&source_cfg, quiet_export, since, hash_tx)
+        early_export(&source_cfg, quiet_export, since, hash_tx, || {
+            if let Some(p) = ahead_from {
+                ahead_early.start(p);
+            }
+        })
     });
     let mut target = LdapTarget::connect(&cfg.directory).await?;
     tracing::info!(url = %target.url, "bound");
@@ -2890,6 +2950,7 @@ pub async fn run(
         opts.full_read,
         unix_secs(clock),
         &links_read,
+        &ahead,
         &read_settled,
     )
     .await?;
@@ -2975,7 +3036,13 @@ pub async fn run(
             read_settled();
             links
         };
-        match materialize(mirror.as_ref(), &names, &missing_bases, links_beside) {
+        match materialize(
+            mirror.as_ref(),
+            &ahead,
+            &names,
+            &missing_bases,
+            links_beside,
+        ) {
             Some((snap, kept, links)) => {
                 if let Some(links) = links {
                     let _ = links_read.set(links?);
@@ -2995,6 +3062,7 @@ pub async fn run(
                     true,
                     unix_secs(clock),
                     &links_read,
+                    &ahead,
                     &read_settled,
                 )
                 .await?;
@@ -3948,9 +4016,16 @@ mod tests {
         let t0 = Instant::now();
         let early = |quiet: Option<String>| {
             let (tx, mut rx) = tokio::sync::oneshot::channel();
-            let parsed = early_export(&cfg, quiet, t0, tx);
+            let told = std::cell::Cell::new(false);
+            let parsed = early_export(&cfg, quiet, t0, tx, || told.set(true));
             let (hash, parsing) = rx.try_recv().unwrap();
             assert_eq!(parsing, parsed.is_some(), "it says whether it parses");
+            // (the snapshot is read ahead when the export is parsed from bytes that were read)
+            assert_eq!(
+                told.get(),
+                parsed.as_ref().is_some_and(|p| p.is_ok()),
+                "the hook runs before a parse"
+            );
             (hash, parsed)
         };
         // unreadable: no hash (never quiet), and the read's error is the parse's
