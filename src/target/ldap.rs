@@ -42,6 +42,8 @@ pub struct LdapTarget {
     pub transactions: std::sync::atomic::AtomicU64,
     /// What this server is known to have written before: see [`Registered`].
     registered: std::sync::Mutex<Registered>,
+    /// The root DSE's static attributes, read once per connection ([`Self::root_dse`]).
+    root: tokio::sync::OnceCell<Option<SearchEntry>>,
 }
 
 /// slapd (back-mdb; measured on Debian's 2.5.13) numbers each attribute description the first time a database
@@ -537,6 +539,7 @@ impl LdapTarget {
                 txn_state: std::sync::atomic::AtomicU8::new(TXN_UNKNOWN),
                 transactions: std::sync::atomic::AtomicU64::new(0),
                 registered: std::sync::Mutex::new(Registered::default()),
+                root: tokio::sync::OnceCell::new(),
             });
         }
         Err(TargetError::Unreachable(format!(
@@ -721,6 +724,26 @@ impl LdapTarget {
         Ok(rs.into_iter().next().map(SearchEntry::construct))
     }
 
+    /// The root DSE's attributes that do not change while the server runs (the schema's entry,
+    /// the controls and extended operations offered, the naming contexts), read once: a run
+    /// asked for them three times, one round trip each, before its first write.
+    async fn root_dse(&self) -> Result<Option<&SearchEntry>, TargetError> {
+        self.root
+            .get_or_try_init(|| {
+                self.base_entry(
+                    "",
+                    &[
+                        "subschemaSubentry",
+                        "supportedControl",
+                        "supportedExtension",
+                        "namingContexts",
+                    ],
+                )
+            })
+            .await
+            .map(Option::as_ref)
+    }
+
     /// Active Directory: the DC's position, read from the root DSE and its NTDS Settings object.
     pub async fn ad_position(&mut self) -> Result<AdPosition, TargetError> {
         let root = self
@@ -797,9 +820,9 @@ impl LdapTarget {
     /// older contextCSN.
     pub async fn database_position(&mut self, dn: &str) -> Result<(String, String), TargetError> {
         let contexts = self
-            .base_entry("", &["namingContexts"])
+            .root_dse()
             .await?
-            .map(|e| values(&e, "namingContexts"))
+            .map(|e| values(e, "namingContexts"))
             .unwrap_or_default();
         let target = Dn::parse(dn).ok();
         let nc = contexts
@@ -821,9 +844,9 @@ impl LdapTarget {
     /// Whether the server offers RFC 4533 content synchronization (OpenLDAP's syncprov).
     pub async fn supports_content_sync(&mut self) -> Result<bool, TargetError> {
         Ok(self
-            .base_entry("", &["supportedControl"])
+            .root_dse()
             .await?
-            .map(|e| values(&e, "supportedControl"))
+            .map(|e| values(e, "supportedControl"))
             .unwrap_or_default()
             .iter()
             .any(|c| c == "1.3.6.1.4.1.4203.1.9.1.1"))
@@ -991,22 +1014,9 @@ impl LdapTarget {
     }
 
     pub async fn read_schema(&mut self) -> Result<Schema, TargetError> {
-        let mut ldap = self.ldap.clone();
-        ldap.with_timeout(self.op_timeout);
-        let (root, _) = ldap
-            .search(
-                "",
-                Scope::Base,
-                "(objectClass=*)",
-                vec!["subschemaSubentry"],
-            )
-            .await
-            .and_then(|r| r.success())
-            .map_err(|e| TargetError::Read(format!("reading the root DSE failed: {e}")))?;
-        let sub = root
-            .into_iter()
-            .next()
-            .map(SearchEntry::construct)
+        let sub = self
+            .root_dse()
+            .await?
             .and_then(|e| {
                 e.attrs
                     .get("subschemaSubentry")
@@ -1145,11 +1155,11 @@ impl LdapTarget {
             _ => {}
         }
         let offered = !self.ad
-            && match self.base_entry("", &["supportedExtension"]).await {
+            && match self.root_dse().await {
                 // (slapd 2.5 lists the two extended operations but not the control in
                 // supportedControl)
                 Ok(Some(e)) => {
-                    let ext = values(&e, "supportedExtension");
+                    let ext = values(e, "supportedExtension");
                     ext.iter().any(|x| x == TXN_START) && ext.iter().any(|x| x == TXN_END)
                 }
                 _ => false,
