@@ -960,12 +960,27 @@ impl SnapshotAhead {
         if !matches!(*state, Ahead::NotStarted) {
             return;
         }
-        *state = Ahead::Reading(std::thread::spawn(move || {
-            let t0 = Instant::now();
-            let snap = load_read_snapshot(&Mirror::open(&path).ok()?);
-            tracing::debug!(target: "dirbridge::run", "snapshot: rows read ahead and decoded in {:.3} s", t0.elapsed().as_secs_f64());
-            snap
-        }));
+        // (a thread that cannot be made leaves the rows to the run's own read)
+        let reading = std::thread::Builder::new()
+            .name("snapshot-ahead".into())
+            .spawn(move || {
+                let t0 = Instant::now();
+                let snap = load_read_snapshot(&Mirror::open(&path).ok()?);
+                tracing::debug!(target: "dirbridge::run", "snapshot: rows read ahead and decoded in {:.3} s", t0.elapsed().as_secs_f64());
+                snap
+            });
+        if let Ok(reading) = reading {
+            *state = Ahead::Reading(reading);
+        }
+    }
+
+    /// The read will be full: the snapshot read ahead is not needed. Its thread is left to end on
+    /// its own (it cannot be stopped), and what it read is freed then, not held to the end of the
+    /// run beside the full read's entries.
+    fn discard(&self) {
+        if let Ok(mut state) = self.0.lock() {
+            *state = Ahead::Done;
+        }
     }
 
     /// The snapshot read ahead, waited for; else (none was started, or it failed) read now.
@@ -1112,6 +1127,9 @@ async fn read_directory(
             }
             Some(c) => prior_snapshot().map(|s| (c.clone(), s)),
         };
+        if usable.is_none() {
+            ahead.discard();
+        }
         if let Some((cursor, mut snap)) = usable {
             let mut regroup = 0;
             if cursor.refresh_groups {
@@ -1221,6 +1239,9 @@ async fn read_directory(
         other => other,
     };
     let have_snapshot = prior_cursor.is_some();
+    if !have_snapshot {
+        ahead.discard();
+    }
     let mut cookies: BTreeMap<String, String> = BTreeMap::new();
     let mut incremental = have_snapshot;
     let mut fetched = 0usize;
@@ -4063,8 +4084,16 @@ mod tests {
         // needed before the read ahead began: read by the run, and not begun afterwards
         let ahead = SnapshotAhead::default();
         assert_eq!(ahead.take_or_read(&m).unwrap().entries, entries);
+        ahead.start(path.clone());
+        assert!(matches!(*ahead.0.lock().unwrap(), Ahead::Done));
+        // a full read: what was read ahead is let go, and the run reads its own if it asks
+        let ahead = SnapshotAhead::default();
+        ahead.start(path.clone());
+        ahead.discard();
+        assert!(matches!(*ahead.0.lock().unwrap(), Ahead::Done));
         ahead.start(path);
         assert!(matches!(*ahead.0.lock().unwrap(), Ahead::Done));
+        assert_eq!(ahead.take_or_read(&m).unwrap().entries, entries);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
