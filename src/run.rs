@@ -463,6 +463,14 @@ pub struct ReadCursor {
     pub full_at: i64,
 }
 
+impl ReadCursor {
+    /// Whether the next read goes on from this cursor as far as the last run's writes go: what
+    /// it wrote is read back one by one, up to [`RECENT_READ_LIMIT`] entries (more: one full read).
+    fn recent_read_back(&self) -> bool {
+        self.recent.len() <= RECENT_READ_LIMIT
+    }
+}
+
 /// The directory as the last read left it, to which an incremental read applies the changes.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct ReadSnapshot {
@@ -1098,7 +1106,7 @@ async fn read_directory(
         }
         // What the last run wrote is read again (slapd's contextCSN lag, below); after a large
         // load one paged read is far faster than thousands of reads by entryUUID.
-        Some(c) if c.recent.len() > RECENT_READ_LIMIT => {
+        Some(c) if !c.recent_read_back() => {
             tracing::info!(target: "dirbridge::read", "full read: the last run wrote {} entries; one paged read is faster than reading them back one by one", c.recent.len());
             None
         }
@@ -2871,7 +2879,7 @@ pub async fn run(
 ) -> Result<RunOutcome, RunError> {
     let started = Instant::now();
     let mut laps = Laps::new(started);
-    let _lock = if opts.dry_run || opts.daemon_holds_lock {
+    let lock = if opts.dry_run || opts.daemon_holds_lock {
         None
     } else {
         Some(RunLock::acquire(&cfg.state)?)
@@ -2908,16 +2916,17 @@ pub async fn run(
     let source_cfg = cfg.source.clone();
     let since = started;
     let (hash_tx, hash_rx) = tokio::sync::oneshot::channel();
-    // The mirror's snapshot is read ahead once the export is known to have changed (the run is
-    // then not quiet), where the read will likely be incremental: the snapshot is kept in rows,
-    // a cursor goes on from the last read, and no cache holds them in memory (the daemon's).
-    // Only by a run that holds the lock: no other run writes the mirror between this read and
-    // the cursor's (a preview reads the cursor first, then the snapshot, as before).
+    // The mirror's snapshot is read ahead ([`SnapshotAhead`]) where the read will likely be
+    // incremental (the snapshot is kept in rows, a cursor goes on from the last read, and no
+    // cache holds them in memory: the daemon's) and the run cannot be quiet: at once after a run
+    // that planned changes (no quiet marker to match), else once the export's hash differs from
+    // the marker's. Only by a run that holds the lock: no other run writes the mirror between
+    // this read and the cursor's (a preview reads the cursor first, then the snapshot).
     let ahead = std::sync::Arc::new(SnapshotAhead::default());
     let ahead_from = mirror
         .as_ref()
         .filter(|m| {
-            _lock.is_some()
+            lock.is_some()
                 && opts.mirror_slot.is_none()
                 && !opts.full_read
                 && m.get_state(READ_SNAPSHOT).ok().flatten().as_deref() == Some(SNAPSHOT_IN_ROWS)
@@ -2925,11 +2934,9 @@ pub async fn run(
                     .ok()
                     .flatten()
                     .and_then(|v| serde_json::from_str::<ReadCursor>(&v).ok())
-                    .is_some_and(|c| c.recent.len() <= RECENT_READ_LIMIT)
+                    .is_some_and(|c| c.recent_read_back())
         })
         .map(|m| m.path().to_path_buf());
-    // (after a run that planned changes no quiet marker can match: read ahead at once; else once
-    // the export's hash differs from the marker's)
     let ahead_from = match ahead_from {
         Some(p) if marker.is_none() => {
             ahead.start(p);
