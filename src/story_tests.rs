@@ -406,7 +406,7 @@ fn joiner_mover_leaver_story() {
         &[ann_moved, bob, cy_leave],
         "2026-04-01",
         &[
-            &f("disable 2 uid=bbrown,$L"),
+            &f("disable 2 uid=bbrown,$B"),
             &f("move 2 uid=bbrown,$B -> uid=bbrown,$L"),
             &f("remove-member groups[0] cn=staff,$G -uid=bbrown,$B -uid=bbrown,$L"),
             &f("delete groups[1] cn=dept-sales,$G"),
@@ -422,7 +422,7 @@ fn joiner_mover_leaver_story() {
         &[bob, cy, bea],
         "2026-04-20",
         &[
-            &f("disable 1 uid=aable,$L"),
+            &f("disable 1 uid=aable,$B"),
             &f("move 1 uid=aable,$B -> uid=aable,$L"),
             &f("remove-member groups[0] cn=staff,$G -uid=aable,$B -uid=aable,$L"),
             &f("remove-member groups[1] cn=dept-engineering,$G -uid=aable,$B -uid=aable,$L"),

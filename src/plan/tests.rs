@@ -322,6 +322,166 @@ fn an_add_waits_for_the_adds_it_names_in_earlier_phases_only() {
 }
 
 #[test]
+fn modifies_that_touch_no_renamed_entry_go_before_the_renames() {
+    let mgr = |dn: &str, kind: DeltaKind| AttrDelta {
+        attr: "manager".into(),
+        kind,
+        old: if kind == DeltaKind::Delete {
+            dn.to_string().into()
+        } else {
+            Default::default()
+        },
+        new: if kind == DeltaKind::Delete {
+            Default::default()
+        } else {
+            dn.to_string().into()
+        },
+    };
+    let title = || AttrDelta {
+        attr: "title".into(),
+        kind: DeltaKind::Replace,
+        old: "Dev".to_string().into(),
+        new: "Lead".to_string().into(),
+    };
+    let renamed = |key: &str, uuid: &str, to: &str| Change {
+        new_dn: Some(to.into()),
+        uuid: Some(uuid.into()),
+        ..change(Op::Rename, key, vec![])
+    };
+    let with_uuid = |mut c: Change, uuid: &str| {
+        c.uuid = Some(uuid.into());
+        c
+    };
+    let rules = MatchRules::default();
+    let plan = vec![
+        change(Op::Add, "new", vec![]),
+        renamed("r", "u-r", "uid=r2,ou=people,dc=example,dc=com"),
+        // a move: and a DN under its new place, named by the plain text of a DN-less attribute
+        Change {
+            op: Op::Move,
+            ..renamed("m", "u-m", "uid=m,ou=Gone,dc=example,dc=com")
+        },
+        with_uuid(change(Op::Modify, "plain", vec![title()]), "u-plain"),
+        // the renamed entry's own modify, by its new DN: sent before the rename, by its old DN
+        Change {
+            dn: "uid=r2,ou=people,dc=example,dc=com".into(),
+            ..with_uuid(change(Op::Modify, "r", vec![title()]), "u-r")
+        },
+        // by its entryUUID alone (its DN as the plan had it before)
+        with_uuid(change(Op::Disable, "m", vec![]), "u-m"),
+        // one of its RDN's attributes: after the rename, which sets it
+        Change {
+            dn: "uid=q2,ou=people,dc=example,dc=com".into(),
+            ..with_uuid(
+                change(
+                    Op::Modify,
+                    "q",
+                    vec![AttrDelta {
+                        attr: "UID".into(),
+                        kind: DeltaKind::Add,
+                        old: Default::default(),
+                        new: "q-alias".to_string().into(),
+                    }],
+                ),
+                "u-q",
+            )
+        },
+        renamed("q", "u-q", "uid=q2,ou=people,dc=example,dc=com"),
+        // a returner: moved back, then enabled
+        Change {
+            op: Op::Move,
+            ..renamed("e", "u-e", "uid=e,ou=Back,dc=example,dc=com")
+        },
+        Change {
+            dn: "uid=e,ou=Back,dc=example,dc=com".into(),
+            ..with_uuid(change(Op::Enable, "e", vec![]), "u-e")
+        },
+        // naming the renamed entry's new DN (another spelling), or its old one being removed
+        change(
+            Op::Modify,
+            "to-new",
+            vec![mgr(
+                "UID=R2, ou=People,dc=example,dc=com",
+                DeltaKind::Replace,
+            )],
+        ),
+        change(
+            Op::Modify,
+            "from-old",
+            vec![mgr("uid=r,ou=people,dc=example,dc=com", DeltaKind::Delete)],
+        ),
+        change(
+            Op::Modify,
+            "to-new-entry",
+            vec![mgr("uid=new,ou=people,dc=example,dc=com", DeltaKind::Add)],
+        ),
+        change(
+            Op::Modify,
+            "escaped",
+            vec![mgr("uid=a\\,b,ou=people,dc=example,dc=com", DeltaKind::Add)],
+        ),
+        change(Op::Link, "linked", vec![]),
+        change(Op::Delete, "gone", vec![]),
+    ];
+    let ordered = order(plan, &rules);
+    let phase = |k: &str, op: Op| {
+        ordered
+            .iter()
+            .find(|c| c.key == k && c.op == op)
+            .unwrap()
+            .phase
+    };
+    let rename = phase("r", Op::Rename);
+    assert_eq!(phase("m", Op::Move), rename);
+    assert!(phase("new", Op::Add) < phase("plain", Op::Modify));
+    for (k, op) in [
+        ("plain", Op::Modify),
+        ("to-new-entry", Op::Modify),
+        ("escaped", Op::Modify),
+        ("linked", Op::Link),
+        ("r", Op::Modify),
+        ("m", Op::Disable),
+    ] {
+        assert!(phase(k, op) < rename, "{k} before the renames");
+    }
+    let dn_of = |k: &str, op: Op| {
+        ordered
+            .iter()
+            .find(|c| c.key == k && c.op == op)
+            .unwrap()
+            .dn
+            .as_str()
+    };
+    assert_eq!(dn_of("r", Op::Modify), "uid=r,ou=people,dc=example,dc=com");
+    assert_eq!(dn_of("m", Op::Disable), "uid=m,ou=people,dc=example,dc=com");
+    assert_eq!(
+        dn_of("plain", Op::Modify),
+        "uid=plain,ou=people,dc=example,dc=com"
+    );
+    assert_eq!(dn_of("q", Op::Modify), "uid=q2,ou=people,dc=example,dc=com");
+    for (k, op) in [
+        ("e", Op::Enable),
+        ("q", Op::Modify),
+        ("to-new", Op::Modify),
+        ("from-old", Op::Modify),
+    ] {
+        assert!(rename < phase(k, op), "{k} after the renames");
+        assert!(phase(k, op) < phase("gone", Op::Delete));
+    }
+    // the applied order is the phases' order
+    assert!(ordered.windows(2).all(|w| w[0].phase <= w[1].phase));
+    // without renames, every modify goes at once after the adds
+    let ordered = order(
+        vec![
+            change(Op::Add, "new", vec![]),
+            change(Op::Modify, "plain", vec![title()]),
+        ],
+        &rules,
+    );
+    assert_eq!(ordered[1].phase, ordered[0].phase + 1);
+}
+
+#[test]
 fn a_large_plan_made_in_two_halves_keeps_each_kind_in_the_order_of_the_people() {
     // 6,000 people (two threads from 4,096): a third new, a third renamed, a third with a new
     // title, every tenth settled; the changes come as one thread would make them.

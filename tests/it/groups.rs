@@ -311,8 +311,12 @@ fn placement_moves_entries_and_creates_ous() {
         .collect();
     assert_eq!(
         ops,
-        vec!["move", "modify", "modify"],
-        "Ann moves and changes title; Bob's manager DN follows: {plan:#}"
+        vec!["modify", "move", "modify"],
+        "Ann changes title (before her move, by her DN then) and moves; Bob's manager DN follows: {plan:#}"
+    );
+    assert_eq!(
+        changes(&plan)[0]["dn"],
+        format!("uid=aboss,ou=berlin,{}", t.people)
     );
     t.sync_ok();
     let p = t.people();

@@ -82,22 +82,26 @@ fn changes_give_exact_modify_rename_and_delete() {
             )
         })
         .collect();
+    // Cy's own modify goes to the entry before its rename (modifies before renames: each rename
+    // sets refint scanning the directory); Bob's names Cy's new DN, so it waits for the rename.
     assert_eq!(
         ops,
         vec![
+            ("modify".to_string(), "3".to_string()),
             ("rename".to_string(), "3".to_string()),
             ("modify".to_string(), "2".to_string()),
-            ("modify".to_string(), "3".to_string()),
             ("delete".to_string(), "4".to_string()),
         ]
     );
-    let bob = &ch[1]["attributes"];
+    let bob = &ch[2]["attributes"];
     assert_eq!(bob.as_object().unwrap().len(), 2, "{bob:#}");
     assert_eq!(bob["title"]["old"][0], "Developer");
     assert_eq!(bob["title"]["new"][0], "Senior Developer");
     assert_eq!(bob["manager"]["new"][0], format!("uid=clane,{}", t.people));
-    assert_eq!(ch[0]["new-dn"], format!("uid=clane,{}", t.people));
-    let cy: Vec<&String> = ch[2]["attributes"].as_object().unwrap().keys().collect();
+    assert_eq!(ch[1]["dn"], format!("uid=clone,{}", t.people));
+    assert_eq!(ch[1]["new-dn"], format!("uid=clane,{}", t.people));
+    assert_eq!(ch[0]["dn"], format!("uid=clone,{}", t.people));
+    let cy: Vec<&String> = ch[0]["attributes"].as_object().unwrap().keys().collect();
     assert_eq!(cy, vec!["cn", "sn"]);
     t.sync_ok();
     let after = t.people();
@@ -107,6 +111,8 @@ fn changes_give_exact_modify_rename_and_delete() {
     // The rename kept the entry (same entryUUID): the link is the id, not the DN.
     assert_eq!(after["3"].one("entryUUID"), before["3"].one("entryUUID"));
     assert_eq!(after["3"].one("uid"), Some("clane"));
+    assert_eq!(after["3"].one("sn"), Some("Lane"));
+    assert_eq!(after["3"].one("cn"), Some("Cy Lane"));
     assert_eq!(after["2"].one("title"), Some("Senior Developer"));
     assert_eq!(
         after["2"].one("manager"),
