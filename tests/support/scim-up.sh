@@ -21,8 +21,9 @@
 #                            SCIM_URL then points at tenant "default".
 #   SCIM_VENV=DIR            where the pinned server is installed (default
 #                            ~/.cache/dirbridge/scim-venv, shared by test runs)
-#   SCIM_WATCH_PID=PID       stop the server when process PID exits (a test binary
-#                            that dies never leaves a server behind)
+#   SCIM_WATCH_PID=PID       stop the server and remove DIR when process PID exits
+#                            (a test binary never leaves a server or its files behind;
+#                            a server that stops while PID runs keeps DIR for its log)
 #   scim-up.sh --install     only install the pinned server into SCIM_VENV (CI set-up)
 # On scim-down.sh the resources are written to DIR/dump.json.
 # Adapted from shared/notes/recipes/scim-up.sh.
@@ -152,8 +153,12 @@ fi
   printf 'SCIM_PID=%q\n' "$PID"
 } >"$ENVFILE"
 if [ -n "${SCIM_WATCH_PID:-}" ]; then
-  setsid sh -c 'while kill -0 "$1" 2>/dev/null && kill -0 "$2" 2>/dev/null; do sleep 0.5; done; kill "$2" 2>/dev/null' \
-    _ "$SCIM_WATCH_PID" "$PID" </dev/null >/dev/null 2>&1 &
+  setsid sh -c 'while kill -0 "$1" 2>/dev/null && kill -0 "$2" 2>/dev/null; do sleep 0.5; done
+    kill -0 "$1" 2>/dev/null && exit 0
+    kill "$2" 2>/dev/null
+    for _ in $(seq 1 50); do kill -0 "$2" 2>/dev/null || break; sleep 0.1; done
+    rm -rf "$3"' \
+    _ "$SCIM_WATCH_PID" "$PID" "$DIR" </dev/null >/dev/null 2>&1 &
 fi
 log "ready on $URL (pid $PID, log $LOG)"
 cat "$ENVFILE"
