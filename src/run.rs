@@ -611,7 +611,7 @@ pub fn settled_people(
     let same_as_before = |r: &crate::source::Record| {
         links
             .get(&r.key)
-            .and_then(|u| by_uuid.get(u.as_str()).copied())
+            .and_then(|u| by_uuid.get(u.as_str()))
             .filter(|&i| prior.get(&r.key) == Some(&person_digest(&r.fields, &dir.entries[i])))
     };
     // (each record's digest: on two threads for a large export, in record order)
@@ -2839,7 +2839,7 @@ impl Aside {
                         return None;
                     }
                     let uuid = uuid.as_ref()?;
-                    let e = &dir.entries[*by_uuid.get(uuid.as_str())?];
+                    let e = &dir.entries[by_uuid.get(uuid.as_str())?];
                     let digest = match known.and_then(|m| m.get(key)) {
                         // (linked to the entry the digest was of: the one it was settled with)
                         Some(&known)

@@ -139,7 +139,7 @@ pub fn link_indexed<S: AsRef<str> + Ord>(
         while walk.next_if(|(k, _)| k.as_str() < key).is_some() {}
         let link = walk.next_if(|(k, _)| k.as_str() == key).map(|(_, u)| u);
         if let Some(uuid) = link {
-            if let Some(&i) = by_uuid.get(uuid.as_str()) {
+            if let Some(i) = by_uuid.get(uuid.as_str()) {
                 by_key.push((key.to_string(), uuid.clone()));
                 used[i] = true;
                 continue;

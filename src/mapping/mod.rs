@@ -701,7 +701,7 @@ impl Mapper {
                 _ => settled_desired(users, settled),
             };
             // The entries of the people mapped here, and of the quarantined and gone (person_dn).
-            let by_uuid = |u: &str| dir_index.get(u).and_then(|&i| dir.entries.get(i));
+            let by_uuid = |u: &str| dir_index.get(u).and_then(|i| dir.entries.get(i));
             let mut order: Vec<&Record> = records
                 .iter()
                 .copied()

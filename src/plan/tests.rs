@@ -424,13 +424,9 @@ fn modifies_that_touch_no_renamed_entry_go_before_the_renames() {
         change(Op::Delete, "gone", vec![]),
     ];
     let ordered = order(plan, &rules);
-    let phase = |k: &str, op: Op| {
-        ordered
-            .iter()
-            .find(|c| c.key == k && c.op == op)
-            .unwrap()
-            .phase
-    };
+    let of = |k: &str, op: Op| ordered.iter().find(|c| c.key == k && c.op == op).unwrap();
+    let phase = |k: &str, op: Op| of(k, op).phase;
+    let dn_of = |k: &str, op: Op| of(k, op).dn.as_str();
     let rename = phase("r", Op::Rename);
     assert_eq!(phase("m", Op::Move), rename);
     assert!(phase("new", Op::Add) < phase("plain", Op::Modify));
@@ -444,14 +440,6 @@ fn modifies_that_touch_no_renamed_entry_go_before_the_renames() {
     ] {
         assert!(phase(k, op) < rename, "{k} before the renames");
     }
-    let dn_of = |k: &str, op: Op| {
-        ordered
-            .iter()
-            .find(|c| c.key == k && c.op == op)
-            .unwrap()
-            .dn
-            .as_str()
-    };
     assert_eq!(dn_of("r", Op::Modify), "uid=r,ou=people,dc=example,dc=com");
     assert_eq!(dn_of("m", Op::Disable), "uid=m,ou=people,dc=example,dc=com");
     assert_eq!(
