@@ -264,6 +264,16 @@ pub fn collapse_spaces(v: &str) -> String {
     out
 }
 
+/// The DNs a [`normalize`]d DN lies under, as suffixes of it: its parent's, its parent's parent's,
+/// and so on (in the normalized form a comma inside a value is escaped, and so is a backslash).
+pub fn normalized_ancestors(normalized: &str) -> impl Iterator<Item = &str> {
+    let b = normalized.as_bytes();
+    (0..b.len())
+        .filter(move |&i| b[i] == b',')
+        .filter(move |&i| b[..i].iter().rev().take_while(|&&x| x == b'\\').count() % 2 == 0)
+        .map(move |i| &normalized[i + 1..])
+}
+
 /// Normalise a DN string for comparison; an unparsable DN compares by its folded text.
 pub fn normalize(dn: &str) -> String {
     if let Some(n) = normalize_plain(dn) {
@@ -317,6 +327,17 @@ fn normalize_plain(dn: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_normalized_dns_ancestors_skip_escaped_commas() {
+        let n = normalize(r"uid=a\,b,OU=x\\,dc=example , dc=com");
+        assert_eq!(n, r"uid=a\,b,ou=x\\,dc=example,dc=com");
+        assert_eq!(
+            normalized_ancestors(&n).collect::<Vec<_>>(),
+            [r"ou=x\\,dc=example,dc=com", "dc=example,dc=com", "dc=com"]
+        );
+        assert_eq!(normalized_ancestors("dc=com").count(), 0);
+    }
 
     #[test]
     fn escape_specials_round_trip() {

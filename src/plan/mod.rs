@@ -669,15 +669,7 @@ impl Moved {
 
     /// Whether the normalized DN `v` is a moved entry's or under one.
     fn names(&self, v: &str) -> bool {
-        if self.dns.contains(v) {
-            return true;
-        }
-        // (each RDN boundary: a comma not escaped by an odd run of backslashes)
-        let b = v.as_bytes();
-        (0..b.len())
-            .filter(|&i| b[i] == b',')
-            .filter(|&i| b[..i].iter().rev().take_while(|&&x| x == b'\\').count() % 2 == 0)
-            .any(|i| self.dns.contains(&v[i + 1..]))
+        self.dns.contains(v) || dn::normalized_ancestors(v).any(|a| self.dns.contains(a))
     }
 }
 
