@@ -1282,53 +1282,67 @@ async fn read_directory(
     let mut new_groups: Vec<crate::model::Entry> = Vec::new();
     let mut new_uniques: Vec<crate::model::Entry> = Vec::new();
     let mut results: Vec<(String, String, crate::target::ldap::SyncResult)> = Vec::new();
-    for (key, base, filter, attrs) in &searches {
-        let cookie = if have_snapshot {
-            prior_cursor
-                .as_ref()
-                .and_then(|c| c.cookies.get(key))
-                .and_then(|c| unb64(c))
-        } else {
-            None
-        };
-        let had = cookie.is_some();
-        if !had {
-            incremental = false;
-        }
-        let mut r = if polling {
-            poll_search(t, base, filter, attrs, cookie.as_deref()).await?
-        } else if had {
-            t.sync_search(base, filter, attrs, cookie).await?
-        } else {
-            full_with_cookie(t, base, filter, attrs).await?
-        };
-        if r.refresh_required {
-            let w = format!(
-                "the server refused the content-sync cookie of {base} (e-syncRefreshRequired)"
-            );
-            tracing::warn!(target: "dirbridge::read", "full read: {w}");
-            info.why_full = Some(w);
-            incremental = false;
-            r = full_with_cookie(t, base, filter, attrs).await?;
-        }
-        // Entries transferred; deleted entryUUIDs are only IDs (and may be anyone's in the
-        // database: syncprov's session log is not limited to the search base).
-        fetched += r.changed.len();
-        match (
-            &r.cookie,
-            prior_cursor.as_ref().and_then(|c| c.cookies.get(key)),
-        ) {
-            (Some(c), _) => {
-                cookies.insert(key.clone(), b64(c));
+    // What the last run wrote is read again by entryUUID (slapd's contextCSN lag, below): known
+    // from the cursor, so read while the content sync runs, not after it (a round trip of 2-3
+    // ms before a 10,000-person churn's first write). Used only if the read stays incremental.
+    let t: &LdapTarget = t;
+    let recent_wanted: Vec<String> = match &prior_cursor {
+        Some(c) if have_snapshot => c.recent.clone(),
+        _ => Vec::new(),
+    };
+    let recent_read = read_by_uuid(t, &scope, &recent_wanted, &entry_attrs);
+    let sync_read = async {
+        for (key, base, filter, attrs) in &searches {
+            let cookie = if have_snapshot {
+                prior_cursor
+                    .as_ref()
+                    .and_then(|c| c.cookies.get(key))
+                    .and_then(|c| unb64(c))
+            } else {
+                None
+            };
+            let had = cookie.is_some();
+            if !had {
+                incremental = false;
             }
-            // Nothing changed and no new cookie: the old one still holds.
-            (None, Some(old)) if !r.full => {
-                cookies.insert(key.clone(), old.clone());
+            let mut r = if polling {
+                poll_search(t, base, filter, attrs, cookie.as_deref()).await?
+            } else if had {
+                t.sync_search(base, filter, attrs, cookie).await?
+            } else {
+                full_with_cookie(t, base, filter, attrs).await?
+            };
+            if r.refresh_required {
+                let w = format!(
+                    "the server refused the content-sync cookie of {base} (e-syncRefreshRequired)"
+                );
+                tracing::warn!(target: "dirbridge::read", "full read: {w}");
+                info.why_full = Some(w);
+                incremental = false;
+                r = full_with_cookie(t, base, filter, attrs).await?;
             }
-            _ => {}
+            // Entries transferred; deleted entryUUIDs are only IDs (and may be anyone's in the
+            // database: syncprov's session log is not limited to the search base).
+            fetched += r.changed.len();
+            match (
+                &r.cookie,
+                prior_cursor.as_ref().and_then(|c| c.cookies.get(key)),
+            ) {
+                (Some(c), _) => {
+                    cookies.insert(key.clone(), b64(c));
+                }
+                // Nothing changed and no new cookie: the old one still holds.
+                (None, Some(old)) if !r.full => {
+                    cookies.insert(key.clone(), old.clone());
+                }
+                _ => {}
+            }
+            results.push((key.clone(), base.clone(), r));
         }
-        results.push((key.clone(), base.clone(), r));
-    }
+        Ok::<(), RunError>(())
+    };
+    let (synced, recent_found) = futures_util::future::join(sync_read, recent_read).await;
+    synced?;
     // Nothing changed anywhere since the last run (and the last run wrote nothing): the snapshot
     // the mirror keeps is the directory. The caller may not even need it (a quiet run).
     let recent_empty = prior_cursor.as_ref().is_none_or(|c| c.recent.is_empty());
@@ -1539,43 +1553,38 @@ async fn read_directory(
                 links.get_or_init(|| l)
             }
         };
-        let mut missing: Vec<String> = links
+        let missing: Vec<String> = links
             .values()
             .filter(|u| !have.contains(u.as_str()) && !recent.contains(u.as_str()))
             .cloned()
             .collect();
-        missing.extend(recent.iter().map(|s| s.to_string()));
-        let refetch: BTreeSet<String> = missing.iter().cloned().collect();
-        new_entries.retain(|e| !refetch.contains(&e.uuid));
-        new_uniques.retain(|e| !refetch.contains(&e.uuid));
-        if !missing.is_empty() {
-            tracing::info!(target: "dirbridge::read", missing = missing.len(), "reading linked entries the content sync did not return");
+        // (what the last run wrote was read beside the content sync, above)
+        let mut read_again = if recent.is_empty() {
+            Vec::new()
+        } else {
+            recent_found?
+        };
+        let refetch: BTreeSet<&str> = missing
+            .iter()
+            .map(String::as_str)
+            .chain(recent.iter().copied())
+            .collect();
+        new_entries.retain(|e| !refetch.contains(e.uuid.as_str()));
+        new_uniques.retain(|e| !refetch.contains(e.uuid.as_str()));
+        if !missing.is_empty() || !recent.is_empty() {
+            tracing::info!(target: "dirbridge::read", missing = missing.len() + recent.len(), "reading linked entries the content sync did not return");
         }
+        read_again.extend(read_by_uuid(t, &scope, &missing, &entry_attrs).await?);
+        fetched += read_again.len();
         // (the entries read again were taken out of the uniques above)
         let mut unique_uuids: BTreeSet<String> = BTreeSet::new();
-        for chunk in missing.chunks(200) {
-            let filter = format!(
-                "(|{})",
-                chunk
-                    .iter()
-                    .map(|u| format!("(entryUUID={})", crate::dn::escape_filter(u)))
-                    .collect::<String>()
-            );
-            for base in &scope.subtrees {
-                let found = t.search(base, &filter, &entry_attrs).await?;
-                fetched += found.len();
-                for e in found {
-                    if scope.configured.contains(&crate::dn::normalize(&e.dn)) {
-                        continue;
-                    }
-                    if scope.names.iter().any(|a| !e.get(a).is_empty())
-                        && unique_uuids.insert(e.uuid.clone())
-                    {
-                        new_uniques.push(e.clone());
-                    }
-                    new_entries.push(e);
-                }
+        for e in read_again {
+            if scope.names.iter().any(|a| !e.get(a).is_empty())
+                && unique_uuids.insert(e.uuid.clone())
+            {
+                new_uniques.push(e.clone());
             }
+            new_entries.push(e);
         }
     }
     info.mode = if incremental { "incremental" } else { "full" };
@@ -1612,11 +1621,40 @@ async fn read_directory(
     })
 }
 
+/// The entries of `uuids` under the people's subtrees (by entryUUID, 200 to a search), without
+/// the configured bases themselves.
+async fn read_by_uuid(
+    t: &LdapTarget,
+    scope: &ReadScope,
+    uuids: &[String],
+    attrs: &[&str],
+) -> Result<Vec<crate::model::Entry>, RunError> {
+    let mut out = Vec::new();
+    for chunk in uuids.chunks(200) {
+        let filter = format!(
+            "(|{})",
+            chunk
+                .iter()
+                .map(|u| format!("(entryUUID={})", crate::dn::escape_filter(u)))
+                .collect::<String>()
+        );
+        for base in &scope.subtrees {
+            out.extend(
+                t.search(base, &filter, attrs)
+                    .await?
+                    .into_iter()
+                    .filter(|e| !scope.configured.contains(&crate::dn::normalize(&e.dn))),
+            );
+        }
+    }
+    Ok(out)
+}
+
 /// A full read of one search: the content-sync cookie first (a refresh that matches nothing),
 /// then every entry by a paged search — authoritative even when slapd's contextCSN lags behind a
 /// concurrent write. Changes between the two are read again next time.
 async fn full_with_cookie(
-    t: &mut LdapTarget,
+    t: &LdapTarget,
     base: &str,
     filter: &str,
     attrs: &[&str],
@@ -1769,7 +1807,7 @@ fn entry_digest(e: &crate::model::Entry) -> String {
 /// deletions, the entryUUIDs still there (a search returning nothing else). Without a mark: every
 /// entry. Returned in the shape of a content-sync result, so both share the rest of the read.
 async fn poll_search(
-    t: &mut LdapTarget,
+    t: &LdapTarget,
     base: &str,
     filter: &str,
     attrs: &[&str],

@@ -551,7 +551,7 @@ impl LdapTarget {
     /// Paged subtree search; entries come back with lower-cased attribute names. `uuid` is taken
     /// from entryUUID. A result code other than success fails the read.
     pub async fn search(
-        &mut self,
+        &self,
         base: &str,
         filter: &str,
         attrs: &[&str],
@@ -857,7 +857,7 @@ impl LdapTarget {
     /// entry and a cookie for next time. `refresh_required` says the server refused the cookie
     /// (e-syncRefreshRequired): read again without one.
     pub async fn sync_search(
-        &mut self,
+        &self,
         base: &str,
         filter: &str,
         attrs: &[&str],
