@@ -13,12 +13,16 @@ use dirbridge::mapping::Mapper;
 use dirbridge::model::{DirSnapshot, Entry, MatchRules};
 use dirbridge::run::{decide, DecideInput};
 
-// The same allocator as the binary (src/main.rs).
+// The same allocator as the binary (src/main.rs), with the same settings.
 #[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+#[path = "../src/allocator.rs"]
+mod allocator;
+
 fn main() {
+    allocator::defaults();
     dirbridge::no_transparent_huge_pages();
     let n: usize = std::env::args()
         .nth(1)
