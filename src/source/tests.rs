@@ -72,6 +72,27 @@ fn csv_bad_rows_are_quarantined_with_lines() {
 }
 
 #[test]
+fn csv_a_character_split_across_two_fields_is_not_valid_text() {
+    // The record's bytes are valid UTF-8 as a whole ("é" = C3 A9), but the first field ends in the
+    // character's first byte and the second starts with its last: neither field is text.
+    let mut data = b"id,a,b\n1,x".to_vec();
+    data.push(0xC3);
+    data.push(b',');
+    data.push(0xA9);
+    data.extend_from_slice("y\n2,Zoë,Ørsted\n".as_bytes());
+    let e = parse(&cfg(SourceKind::Csv, Encoding::Utf8, ','), &data).unwrap();
+    assert_eq!(e.records.len(), 1);
+    assert_eq!(&*e.records[0].fields["b"], "Ørsted");
+    assert_eq!(e.quarantined.len(), 1);
+    assert_eq!(e.quarantined[0].key.as_deref(), Some("1"));
+    assert!(
+        e.quarantined[0].reason.contains("column \"a\""),
+        "{}",
+        e.quarantined[0].reason
+    );
+}
+
+#[test]
 fn csv_missing_closing_quote_stops_deletes() {
     let data = "id,name\n1,Ann\n2,\"Bob\n3,Cy\n";
     let e = parse(&cfg(SourceKind::Csv, Encoding::Utf8, ','), data.as_bytes()).unwrap();
