@@ -321,6 +321,13 @@ impl<V> NameMap<V> {
 
     /// From pairs in any order; a later pair replaces an earlier one with the same name.
     fn from_pairs(mut items: Vec<(Name, V)>) -> Self {
+        // Pairs already in name order (what dirbridge wrote, as the mirror's snapshot decodes
+        // 100,000 entries per run) are kept as they are, not sorted and copied again.
+        if items.windows(2).all(|w| w[0].0 < w[1].0) {
+            return NameMap {
+                items: items.into_boxed_slice(),
+            };
+        }
         // stable: equal names keep their input order, so the last one wins below
         items.sort_by_key(|a| a.0);
         let mut out: Vec<(Name, V)> = Vec::with_capacity(items.len());
@@ -461,13 +468,6 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for NameMap<V> {
                 let mut items = Vec::with_capacity(a.size_hint().unwrap_or(16).min(256));
                 while let Some((k, v)) = a.next_entry::<Name, V>()? {
                     items.push((k, v));
-                }
-                // What dirbridge wrote is in name order already: kept as read, not sorted and
-                // copied again (the mirror's snapshot decodes 100,000 entries per run).
-                if items.windows(2).all(|w| w[0].0 < w[1].0) {
-                    return Ok(NameMap {
-                        items: items.into_boxed_slice(),
-                    });
                 }
                 Ok(NameMap::from_pairs(items))
             }
