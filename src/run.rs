@@ -973,7 +973,10 @@ impl SnapshotAhead {
             .name("snapshot-ahead".into())
             .spawn(move || {
                 let t0 = Instant::now();
-                let snap = load_read_snapshot(&Mirror::open(&path).ok()?);
+                let mirror = Mirror::open(&path).ok()?;
+                // (a connection that cannot map the pages reads them as any other does)
+                let _ = mirror.map_pages();
+                let snap = load_read_snapshot(&mirror);
                 tracing::debug!(target: "dirbridge::run", "snapshot: rows read ahead and decoded in {:.3} s", t0.elapsed().as_secs_f64());
                 snap
             });
