@@ -11,7 +11,7 @@ use crate::run::Details;
 
 /// Find a person by HR key, uid or DN; returns the HR key.
 pub fn resolve(d: &Details, who: &str) -> Option<String> {
-    if d.records.iter().any(|r| r.key == who) || d.desired.iter().any(|x| x.key == who) {
+    if d.records.iter().any(|r| r.key == who) || d.desired.iter().any(|x| &*x.key == who) {
         return Some(who.to_string());
     }
     let norm = dn::normalize(who);
@@ -22,7 +22,7 @@ pub fn resolve(d: &Details, who: &str) -> Option<String> {
                 .get("uid")
                 .is_some_and(|v| v.iter().any(|u| u.to_lowercase() == low))
         {
-            return Some(x.key.clone());
+            return Some(x.key.clone().into());
         }
     }
     for e in &d.entries {
@@ -38,10 +38,10 @@ pub fn resolve(d: &Details, who: &str) -> Option<String> {
 /// Everything known about one person, as JSON.
 pub fn explain(cfg: &Config, d: &Details, key: &str, history: &[AuditRow]) -> Value {
     let record = d.records.iter().find(|r| r.key == key);
-    let desired = d.desired.iter().find(|x| x.key == key);
+    let desired = d.desired.iter().find(|x| &*x.key == key);
     let entry = desired
         .and_then(|x| x.uuid.as_ref())
-        .and_then(|u| d.entries.iter().find(|e| &e.uuid == u))
+        .and_then(|u| d.entries.iter().find(|e| *e.uuid == **u))
         .or_else(|| {
             d.entries
                 .iter()
@@ -176,9 +176,9 @@ pub fn explain(cfg: &Config, d: &Details, key: &str, history: &[AuditRow]) -> Va
     json!({
         "key": key,
         "line": record.map(|r| r.line),
-        "dn": desired.map(|x| x.dn.clone()).or_else(|| entry.map(|e| e.dn.clone())),
+        "dn": desired.map(|x| x.dn.to_string()).or_else(|| entry.map(|e| e.dn.clone())),
         "entry": entry.map(|e| json!({"dn": e.dn, "uuid": e.uuid})),
-        "placement": desired.and_then(|x| x.placement).map(|i| json!({"index": i, "base": d.users.placement.get(i).map(|p| p.base.clone()), "when": d.users.placement.get(i).and_then(|p| p.when.clone())})),
+        "placement": desired.and_then(|x| x.placement).map(|i| i as usize).map(|i| json!({"index": i, "base": d.users.placement.get(i).map(|p| p.base.clone()), "when": d.users.placement.get(i).and_then(|p| p.when.clone())})),
         "lifecycle": state.map(|s| json!({"state": s, "today": d.today.map(|t| t.to_string()), "next-change": next})),
         "attributes": attrs,
         "groups": groups,

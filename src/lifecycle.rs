@@ -477,7 +477,7 @@ pub fn finish(
         d.state = Some(Box::new(st.clone()));
     };
     for d in desired.iter_mut() {
-        let st = o.states.get(&d.key).cloned().unwrap_or(State::Active);
+        let st = o.states.get(&*d.key).cloned().unwrap_or(State::Active);
         set_lock(d, &st);
     }
     for (uuid, key) in &o.vanished {
@@ -502,10 +502,10 @@ pub fn finish(
             _ => e.dn.clone(),
         };
         let mut d = Desired {
-            key: key.clone(),
+            key: key.as_str().into(),
             line: 0,
-            uuid: Some(uuid.clone()),
-            dn,
+            uuid: Some(uuid.as_str().into()),
+            dn: dn.into(),
             attrs,
             placement: None,
             fields: Default::default(),

@@ -2317,13 +2317,13 @@ pub fn decide_linked(i: &DecideInput<'_>, linked: Option<link::Linking>) -> Deci
                     .and_then(|u| by_uuid.get(u))
                     .and_then(|e| e.get("uidNumber").first())
                     .and_then(|v| v.trim().parse().ok());
-                (d.key.clone(), cur)
+                (d.key.clone().into(), cur)
             })
             .collect();
         people.sort_by(|a, b| crate::mapping::key_order(&a.0, &b.0));
         let alloc = crate::posix::allocate(px, &people, posix_ids, &used);
         for d in mapped.desired.iter_mut().filter(|d| !d.fields.is_empty()) {
-            let Some(n) = alloc.numbers.get(&d.key) else {
+            let Some(n) = alloc.numbers.get(&*d.key) else {
                 continue;
             };
             d.attrs.insert("uidNumber", n.to_string().into());
@@ -2345,8 +2345,8 @@ pub fn decide_linked(i: &DecideInput<'_>, linked: Option<link::Linking>) -> Deci
                     }
                 }
                 Err(reason) => mapped.errors.push(crate::mapping::MapError {
-                    key: d.key.clone(),
-                    line: d.line,
+                    key: d.key.clone().into(),
+                    line: d.line as usize,
                     reason,
                 }),
             }
@@ -2364,7 +2364,7 @@ pub fn decide_linked(i: &DecideInput<'_>, linked: Option<link::Linking>) -> Deci
         }
         mapped
             .desired
-            .retain(|d| !alloc.exhausted.contains(&d.key) && !failed.contains(&d.key));
+            .retain(|d| !alloc.exhausted.iter().any(|k| *k == *d.key) && !failed.contains(&*d.key));
         posix_new = alloc.new;
     }
 
@@ -2861,7 +2861,7 @@ impl Aside {
             let people: Vec<(String, crate::source::Fields, Option<String>)> = s
                 .desired
                 .into_iter()
-                .map(|d| (d.key, d.fields, d.uuid))
+                .map(|d| (d.key.into(), d.fields, d.uuid.map(String::from)))
                 .collect();
             (people, s.touched, s.dir, s.settled, s.known)
         });

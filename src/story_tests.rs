@@ -506,7 +506,7 @@ fn a_settled_person_whose_link_is_made_again_is_mapped_again() {
         d.mapped
             .desired
             .iter()
-            .find(|x| x.key == key)
+            .find(|x| &*x.key == key)
             .map(|x| x.settled)
     };
     assert_eq!(was_settled("1"), Some(true));

@@ -170,8 +170,8 @@ pub fn accounts(
                 Ok(false) => continue,
                 Err(m) => {
                     errors.push(AppMapError {
-                        key: d.key.clone(),
-                        line: d.line,
+                        key: d.key.clone().into(),
+                        line: d.line as usize,
                         reason: format!("apps.{}.when: {m}", app.name),
                     });
                     continue;
@@ -189,8 +189,8 @@ pub fn accounts(
                 }
                 Err(e) => {
                     errors.push(AppMapError {
-                        key: d.key.clone(),
-                        line: d.line,
+                        key: d.key.clone().into(),
+                        line: d.line as usize,
                         reason: format!(
                             "apps.{}.attributes.{k}: {}",
                             app.name,
@@ -206,8 +206,8 @@ pub fn accounts(
         }
         if app.kind == AppKind::Scim && !attrs.contains_key("userName") {
             errors.push(AppMapError {
-                key: d.key.clone(),
-                line: d.line,
+                key: d.key.clone().into(),
+                line: d.line as usize,
                 reason: format!("apps.{}.attributes.userName rendered empty", app.name),
             });
             continue;
@@ -217,8 +217,8 @@ pub fn accounts(
             _ => (true, None),
         };
         out.push(Account {
-            key: d.key.clone(),
-            line: d.line,
+            key: d.key.clone().into(),
+            line: d.line as usize,
             active,
             inactive_why,
             attrs,

@@ -64,7 +64,7 @@ impl Mapper {
                 });
         }
         for d in desired {
-            if exclude.contains(&d.key) {
+            if exclude.contains(&*d.key) {
                 continue;
             }
             let mut ctx: BTreeMap<String, Value> = self
@@ -89,8 +89,8 @@ impl Mapper {
                     Ok(g) => g,
                     Err(reason) => {
                         out.errors.push(MapError {
-                            key: d.key.clone(),
-                            line: d.line,
+                            key: d.key.clone().into(),
+                            line: d.line as usize,
                             reason,
                         });
                         continue;
@@ -118,8 +118,8 @@ impl Mapper {
                             Ok(_) => continue,
                             Err(e) => {
                                 out.errors.push(MapError {
-                                    key: d.key.clone(),
-                                    line: d.line,
+                                    key: d.key.clone().into(),
+                                    line: d.line as usize,
                                     reason: format!("groups[{}].dn: {}", r.index, describe(&e)),
                                 });
                                 continue;
@@ -132,7 +132,7 @@ impl Mapper {
                         Some(u) => u.clone(),
                         None => continue,
                     },
-                    _ => d.dn.clone(),
+                    _ => d.dn.clone().into(),
                 };
                 out.groups
                     .entry(dn::normalize(&dn))
@@ -142,7 +142,7 @@ impl Mapper {
                         members: BTreeMap::new(),
                     })
                     .members
-                    .insert(member, d.key.clone());
+                    .insert(member, d.key.clone().into());
             }
         }
         out

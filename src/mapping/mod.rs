@@ -20,16 +20,16 @@ use link::Linking;
 /// The entry a record should have.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Desired {
-    pub key: String,
-    pub line: usize,
+    pub key: Box<str>,
+    pub line: u32,
     /// The linked entry's uuid, when the person already has one.
-    pub uuid: Option<String>,
-    pub dn: String,
+    pub uuid: Option<Box<str>>,
+    pub dn: Box<str>,
     /// attribute (as configured) → values; absent attributes are not listed.
     pub attrs: crate::names::NameMap<crate::names::Values>,
     /// The `[[users.placement]]` rule that chose the parent, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub placement: Option<usize>,
+    pub placement: Option<u32>,
     /// The record's fields (for group rules and explain).
     #[serde(skip)]
     pub fields: crate::source::Fields,
@@ -260,10 +260,10 @@ fn settled_desired(users: &UsersConfig, settled: &[(&Record, &Entry)]) -> Vec<De
                 })
                 .collect();
             Desired {
-                key: r.key.clone(),
-                line: r.line,
-                uuid: Some(e.uuid.clone()),
-                dn: e.dn.clone(),
+                key: r.key.as_str().into(),
+                line: line_number(r.line),
+                uuid: Some(e.uuid.as_str().into()),
+                dn: e.dn.as_str().into(),
                 attrs,
                 placement: None,
                 fields: r.fields.clone(),
@@ -273,6 +273,11 @@ fn settled_desired(users: &UsersConfig, settled: &[(&Record, &Entry)]) -> Vec<De
             }
         })
         .collect()
+}
+
+/// A record's line as a desired entry keeps it (a line past 4,294,967,295 is kept as that).
+pub(crate) fn line_number(line: usize) -> u32 {
+    u32::try_from(line).unwrap_or(u32::MAX)
 }
 
 /// Numeric keys compare as numbers, others as text: "ascending HR-key order".
@@ -747,10 +752,10 @@ impl Mapper {
                 .iter()
                 .enumerate()
                 .map(|(i, r)| Desired {
-                    key: r.key.clone(),
-                    line: r.line,
-                    uuid: existing[i].map(|e| e.uuid.clone()),
-                    dn: String::new(),
+                    key: r.key.as_str().into(),
+                    line: line_number(r.line),
+                    uuid: existing[i].map(|e| e.uuid.as_str().into()),
+                    dn: Default::default(),
                     attrs: Default::default(),
                     placement: None,
                     fields: r.fields.clone(),
@@ -1012,7 +1017,7 @@ impl Mapper {
                     }
                     _ => self.users.base.clone(),
                 };
-                desired[i].placement = placed;
+                desired[i].placement = placed.map(|r| r as u32);
                 if dir.missing_bases.contains(&dn::normalize(&parent)) {
                     match placed.map(|r| &self.users.placement[r]) {
                         Some(rule) if rule.create => {}
@@ -1042,17 +1047,17 @@ impl Mapper {
                     })
                     .unwrap_or(false);
                 desired[i].dn = match (existing[i], cur_rdn) {
-                    (None, _) => dn::child(&rdn, &want, &parent),
-                    (Some(e), _) if same_rdn && same_parent => e.dn.clone(),
+                    (None, _) => dn::child(&rdn, &want, &parent).into(),
+                    (Some(e), _) if same_rdn && same_parent => e.dn.as_str().into(),
                     (Some(_), Some(a))
                         if self.users.policy_of(&rdn) == Policy::Initial
                             && a.attr.eq_ignore_ascii_case(&rdn) =>
                     {
                         // dirbridge does not own the name: keep it (a move keeps it too).
                         desired[i].attrs.insert(rdn.clone(), a.value.clone().into());
-                        dn::child(&a.attr, &a.value, &parent)
+                        dn::child(&a.attr, &a.value, &parent).into()
                     }
-                    (Some(_), _) => dn::child(&rdn, &want, &parent),
+                    (Some(_), _) => dn::child(&rdn, &want, &parent).into(),
                 };
             }
 
@@ -1062,7 +1067,7 @@ impl Mapper {
                     Vec::with_capacity(order.len() + settled.len());
                 for i in 0..order.len() {
                     if !failed.contains_key(&i) {
-                        map.push((order[i].key.as_str().into(), desired[i].dn.as_str().into()));
+                        map.push((order[i].key.as_str().into(), desired[i].dn.clone()));
                     }
                 }
                 map.extend(pairs_rx.recv().unwrap_or_else(|_| settled_pairs()));
@@ -1123,8 +1128,8 @@ impl Mapper {
                 match failed.remove(&(i - 1)) {
                     Some(reason) => {
                         errors.push(MapError {
-                            key: std::mem::take(&mut d.key),
-                            line: d.line,
+                            key: std::mem::take(&mut d.key).into(),
+                            line: d.line as usize,
                             reason,
                         });
                         false

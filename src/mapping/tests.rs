@@ -97,7 +97,7 @@ fn run(records: &[Record], dir: &DirSnapshot, users: &UsersConfig) -> MapOutput 
 }
 
 fn uid_of<'a>(out: &'a MapOutput, key: &str) -> &'a str {
-    &out.desired.iter().find(|d| d.key == key).unwrap().attrs["uid"][0]
+    &out.desired.iter().find(|d| &*d.key == key).unwrap().attrs["uid"][0]
 }
 
 #[test]
@@ -155,11 +155,17 @@ fn value_sticks_until_base_changes_and_excludes_own_entry() {
     // jsmith is free now, but the person keeps jsmith2: the base part did not change.
     let out = run(&[rec("1", "John", "Smith", "", "")], &dir, &users());
     assert_eq!(uid_of(&out, "1"), "jsmith2");
-    assert_eq!(out.desired[0].dn, "uid=jsmith2,ou=people,dc=example,dc=com");
+    assert_eq!(
+        &*out.desired[0].dn,
+        "uid=jsmith2,ou=people,dc=example,dc=com"
+    );
     // Surname changes: the base changes, a new value is chosen (own old value does not block).
     let out = run(&[rec("1", "John", "Smyth", "", "")], &dir, &users());
     assert_eq!(uid_of(&out, "1"), "jsmyth");
-    assert_eq!(out.desired[0].dn, "uid=jsmyth,ou=people,dc=example,dc=com");
+    assert_eq!(
+        &*out.desired[0].dn,
+        "uid=jsmyth,ou=people,dc=example,dc=com"
+    );
 }
 
 #[test]
@@ -183,7 +189,7 @@ fn hard_names_and_empty_attributes() {
     let out = run(&recs, &DirSnapshot::default(), &users());
     assert_eq!(uid_of(&out, "1"), "zorsted");
     assert_eq!(uid_of(&out, "2"), "lgross");
-    let d1 = out.desired.iter().find(|d| d.key == "1").unwrap();
+    let d1 = out.desired.iter().find(|d| &*d.key == "1").unwrap();
     assert_eq!(d1.attrs["cn"], vec!["Zoë Ørsted"]);
     assert!(!d1.attrs.contains_key("title"), "empty renders mean absent");
     assert!(!d1.attrs.contains_key("manager"));
@@ -214,12 +220,12 @@ fn person_dn_resolves_managers_in_the_export() {
         rec("3", "Cy", "Lone", "", "99"),
     ];
     let out = run(&recs, &DirSnapshot::default(), &users());
-    let d2 = out.desired.iter().find(|d| d.key == "2").unwrap();
+    let d2 = out.desired.iter().find(|d| &*d.key == "2").unwrap();
     assert_eq!(
         d2.attrs["manager"],
         vec!["uid=aboss,ou=people,dc=example,dc=com"]
     );
-    let d3 = out.desired.iter().find(|d| d.key == "3").unwrap();
+    let d3 = out.desired.iter().find(|d| &*d.key == "3").unwrap();
     assert!(
         !d3.attrs.contains_key("manager"),
         "a manager not in the export gives no value"
@@ -238,7 +244,7 @@ fn initial_policy_keeps_the_existing_name() {
     ));
     let out = run(&[rec("1", "John", "Smith", "", "")], &dir, &u);
     assert_eq!(uid_of(&out, "1"), "old");
-    assert_eq!(out.desired[0].dn, "uid=old,ou=people,dc=example,dc=com");
+    assert_eq!(&*out.desired[0].dn, "uid=old,ou=people,dc=example,dc=com");
 }
 
 #[test]
@@ -358,7 +364,7 @@ fn trailing_n_numbering_equals_rendering_each_number() {
     let uids = |o: &MapOutput| -> Vec<(String, String)> {
         o.desired
             .iter()
-            .map(|d| (d.key.clone(), d.attrs["uid"][0].clone()))
+            .map(|d| (d.key.to_string(), d.attrs["uid"][0].clone()))
             .collect()
     };
     assert_eq!(uids(&a), uids(&b));
@@ -469,14 +475,14 @@ fn many_settled_people_are_made_beside_the_mapped_and_merged_in_key_order() {
         &settled,
     );
     assert!(out.errors.is_empty(), "{:?}", out.errors);
-    let keys: Vec<&str> = out.desired.iter().map(|d| d.key.as_str()).collect();
+    let keys: Vec<&str> = out.desired.iter().map(|d| &*d.key).collect();
     assert_eq!(keys.len(), n + 3);
     assert!(keys.windows(2).all(|w| key_order(w[0], w[1]).is_lt()));
     assert_eq!(&keys[..4], ["999", "1000", "1002", "1003"]);
     assert_eq!(keys[n + 2], "99999");
-    let d = |k: &str| out.desired.iter().find(|d| d.key == k).unwrap();
+    let d = |k: &str| out.desired.iter().find(|d| &*d.key == k).unwrap();
     assert!(!d("1003").settled && d("1002").settled);
-    assert_eq!(d("1002").dn, "uid=x1002,ou=people,dc=example,dc=com");
+    assert_eq!(&*d("1002").dn, "uid=x1002,ou=people,dc=example,dc=com");
     assert_eq!(d("1002").attrs["uid"], vec!["x1002"]);
     assert_eq!(d("1002").uuid.as_deref(), Some("u1002"));
     // the mapped person's manager is found among the settled people
@@ -575,7 +581,7 @@ fn a_column_read_as_it_is_gives_what_rendering_it_gives() {
     };
     assert_eq!(attrs(&plain), attrs(&rendered));
     // an empty field leaves the attribute out either way
-    let two = plain.desired.iter().find(|d| d.key == "2").unwrap();
+    let two = plain.desired.iter().find(|d| &*d.key == "2").unwrap();
     assert!(!two.attrs.contains_key("title"));
 }
 
@@ -647,7 +653,7 @@ fn a_template_split_around_n_gives_what_rendering_it_whole_gives() {
         assert!(out.errors.is_empty(), "{:?}", out.errors);
         out.desired
             .iter()
-            .map(|d| (d.key.clone(), d.attrs["mail"][0].clone()))
+            .map(|d| (d.key.to_string(), d.attrs["mail"][0].clone()))
             .collect()
     };
     let got = mails(&split);

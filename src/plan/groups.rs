@@ -280,7 +280,7 @@ pub fn only_person(
     rules: &MatchRules,
 ) -> Vec<Change> {
     let mut mine: BTreeSet<String> = BTreeSet::new();
-    for d in desired.iter().filter(|d| d.key == key) {
+    for d in desired.iter().filter(|d| &*d.key == key) {
         mine.insert(rules.fold("member", &d.dn));
         for u in d.attrs.get("uid").into_iter().flatten() {
             mine.insert(rules.fold("memberUid", u));

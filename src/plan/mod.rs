@@ -210,7 +210,15 @@ fn deltas_for(
         });
     }
     let anchor_now = e.get(&users.anchor);
-    if !rules.same_values(&users.anchor, anchor_now, std::slice::from_ref(&d.key)) {
+    // (the anchor is the key: one value, compared as the rules fold it)
+    let same_anchor = match anchor_now {
+        [one] => {
+            one.as_str() == &*d.key
+                || rules.fold(&users.anchor, one) == rules.fold(&users.anchor, &d.key)
+        }
+        _ => rules.same_values(&users.anchor, anchor_now, &[String::from(&*d.key)]),
+    };
+    if !same_anchor {
         out.push(AttrDelta {
             attr: users.anchor.as_str().into(),
             kind: if anchor_now.is_empty() {
@@ -219,7 +227,7 @@ fn deltas_for(
                 DeltaKind::Replace
             },
             old: anchor_now.to_vec().into(),
-            new: d.key.clone().into(),
+            new: String::from(&*d.key).into(),
         });
     }
     // Configured attributes (absent ones are removed), and computed ones (POSIX).
@@ -318,9 +326,9 @@ fn lock_change(d: &Desired, e: &Entry, rules: &MatchRules) -> Option<Change> {
     };
     Some(Change {
         op: if disabled { Op::Disable } else { Op::Enable },
-        dn: d.dn.clone(),
+        dn: d.dn.clone().into(),
         new_dn: None,
-        key: d.key.clone(),
+        key: d.key.clone().into(),
         uuid: Some(e.uuid.clone()),
         reason: format!("record {}: {why}", d.key),
         attributes: lock,
@@ -353,7 +361,7 @@ pub fn plan(input: PlanInput<'_>) -> Vec<Change> {
         let mut modifies = Vec::new();
         for d in part.iter_mut() {
             if let Some(only) = only {
-                if d.key != only {
+                if &*d.key != only {
                     continue;
                 }
             }
@@ -378,7 +386,7 @@ pub fn plan(input: PlanInput<'_>) -> Vec<Change> {
                         attr: users.anchor.as_str().into(),
                         kind: DeltaKind::Add,
                         old: Default::default(),
-                        new: d.key.clone().into(),
+                        new: String::from(&*d.key).into(),
                     });
                     let (attrs, lifecycle_attrs) = if keep_values {
                         (d.attrs.clone(), d.lifecycle_attrs.clone())
@@ -401,9 +409,9 @@ pub fn plan(input: PlanInput<'_>) -> Vec<Change> {
                     }
                     adds.push(Change {
                         op: Op::Add,
-                        dn: d.dn.clone(),
+                        dn: d.dn.clone().into(),
                         new_dn: None,
-                        key: d.key.clone(),
+                        key: d.key.clone().into(),
                         uuid: None,
                         attributes,
                         reason: format!("new in the export (record {}, line {})", d.key, d.line),
@@ -414,7 +422,7 @@ pub fn plan(input: PlanInput<'_>) -> Vec<Change> {
                 // (their entry is as the last run left it, and it planned nothing for them)
                 Some(_) if d.settled => {}
                 Some(e) => {
-                    let renamed = e.dn != d.dn && dn::normalize(&e.dn) != dn::normalize(&d.dn);
+                    let renamed = *e.dn != *d.dn && dn::normalize(&e.dn) != dn::normalize(&d.dn);
                     if renamed {
                         let old_rdn = dn::Dn::parse(&e.dn)
                             .ok()
@@ -430,8 +438,8 @@ pub fn plan(input: PlanInput<'_>) -> Vec<Change> {
                         renames.push(Change {
                             op: if moved { Op::Move } else { Op::Rename },
                             dn: e.dn.clone(),
-                            new_dn: Some(d.dn.clone()),
-                            key: d.key.clone(),
+                            new_dn: Some(d.dn.clone().into()),
+                            key: d.key.clone().into(),
                             uuid: Some(e.uuid.clone()),
                             attributes: vec![AttrDelta {
                                 attr: users.rdn.as_str().into(),
@@ -450,12 +458,12 @@ pub fn plan(input: PlanInput<'_>) -> Vec<Change> {
                     let attributes = deltas_for(users, d, e, renamed, rules);
                     if !attributes.is_empty() {
                         let names: Vec<&str> = attributes.iter().map(|a| a.attr.as_str()).collect();
-                        let correlated = linking.correlated.contains_key(&d.key);
+                        let correlated = linking.correlated.contains_key(&*d.key);
                         modifies.push(Change {
                             op: if correlated { Op::Link } else { Op::Modify },
-                            dn: d.dn.clone(),
+                            dn: d.dn.clone().into(),
                             new_dn: None,
-                            key: d.key.clone(),
+                            key: d.key.clone().into(),
                             uuid: Some(e.uuid.clone()),
                             reason: if correlated {
                                 format!(
@@ -550,7 +558,7 @@ pub fn plan(input: PlanInput<'_>) -> Vec<Change> {
 pub fn containers(users: &UsersConfig, desired: &[Desired], dir: &DirSnapshot) -> Vec<Change> {
     let mut out: BTreeMap<String, Change> = BTreeMap::new();
     for d in desired {
-        let Some(rule) = d.placement.and_then(|p| users.placement.get(p)) else {
+        let Some(rule) = d.placement.and_then(|p| users.placement.get(p as usize)) else {
             continue;
         };
         let norm = dn::normalize(&rule.base);

@@ -500,14 +500,15 @@ fn a_large_plan_made_in_two_halves_keeps_each_kind_in_the_order_of_the_people() 
         }
         let title = if i % 3 == 2 { "New" } else { "Old" };
         desired.push(crate::mapping::Desired {
-            key,
-            line: i + 2,
-            uuid,
+            key: key.into(),
+            line: (i + 2) as u32,
+            uuid: uuid.map(Into::into),
             dn: if i % 3 == 2 {
                 format!("uid=old{i},{}", u.base)
             } else {
                 dn
-            },
+            }
+            .into(),
             attrs: [
                 ("uid", if i % 3 == 2 { format!("old{i}") } else { uid }),
                 ("title", title.to_string()),
