@@ -1076,7 +1076,9 @@ impl Mirror {
         // The attributes' text cannot be longer than the database: reserved at that size, the
         // buffer is never moved as it grows (moved, it was copied into fresh pages each time it
         // doubled, 9 MB faulted in for the 2.6 MB of 10,000 people's); what is never written
-        // is never given memory by the system.
+        // is never given memory by the system. (The database holds the journal too, and may be
+        // large: a system that will not promise that much address space, e.g. with strict
+        // overcommit, refuses the reservation, and the buffer grows as it needs instead.)
         let bound = self
             .conn
             .query_row(
@@ -1086,9 +1088,12 @@ impl Mirror {
             )
             .map_err(sq(&p))?;
         let mut read = Rows {
-            text: String::with_capacity(usize::try_from(bound).unwrap_or(0)),
+            text: String::new(),
             rows: Vec::new(),
         };
+        let _ = read
+            .text
+            .try_reserve_exact(usize::try_from(bound).unwrap_or(0));
         let mut rows = st.query([]).map_err(sq(&p))?;
         while let Some(r) = rows.next().map_err(sq(&p))? {
             // (a digest of an older format, or none, is computed again when needed)
