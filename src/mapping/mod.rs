@@ -280,7 +280,7 @@ fn settled_desired(users: &UsersConfig, settled: &[(&Record, &Entry)]) -> Vec<De
 }
 
 /// A record's line as a desired entry keeps it (a line past 4,294,967,295 is kept as that).
-pub(crate) fn line_number(line: usize) -> u32 {
+fn line_number(line: usize) -> u32 {
     u32::try_from(line).unwrap_or(u32::MAX)
 }
 

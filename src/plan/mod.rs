@@ -210,15 +210,7 @@ fn deltas_for(
         });
     }
     let anchor_now = e.get(&users.anchor);
-    // (the anchor is the key: one value, compared as the rules fold it)
-    let same_anchor = match anchor_now {
-        [one] => {
-            one.as_str() == &*d.key
-                || rules.fold(&users.anchor, one) == rules.fold(&users.anchor, &d.key)
-        }
-        _ => rules.same_values(&users.anchor, anchor_now, &[String::from(&*d.key)]),
-    };
-    if !same_anchor {
+    if !rules.same_values(&users.anchor, anchor_now, &[String::from(&*d.key)]) {
         out.push(AttrDelta {
             attr: users.anchor.as_str().into(),
             kind: if anchor_now.is_empty() {
